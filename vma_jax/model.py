@@ -1,0 +1,224 @@
+"""The Variational Memory Addressing model: generative model, posterior and log-weights.
+
+For an episode (x, M) with memory M = (m_1 ... m_T) and D learned dummy slots appended
+(S = T + D slots in all):
+
+  generative model   p(a) = Uniform(S)
+                     p(z | m_a) = N(mu_p(e(m_a)), sigma_p(e(m_a)))
+                     p(x | z, m_a) = Bernoulli(dec([z, g(e(m_a))], skips(m_a)))
+  posterior          q(a | x, M) = softmax_i <h(x), h(m_i)>
+                     q(z | x, m_a) = N(mu_q([e(x), e(m_a)]), sigma_q([e(x), e(m_a)]))
+
+and each of K samples (a_k, z_k) ~ q carries the log-weight
+
+  log w_k = log p(x|z_k,m_{a_k}) + log p(z_k|m_{a_k}) + log p(a_k)
+            - log q(z_k|x,m_{a_k}) - log q(a_k|x,M).
+
+Cost: `encode` runs e and h once per memory slot (the D dummy slots once per batch, not per
+episode); `log_weights` gathers the encodings of the sampled slots and runs only the heads and
+the decoder once per sample. Samples are drawn from explicit keys, one per (episode, sample),
+so that a bound computed in chunks of samples draws exactly the samples of the unchunked one.
+"""
+
+import math
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vma_jax import distributions
+from vma_jax import networks
+
+
+class MemoryEncoding(NamedTuple):
+  """What the model needs of (x, M), computed once and shared by all K samples.
+
+  Memory slots come first (0 .. T-1), dummy slots after them (T .. T+D-1). Dummy encodings
+  carry no batch axis: they are the same for every episode.
+  """
+
+  e_x_BxE: jax.Array  # e(x)
+  address_logits_BxS: jax.Array  # <h(x), h(m_i)> for every slot i
+  e_memory_BxTxE: jax.Array  # e(m_i), memory slots
+  skips_memory: networks.Skips  # skips(m_i), each BxTx...
+  e_dummy_DxE: jax.Array  # e(dummy_d)
+  skips_dummy: networks.Skips  # each Dx...
+
+
+class LogWeights(NamedTuple):
+  """The K samples of one call and the terms of their log-weights."""
+
+  log_w_BxK: jax.Array  # log p(x,z_k,a_k) - log q(z_k,a_k|x,M)
+  log_q_a_BxK: jax.Array  # log q(a_k|x,M): the score of the discrete choice (VIMCO)
+  log_px_BxK: jax.Array  # log p(x|z_k,m_{a_k})
+  kl_z_BxK: jax.Array  # log q(z_k|x,m_{a_k}) - log p(z_k|m_{a_k}): one-sample KL estimate
+  a_BxK: jax.Array  # sampled slots, int32 in [0, S)
+  logits_BxKxHxW: jax.Array  # Bernoulli logits of p(x|z_k,m_{a_k})
+
+
+def _gather_slots(memory_BxTx, dummy_Dx, a_BxK):
+  """value[b, k] = memory[b, a[b, k]] if a[b, k] < T else dummy[a[b, k] - T]."""
+  num_memory = memory_BxTx.shape[1]
+  dummy_BxKx = dummy_Dx[jnp.clip(a_BxK - num_memory, 0, dummy_Dx.shape[0] - 1)]
+  if num_memory == 0:
+    return dummy_BxKx
+  memory_BxKx = jnp.take_along_axis(
+      memory_BxTx,
+      jnp.clip(a_BxK, 0, num_memory - 1).reshape(a_BxK.shape + (1,) * (memory_BxTx.ndim - 2)),
+      axis=1)
+  is_memory = (a_BxK < num_memory).reshape(a_BxK.shape + (1,) * (memory_BxTx.ndim - 2))
+  return jnp.where(is_memory, memory_BxKx, dummy_BxKx)
+
+
+def _select(encoding: MemoryEncoding, a_BxK):
+  """e(m_{a_k}) and skips(m_{a_k}) of the sampled slots."""
+  e_m_BxKxE = _gather_slots(encoding.e_memory_BxTxE, encoding.e_dummy_DxE, a_BxK)
+  skips_BxK = jax.tree.map(
+      lambda memory, dummy: _gather_slots(memory, dummy, a_BxK),
+      encoding.skips_memory, encoding.skips_dummy)
+  return e_m_BxKxE, skips_BxK
+
+
+class VMA(nn.Module):
+  """The VMA model. Sizes default to the reference (1,118,409 parameters for 26x26 images).
+
+  Attributes:
+    image_size: height = width of the images (even; 26 or 28).
+    latent_dim: Z, the size of z.
+    embed_dim: E, the output size of the shared encoder e.
+    match_dim: the output size of the address (matching) encoder h.
+    num_dummies: D, learned image-shaped slots appended to every memory (initialised to 0).
+    dtype: computation dtype of the networks; parameters and log-densities stay float32.
+  """
+
+  image_size: int = 26
+  latent_dim: int = 64
+  embed_dim: int = 128
+  match_dim: int = 200
+  num_dummies: int = 2
+  dtype: Any = "float32"
+
+  def setup(self):
+    if self.image_size % 2:
+      raise ValueError(f"image_size must be even, got {self.image_size}")
+    dtype = jnp.dtype(self.dtype)
+    dense = lambda name: nn.Dense(self.latent_dim, dtype=dtype, name=name)
+    self.embed = networks.Encoder(self.embed_dim, dtype=dtype)  # e
+    self.match = networks.Encoder(self.match_dim, dtype=dtype)  # h
+    self.posterior_mean = dense("posterior_mean")  # mu_q
+    self.posterior_scale = dense("posterior_scale")  # sigma_q (through softplus)
+    self.prior_mean = dense("prior_mean")  # mu_p
+    self.prior_scale = dense("prior_scale")  # sigma_p (through softplus)
+    self.memory_code = dense("memory_code")  # g (after a ReLU)
+    self.decoder = networks.Decoder(dtype=dtype)
+    self.dummies_DxHxW = self.param(
+        "dummies", nn.initializers.zeros, (self.num_dummies, self.image_size, self.image_size))
+
+  def __call__(self, x_BxHxW, memory_BxTxHxW, keys_BxK):
+    """log-weights of K samples per episode; keys_BxK holds one key per (episode, sample)."""
+    encoding = self.encode(x_BxHxW, memory_BxTxHxW)
+    return self.log_weights(x_BxHxW, encoding, keys_BxK)
+
+  def encode(self, x_BxHxW, memory_BxTxHxW) -> MemoryEncoding:
+    """e(x), h(x), and e, h, skips of every slot, each slot encoded exactly once."""
+    batch, num_memory = memory_BxTxHxW.shape[:2]
+    if x_BxHxW.shape[-2:] != (self.image_size,) * 2:
+      raise ValueError(f"expected {self.image_size}x{self.image_size} images, "
+                       f"got x of shape {x_BxHxW.shape}")
+    # One encoder call for targets and memory items together: bigger, better-shaped convs.
+    images_NxHxW = jnp.concatenate(
+        [x_BxHxW, memory_BxTxHxW.reshape((-1,) + x_BxHxW.shape[1:])], axis=0)
+    e_NxE, skips_N = self.embed(images_NxHxW)
+    h_NxM, _ = self.match(images_NxHxW)
+    e_dummy_DxE, skips_dummy = self.embed(self.dummies_DxHxW)
+    h_dummy_DxM, _ = self.match(self.dummies_DxHxW)
+
+    to_memory = lambda v_N: v_N[batch:].reshape((batch, num_memory) + v_N.shape[1:])
+    h_x_BxM = h_NxM[:batch].astype(jnp.float32)
+    logits_memory_BxT = jnp.einsum(
+        "bm,btm->bt", h_x_BxM, to_memory(h_NxM).astype(jnp.float32))
+    logits_dummy_BxD = jnp.einsum("bm,dm->bd", h_x_BxM, h_dummy_DxM.astype(jnp.float32))
+    return MemoryEncoding(
+        e_x_BxE=e_NxE[:batch],
+        address_logits_BxS=jnp.concatenate([logits_memory_BxT, logits_dummy_BxD], axis=1),
+        e_memory_BxTxE=to_memory(e_NxE),
+        skips_memory=jax.tree.map(to_memory, skips_N),
+        e_dummy_DxE=e_dummy_DxE,
+        skips_dummy=skips_dummy)
+
+  def log_weights(self, x_BxHxW, encoding: MemoryEncoding, keys_BxK) -> LogWeights:
+    """Draws a_k ~ q(a|x,M), z_k ~ q(z|x,m_{a_k}) from keys_BxK and scores them."""
+    batch, num_samples = keys_BxK.shape
+    key_a_BxK, key_z_BxK = _split2(keys_BxK)
+    log_q_all_BxS = distributions.categorical_log_probs(encoding.address_logits_BxS)
+    num_slots = log_q_all_BxS.shape[-1]
+    a_BxK = jax.vmap(jax.vmap(lambda key, logits: jax.random.categorical(key, logits)),
+                     in_axes=(0, 0))(key_a_BxK, jnp.broadcast_to(
+                         log_q_all_BxS[:, None], (batch, num_samples, num_slots)))
+    a_BxK = a_BxK.astype(jnp.int32)
+    log_q_a_BxK = jnp.take_along_axis(log_q_all_BxS, a_BxK, axis=1)
+
+    e_m_BxKxE, skips_BxK = _select(encoding, a_BxK)
+    e_x_BxKxE = jnp.broadcast_to(encoding.e_x_BxE[:, None], e_m_BxKxE.shape)
+
+    q_input_BxKx2E = jnp.concatenate([e_x_BxKxE, e_m_BxKxE], axis=-1)
+    q_mean_BxKxZ = self.posterior_mean(q_input_BxKx2E).astype(jnp.float32)
+    q_std_BxKxZ = jax.nn.softplus(self.posterior_scale(q_input_BxKx2E).astype(jnp.float32))
+    p_mean_BxKxZ = self.prior_mean(e_m_BxKxE).astype(jnp.float32)
+    p_std_BxKxZ = jax.nn.softplus(self.prior_scale(e_m_BxKxE).astype(jnp.float32))
+
+    eps_BxKxZ = jax.vmap(jax.vmap(
+        lambda key: jax.random.normal(key, (self.latent_dim,))))(key_z_BxK)
+    z_BxKxZ = q_mean_BxKxZ + q_std_BxKxZ * eps_BxKxZ
+    log_qz_BxK = distributions.gaussian_log_prob(z_BxKxZ, q_mean_BxKxZ, q_std_BxKxZ)
+    log_pz_BxK = distributions.gaussian_log_prob(z_BxKxZ, p_mean_BxKxZ, p_std_BxKxZ)
+
+    logits_BxKxHxW = self._decode(z_BxKxZ, e_m_BxKxE, skips_BxK)
+    log_px_BxK = distributions.bernoulli_log_prob(x_BxHxW[:, None], logits_BxKxHxW)
+    log_pa = -math.log(num_slots)
+    log_w_BxK = log_px_BxK + log_pz_BxK + log_pa - log_qz_BxK - log_q_a_BxK
+    return LogWeights(
+        log_w_BxK=log_w_BxK, log_q_a_BxK=log_q_a_BxK, log_px_BxK=log_px_BxK,
+        kl_z_BxK=log_qz_BxK - log_pz_BxK, a_BxK=a_BxK, logits_BxKxHxW=logits_BxKxHxW)
+
+  def _decode(self, z_BxKxZ, e_m_BxKxE, skips_BxK):
+    """Bernoulli logits of p(x | z, m_a): one decoder pass over all B*K samples."""
+    lead = z_BxKxZ.shape[:2]
+    flat = lambda v: v.reshape((-1,) + v.shape[2:])
+    code_BxKxZ = self.memory_code(nn.relu(e_m_BxKxE))
+    h_NxD = jnp.concatenate([flat(z_BxKxZ), flat(code_BxKxZ).astype(z_BxKxZ.dtype)], axis=-1)
+    logits_NxHxW = self.decoder(h_NxD, jax.tree.map(flat, skips_BxK))
+    return logits_NxHxW.reshape(lead + logits_NxHxW.shape[1:])
+
+  def generate(self, memory_BxTxHxW, a_BxK, key):
+    """Bernoulli means of x ~ p(x | z, m_a) with z ~ p(z | m_a), for given slots a_BxK."""
+    zeros_BxHxW = jnp.zeros(memory_BxTxHxW.shape[:1] + self.dummies_DxHxW.shape[1:])
+    encoding = self.encode(zeros_BxHxW, memory_BxTxHxW)
+    e_m_BxKxE, skips_BxK = _select(encoding, a_BxK)
+    p_mean_BxKxZ = self.prior_mean(e_m_BxKxE).astype(jnp.float32)
+    p_std_BxKxZ = jax.nn.softplus(self.prior_scale(e_m_BxKxE).astype(jnp.float32))
+    z_BxKxZ = distributions.gaussian_sample(key, p_mean_BxKxZ, p_std_BxKxZ)
+    return jax.nn.sigmoid(self._decode(z_BxKxZ, e_m_BxKxE, skips_BxK))
+
+
+def _split2(keys):
+  """Splits every key of an array of keys in two: (keys_a, keys_b) of the same shape."""
+  split = jax.vmap(lambda key: jax.random.split(key, 2))(keys.reshape(-1))
+  return split[:, 0].reshape(keys.shape), split[:, 1].reshape(keys.shape)
+
+
+def sample_keys(episode_keys_B, start, num_samples):
+  """keys_BxK with keys[b, k] = fold_in(episode_keys[b], start + k).
+
+  The key of sample k depends only on its episode's key and on k, so a bound computed in
+  chunks [start, start + num_samples) draws the same samples as one computed at once.
+  """
+  index_K = start + jnp.arange(num_samples, dtype=jnp.uint32)
+  return jax.vmap(lambda key: jax.vmap(lambda i: jax.random.fold_in(key, i))(index_K))(
+      episode_keys_B)
+
+
+def make_model(config) -> VMA:
+  """The model of a full experiment config (`config.model`, image size from `config.data`)."""
+  return VMA(image_size=config.data.image_size, **config.model)
