@@ -1,0 +1,57 @@
+"""Shared data fixtures: the real Omniglot splits, prepared once per session.
+
+The archives are found through $VMA_OMNIGLOT_DIR, else <repo>/../shared/data/omniglot;
+tests that need them skip when neither exists. Preparation goes to $TFDS_DATA_DIR when it
+is set (so repeated runs reuse the cache), else to a session temp dir (about a minute on
+2 cores, once).
+"""
+
+import os
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def find_archive_dir() -> str | None:
+  """The folder with the four Omniglot zips, or None."""
+  candidate = os.environ.get("VMA_OMNIGLOT_DIR") or str(REPO_ROOT.parent / "shared" / "data" / "omniglot")
+  return candidate if os.path.isfile(os.path.join(candidate, "images_background.zip")) else None
+
+
+@pytest.fixture(scope="session")
+def archive_dir() -> str:
+  found = find_archive_dir()
+  if found is None:
+    pytest.skip("Omniglot archives not found: set VMA_OMNIGLOT_DIR or provide ../shared/data/omniglot")
+  return found
+
+
+@pytest.fixture(scope="session")
+def omniglot_data_dir(tmp_path_factory) -> str:
+  return os.environ.get("TFDS_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+
+
+def _load(split, archive_dir, data_dir):
+  from vma_jax import data  # pylint: disable=g-import-not-at-top
+
+  return data.load_omniglot(split, image_size=26, data_dir=data_dir, archive_dir=archive_dir)
+
+
+@pytest.fixture(scope="session")
+def omniglot_train(archive_dir, omniglot_data_dir):
+  return _load("train", archive_dir, omniglot_data_dir)
+
+
+@pytest.fixture(scope="session")
+def omniglot_test(archive_dir, omniglot_data_dir):
+  return _load("test", archive_dir, omniglot_data_dir)
+
+
+@pytest.fixture(scope="session")
+def omniglot_small1(archive_dir, omniglot_data_dir):
+  return _load("small1", archive_dir, omniglot_data_dir)
