@@ -1,0 +1,44 @@
+"""Evaluates a trained VMA on the Table 1 grid of few-shot bounds.
+
+    python evaluate.py --workdir=runs/default --num_importance=1000
+
+Writes workdir/eval/results.{json,csv,md} and prints the Markdown table.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from vma_jax import checkpoints
+from vma_jax import data
+from vma_jax import evaluate
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/quick", "The training run to evaluate.")
+_NUM_IMPORTANCE = flags.DEFINE_integer("num_importance", 1000, "K, importance samples.")
+_CELLS = flags.DEFINE_string(
+    "cells", evaluate.GRID, "Cells C:T, comma-separated; 'config' for the run's own cells.")
+_NUM_TARGETS = flags.DEFINE_integer(
+    "num_targets", 0, "Targets per cell; 0 = every test image (13,180).")
+_SEED = flags.DEFINE_integer("seed", 0, "Fixes the episodes and samples.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Targets at once (default: config).")
+_CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Samples at once (default: config).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  try:
+    results = evaluate.evaluate_workdir(
+        _WORKDIR.value, cells=_CELLS.value, num_importance=_NUM_IMPORTANCE.value,
+        num_targets=_NUM_TARGETS.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
+        chunk_size=_CHUNK_SIZE.value)
+  except (checkpoints.CheckpointError, data.DataError, ValueError) as e:
+    sys.exit(f"evaluate.py: {e}")
+  print(evaluate.results_markdown(results))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,163 @@
+"""Tests of the Table 1 evaluation: cells, determinism, result files, the command line."""
+
+import csv
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vma_jax import checkpoints
+from vma_jax import episodes
+from vma_jax import evaluate
+from vma_jax import model as vma_model
+from vma_jax import objective
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _default_config():
+  spec = importlib.util.spec_from_file_location("default", REPO_ROOT / "configs" / "default.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _synthetic_split(num_classes=6, per_class=20, size=26, seed=0):
+  """Random binary images in classes of equal size, shaped like an OmniglotSplit."""
+  rng = np.random.default_rng(seed)
+  images_NxHxW = (rng.random((num_classes * per_class, size, size)) < 0.2).astype(np.uint8)
+  labels_N = np.repeat(np.arange(num_classes), per_class).astype(np.int32)
+  return types.SimpleNamespace(images_NxHxW=images_NxHxW, labels_N=labels_N,
+                               alphabets_N=np.zeros_like(labels_N))
+
+
+@pytest.fixture(scope="module")
+def small_model_and_params():
+  config = _default_config()
+  model = vma_model.make_model(config)
+  params = checkpoints.init_params(config, jax.random.key(0))
+  return config, model, params
+
+
+def test_parse_cells():
+  assert evaluate.parse_cells("1:1, 2:19,") == [(1, 1), (2, 19)]
+  assert len(evaluate.parse_cells(evaluate.GRID)) == 14
+  for bad in ("1-5", "x:5", "0:3", ""):
+    with pytest.raises(ValueError, match="cell"):
+      evaluate.parse_cells(bad)
+
+
+def test_target_indices_cover_all_or_a_fixed_subset():
+  np.testing.assert_array_equal(evaluate.target_indices(50, 0, seed=3), np.arange(50))
+  subset = evaluate.target_indices(50, 10, seed=3)
+  assert len(np.unique(subset)) == 10 and subset.min() >= 0 and subset.max() < 50
+  np.testing.assert_array_equal(subset, evaluate.target_indices(50, 10, seed=3))
+  assert not np.array_equal(subset, evaluate.target_indices(50, 10, seed=4))
+
+
+def test_cell_bound_does_not_depend_on_batch_size_or_chunking(small_model_and_params):
+  """Each target's episode and samples depend only on (seed, C, T, target): same numbers."""
+  _, model, params = small_model_and_params
+  data = episodes.EpisodeData.from_split(_synthetic_split())
+  targets = np.arange(0, 120, 15, dtype=np.int32)  # 8 targets over all classes
+  common = dict(max_classes=2, memory_size=3, num_importance=24, targets=targets, seed=0)
+  a = evaluate.evaluate_cell(model, params, data, batch_size=8, chunk_size=24, **common)
+  b = evaluate.evaluate_cell(model, params, data, batch_size=3, chunk_size=7, **common)
+  assert a.num_targets == b.num_targets == 8
+  np.testing.assert_allclose(a.bound, b.bound, rtol=1e-5)
+  np.testing.assert_allclose(a.stderr, b.stderr, rtol=1e-4)
+  assert a.bound > 0 and a.stderr > 0
+
+
+def test_cell_bound_matches_direct_computation(small_model_and_params):
+  """The figure is the mean of -L_K computed directly from the model's log-weights."""
+  _, model, params = small_model_and_params
+  data = episodes.EpisodeData.from_split(_synthetic_split())
+  targets = np.array([1, 22, 45, 99], np.int32)
+  result = evaluate.evaluate_cell(model, params, data, max_classes=1, memory_size=2,
+                                  num_importance=16, targets=targets, batch_size=4,
+                                  chunk_size=5, seed=7)
+  key = evaluate.cell_key(7, 1, 2)
+  episode_key, sample_key = jax.random.split(key)
+  batch = episodes.sample_cell_episodes(data, episode_key, jnp.asarray(targets),
+                                        max_classes=1, memory_size=2)
+  keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(sample_key, jnp.asarray(targets))
+  log_w_BxK = model.apply(params, batch.x_BxHxW, batch.memory_BxTxHxW,
+                          vma_model.sample_keys(keys_B, 0, 16)).log_w_BxK
+  expected_B = -np.asarray(objective.iw_bound(log_w_BxK), np.float64)
+  np.testing.assert_allclose(result.bound, expected_B.mean(), rtol=1e-5)
+  np.testing.assert_allclose(result.stderr, expected_B.std(ddof=1) / 2.0, rtol=1e-3)
+
+
+def test_more_samples_tighten_the_bound(small_model_and_params):
+  _, model, params = small_model_and_params
+  data = episodes.EpisodeData.from_split(_synthetic_split())
+  targets = np.arange(0, 120, 10, dtype=np.int32)
+  bounds = [evaluate.evaluate_cell(model, params, data, max_classes=1, memory_size=2,
+                                   num_importance=k, targets=targets, batch_size=12,
+                                   chunk_size=50, seed=0).bound for k in (1, 100)]
+  assert bounds[1] < bounds[0]
+
+
+def _results():
+  return [evaluate.CellResult(1, 5, 80.123, 0.4, 1000, 13180, 1.0),
+          evaluate.CellResult(2, 19, 75.5, 0.3, 1000, 13180, 2.0)]
+
+
+def test_write_results_files(tmp_path):
+  paths = evaluate.write_results(_results(), str(tmp_path / "eval"), dict(step=7))
+  saved = json.loads(pathlib.Path(paths["json"]).read_text())
+  assert saved["meta"]["step"] == 7
+  assert saved["results"][0]["bound"] == pytest.approx(80.123)
+  assert saved["results"][0]["paper"] == 76.5 and saved["results"][0]["reproduction"] == 75.3
+  with open(paths["csv"]) as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["max_classes"], r["memory_size"]) for r in rows] == [("1", "5"), ("2", "19")]
+  table = pathlib.Path(paths["md"]).read_text()
+  assert "| C | T | ours |" in table
+  assert "| 1 | 5 | 80.12 | 0.40 | 76.5 | 75.3 | 1000 | 13180 |" in table
+  assert not list((tmp_path / "eval").glob("*.tmp"))
+
+
+def test_evaluate_command_without_checkpoint_is_a_clear_error(tmp_path):
+  result = subprocess.run(
+      [sys.executable, str(REPO_ROOT / "evaluate.py"), f"--workdir={tmp_path / 'nothing'}",
+       "--num_targets=2", "--num_importance=2"],
+      capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+  assert result.returncode != 0
+  assert "no checkpoint" in result.stderr or "not a training workdir" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_evaluate_workdir_end_to_end(tmp_path, archive_dir, omniglot_data_dir, omniglot_test):
+  """A saved checkpoint of the recipe's model, evaluated on real test episodes."""
+  config = _default_config()
+  config.data.archive_dir, config.data.data_dir = archive_dir, omniglot_data_dir
+  params = checkpoints.init_params(config, jax.random.key(1))
+  workdir = str(tmp_path / "run")
+  checkpoints.save_config(workdir, config)
+  manager = checkpoints.make_manager(workdir)
+  checkpoints.save(manager, 3, params, optax.adam(1e-4).init(params), config)
+  manager.wait_until_finished()
+  manager.close()
+
+  results = evaluate.evaluate_workdir(workdir, cells="1:1,2:3", num_importance=8,
+                                      num_targets=6, batch_size=4, chunk_size=8)
+  assert [(r.max_classes, r.memory_size) for r in results] == [(1, 1), (2, 3)]
+  for r in results:
+    # An untrained model on 26x26 images: about 676 * log 2 = 469 nats.
+    assert 300 < r.bound < 700 and r.num_targets == 6 and r.num_importance == 8
+  saved = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+  assert saved["meta"]["step"] == 3
+  assert os.path.exists(tmp_path / "run" / "eval" / "results.md")

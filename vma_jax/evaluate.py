@@ -1,0 +1,221 @@
+"""Few-shot evaluation: the Table 1 grid of ELBO@K bounds on the Omniglot test split.
+
+For a cell (C, T) every test image is the target of exactly one episode, whose memory holds T
+other images from at most C classes (see `vma_jax.episodes.sample_cell_episodes`). The cell's
+figure is the mean over targets of -L_K, in nats per image (positive, lower is better), with
+L_K the K-sample importance-weighted bound computed in chunks (`objective.streaming_bound`).
+
+Episodes and samples depend only on (seed, C, T, target index), never on the batch size or on
+the chunking, so a figure is reproducible on any device count.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Iterable, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vma_jax import checkpoints
+from vma_jax import data as vma_data
+from vma_jax import episodes as vma_episodes
+from vma_jax import model as vma_model
+from vma_jax import objective
+
+# ELBO@1000 in nats on the test split, from model.md: {(C, T): (paper, reproduction)}.
+REFERENCE = {
+    (1, 1): (86.5, 85.2), (1, 2): (83.0, 79.8), (1, 3): (79.6, 77.5), (1, 4): (79.0, 76.2),
+    (1, 5): (76.5, 75.3), (1, 10): (76.2, 73.2), (1, 19): (73.9, 71.8),
+    (2, 1): (87.5, 85.2), (2, 2): (83.3, 82.7), (2, 3): (80.9, 80.1), (2, 4): (79.3, 78.5),
+    (2, 5): (79.1, 77.5), (2, 10): (77.0, 75.2), (2, 19): (75.0, 73.5),
+}
+GRID = ",".join(f"{c}:{t}" for c, t in REFERENCE)
+
+
+@dataclasses.dataclass(frozen=True)
+class CellResult:
+  """-L_K on one cell: mean over targets, its standard error, K and the number of targets."""
+
+  max_classes: int
+  memory_size: int
+  bound: float
+  stderr: float
+  num_importance: int
+  num_targets: int
+  seconds: float
+
+
+def parse_cells(cells: str) -> list[tuple[int, int]]:
+  """'1:1,1:2,2:19' -> [(1, 1), (1, 2), (2, 19)]."""
+  parsed = []
+  for item in cells.replace(" ", "").split(","):
+    if not item:
+      continue
+    try:
+      max_classes, memory_size = (int(v) for v in item.split(":"))
+    except ValueError:
+      raise ValueError(f"bad cell {item!r}: cells are written C:T, e.g. '1:5,2:19'") from None
+    if max_classes < 1 or memory_size < 1:
+      raise ValueError(f"bad cell {item!r}: C and T must be positive")
+    parsed.append((max_classes, memory_size))
+  if not parsed:
+    raise ValueError(f"no cells in {cells!r}")
+  return parsed
+
+
+def target_indices(num_images: int, num_targets: int, seed: int) -> np.ndarray:
+  """All targets in order (num_targets <= 0), or a fixed random subset of num_targets."""
+  if num_targets <= 0 or num_targets >= num_images:
+    return np.arange(num_images, dtype=np.int32)
+  rng = np.random.default_rng(seed)
+  return np.sort(rng.permutation(num_images)[:num_targets]).astype(np.int32)
+
+
+def make_cell_bound_fn(model: vma_model.VMA, *, max_classes: int, memory_size: int,
+                       num_importance: int, chunk_size: int):
+  """A jitted (params, data, key, target_index_B) -> L_K per target (shape B)."""
+
+  @jax.jit
+  def cell_bound(params, data, key, target_index_B):
+    episode_key, sample_key = jax.random.split(key)
+    batch = vma_episodes.sample_cell_episodes(
+        data, episode_key, target_index_B, max_classes=max_classes, memory_size=memory_size)
+    sample_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(sample_key, target_index_B)
+    return objective.streaming_bound(
+        model.apply, params, batch.x_BxHxW, batch.memory_BxTxHxW, sample_keys_B,
+        num_samples=num_importance, chunk_size=chunk_size)
+
+  return cell_bound
+
+
+def cell_key(seed: int, max_classes: int, memory_size: int) -> jax.Array:
+  """The key of a cell: its episodes and samples do not depend on which other cells run."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), max_classes), memory_size)
+
+
+def evaluate_cell(model: vma_model.VMA, params, data, *, max_classes: int, memory_size: int,
+                  num_importance: int, targets: np.ndarray, batch_size: int, chunk_size: int,
+                  seed: int) -> CellResult:
+  """-L_K of every target in `targets`, in batches; returns the cell's mean and stderr."""
+  bound_fn = make_cell_bound_fn(model, max_classes=max_classes, memory_size=memory_size,
+                                num_importance=num_importance, chunk_size=chunk_size)
+  key = cell_key(seed, max_classes, memory_size)
+  start_time = time.perf_counter()
+  bounds = []
+  for start in range(0, len(targets), batch_size):
+    index_B = targets[start:start + batch_size]
+    num_real = len(index_B)
+    if num_real < batch_size:  # pad the last batch to keep one compiled shape
+      index_B = np.concatenate([index_B, np.full(batch_size - num_real, index_B[-1])])
+    bound_B = bound_fn(params, data, key, jnp.asarray(index_B, jnp.int32))
+    bounds.append(np.asarray(bound_B)[:num_real])
+  neg_bound_N = -np.concatenate(bounds).astype(np.float64)
+  if not np.all(np.isfinite(neg_bound_N)):
+    raise FloatingPointError(
+        f"non-finite bound in cell C={max_classes}, T={memory_size}: the checkpoint's "
+        "parameters may be corrupt")
+  stderr = float(neg_bound_N.std(ddof=1) / math.sqrt(len(neg_bound_N))) if len(
+      neg_bound_N) > 1 else float("nan")
+  return CellResult(max_classes, memory_size, float(neg_bound_N.mean()), stderr,
+                    num_importance, len(neg_bound_N), time.perf_counter() - start_time)
+
+
+def evaluate_grid(model: vma_model.VMA, params, split: "vma_data.OmniglotSplit",
+                  cells: Sequence[tuple[int, int]], *, num_importance: int, num_targets: int,
+                  batch_size: int, chunk_size: int, seed: int) -> list[CellResult]:
+  """Every cell of `cells` on `split`, each target once per cell."""
+  data = vma_episodes.EpisodeData.from_split(split)
+  targets = target_indices(len(split.labels_N), num_targets, seed)
+  results = []
+  for max_classes, memory_size in cells:
+    result = evaluate_cell(
+        model, params, data, max_classes=max_classes, memory_size=memory_size,
+        num_importance=num_importance, targets=targets, batch_size=batch_size,
+        chunk_size=chunk_size, seed=seed)
+    logging.info("C=%d T=%2d  -L_%d = %.2f +- %.2f nats  (%d targets, %.0f s)", max_classes,
+                 memory_size, num_importance, result.bound, result.stderr, result.num_targets,
+                 result.seconds)
+    results.append(result)
+  return results
+
+
+def results_markdown(results: Iterable[CellResult]) -> str:
+  """A Markdown table of the results beside the paper's and the reproduction's numbers."""
+  lines = ["| C | T | ours | ± | paper | reproduction | K | targets |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    paper, repro = REFERENCE.get((r.max_classes, r.memory_size), (None, None))
+    fmt = lambda v: "–" if v is None else f"{v:.1f}"
+    lines.append(f"| {r.max_classes} | {r.memory_size} | {r.bound:.2f} | {r.stderr:.2f} | "
+                 f"{fmt(paper)} | {fmt(repro)} | {r.num_importance} | {r.num_targets} |")
+  return "\n".join(lines) + "\n"
+
+
+def write_results(results: Sequence[CellResult], out_dir: str, meta: dict) -> dict[str, str]:
+  """Writes results.json, results.csv and results.md under out_dir (atomically each)."""
+  os.makedirs(out_dir, exist_ok=True)
+  rows = [dataclasses.asdict(r) for r in results]
+  for row in rows:
+    row["paper"], row["reproduction"] = REFERENCE.get(
+        (row["max_classes"], row["memory_size"]), (None, None))
+
+  def write(name, text):
+    path = os.path.join(out_dir, name)
+    with open(path + ".tmp", "w") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
+    return path
+
+  paths = {}
+  paths["json"] = write("results.json", json.dumps({"meta": meta, "results": rows}, indent=2))
+  fields = list(rows[0])
+  with open(os.path.join(out_dir, "results.csv.tmp"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(os.path.join(out_dir, "results.csv.tmp"), os.path.join(out_dir, "results.csv"))
+  paths["csv"] = os.path.join(out_dir, "results.csv")
+  header = (f"ELBO@{results[0].num_importance} (nats, lower is better) on the Omniglot test "
+            f"split; checkpoint step {meta.get('step')}.\n\n")
+  paths["md"] = write("results.md", header + results_markdown(results))
+  return paths
+
+
+def evaluate_workdir(workdir: str, *, cells: str = GRID, num_importance: int = 1000,
+                     num_targets: int = 0, seed: int = 0, batch_size: int | None = None,
+                     chunk_size: int | None = None,
+                     data_config: ml_collections.ConfigDict | None = None) -> list[CellResult]:
+  """Restores the latest checkpoint of a training run and evaluates it on the test split.
+
+  Args:
+    workdir: the training run's workdir (with config.json and checkpoints/).
+    cells: "C:T,..." or "config" for the run's own config.eval.cells.
+    num_importance: K.
+    num_targets: targets per cell; 0 = the whole test split (13,180).
+    seed: fixes the episodes and samples of every cell.
+    batch_size, chunk_size: targets and samples processed at once (defaults from the config).
+    data_config: overrides the run's config.data (e.g. another archive_dir).
+  Returns:
+    One CellResult per cell; also written to workdir/eval/results.{json,csv,md}.
+  """
+  params, step, config = checkpoints.restore_params(workdir)
+  if cells == "config":
+    cells = config.eval.cells
+  data_config = data_config or config.data
+  split = vma_data.load_splits(data_config)["test"]
+  results = evaluate_grid(
+      vma_model.make_model(config), params, split, parse_cells(cells),
+      num_importance=num_importance, num_targets=num_targets,
+      batch_size=batch_size or config.eval.batch_size,
+      chunk_size=chunk_size or config.eval.chunk_size, seed=seed)
+  meta = dict(workdir=os.path.abspath(workdir), step=int(step), seed=seed,
+              device=str(jax.devices()[0].device_kind), num_devices=jax.device_count())
+  write_results(results, os.path.join(workdir, "eval"), meta)
+  return results
