@@ -1,0 +1,279 @@
+"""Few-shot episodes sampled on the device: a jitted map from a key to a batch.
+
+An episode is a target image `x` and a memory of T other images of the same split. The
+whole split lives on the device as `EpisodeData` (images grouped by class); the samplers
+are pure functions of (data, key), jitted with static sizes.
+
+Public API:
+
+  EpisodeData.from_split(split) -> EpisodeData    the split on the device, by class
+  Episodes                                        x_BxHxW, memory_BxTxHxW (float32 in
+                                                  {0, 1}), x_label_B, memory_labels_BxT,
+                                                  x_index_B (flat index in the split)
+  sample_train_episodes(data, key, *, batch_size, memory_size, per_class)
+      Training (reproduction recipe): random targets; memory of exactly `per_class`
+      images from each of T / per_class classes: the target's class plus others drawn
+      without replacement. The target itself is never in memory.
+  sample_cell_episodes(data, key, target_index_B, *, max_classes, memory_size)
+      Evaluation cell (C, T): the number of classes c ~ U(1..min(C, T)); the T slots are
+      split into c positive parts, uniformly over the compositions of T (so for c = 2
+      the target's class gets r ~ U(1..T-1)); the first part comes from the target's
+      class, each other part from a different other class. The episode of target i
+      depends only on fold_in(key, i), so it does not depend on the batch it is in.
+  sample_cell_train_episodes(data, key, *, batch_size, max_classes, memory_size)
+      Random targets with the cell's composition.
+
+In every episode the memory slots are in random order, and `memory_size = 0` gives an
+empty memory (shape Bx0xHxW). Impossible settings raise ValueError at trace time.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class EpisodeData(NamedTuple):
+  """One split on the device, grouped by class (C classes of P images each).
+
+  Attributes:
+    images_CxPxHxW: uint8 in {0, 1}, ink = 1; class c is the split's label c.
+    index_CxP: int32 flat index in the split of each image.
+    class_N: int32 class of each flat index.
+    slot_N: int32 position within its class of each flat index.
+  """
+
+  images_CxPxHxW: jax.Array
+  index_CxP: jax.Array
+  class_N: jax.Array
+  slot_N: jax.Array
+
+  @classmethod
+  def from_split(cls, split, device=None) -> EpisodeData:
+    """Puts an `OmniglotSplit` (or anything with images_NxHxW, labels_N) on the device.
+
+    Labels must be 0..C-1 with the same number of images in every class.
+    """
+    images_NxHxW = np.asarray(split.images_NxHxW)
+    labels_N = np.asarray(split.labels_N)
+    counts_C = np.bincount(labels_N)
+    if counts_C.size == 0 or counts_C.min() != counts_C.max():
+      uneven = {int(c): int(n) for c, n in enumerate(counts_C) if n != counts_C.max()}
+      raise ValueError(
+          "Episodes need every class 0..C-1 to have the same number of images; class"
+          f" counts range over {counts_C.min() if counts_C.size else 0}.."
+          f"{counts_C.max() if counts_C.size else 0} (e.g. {dict(list(uneven.items())[:5])})."
+      )
+    num_classes, per_class = counts_C.size, int(counts_C[0])
+    order_N = np.argsort(labels_N, kind="stable")
+    class_N = np.empty_like(labels_N, dtype=np.int32)
+    slot_N = np.empty_like(labels_N, dtype=np.int32)
+    class_N[order_N] = np.repeat(np.arange(num_classes), per_class)
+    slot_N[order_N] = np.tile(np.arange(per_class), num_classes)
+    h, w = images_NxHxW.shape[1:]
+    arrays = cls(
+        images_CxPxHxW=images_NxHxW[order_N].reshape(num_classes, per_class, h, w).astype(np.uint8),
+        index_CxP=order_N.reshape(num_classes, per_class).astype(np.int32),
+        class_N=class_N,
+        slot_N=slot_N,
+    )
+    return jax.device_put(arrays, device)
+
+  @property
+  def num_classes(self) -> int:
+    return self.images_CxPxHxW.shape[0]
+
+  @property
+  def per_class(self) -> int:
+    return self.images_CxPxHxW.shape[1]
+
+  @property
+  def num_images(self) -> int:
+    return self.class_N.shape[0]
+
+
+class Episodes(NamedTuple):
+  """A batch of B episodes with memories of T images."""
+
+  x_BxHxW: jax.Array  # float32 in {0, 1}
+  memory_BxTxHxW: jax.Array  # float32 in {0, 1}
+  x_label_B: jax.Array  # int32 class of the target
+  memory_labels_BxT: jax.Array  # int32 class of each memory slot
+  x_index_B: jax.Array  # int32 flat index of the target in the split
+
+
+# ----------------------------------------------------------------------------------------
+# One episode; the batch samplers vmap these over per-episode keys.
+
+
+def _random_subset(key, n: int, k: int, exclude) -> jax.Array:
+  """k distinct indices of 0..n-1 other than `exclude`, uniformly, in random order."""
+  u_N = jax.random.uniform(key, (n,))
+  u_N = jnp.where(jnp.arange(n) == exclude, jnp.inf, u_N)
+  return jax.lax.top_k(-u_N, k)[1]  # the k smallest keys
+
+
+def _gather(data: EpisodeData, c_x, p_x, class_T, slot_T, key) -> Episodes:
+  # Shuffle the slots so that position in memory says nothing about the class.
+  perm_T = jax.random.permutation(key, class_T.shape[0])
+  class_T, slot_T = class_T[perm_T], slot_T[perm_T]
+  return Episodes(
+      x_BxHxW=data.images_CxPxHxW[c_x, p_x].astype(jnp.float32),
+      memory_BxTxHxW=data.images_CxPxHxW[class_T, slot_T].astype(jnp.float32),
+      x_label_B=c_x.astype(jnp.int32),
+      memory_labels_BxT=class_T.astype(jnp.int32),
+      x_index_B=data.index_CxP[c_x, p_x],
+  )
+
+
+def _empty_memory(data: EpisodeData, target) -> Episodes:
+  c_x, p_x = data.class_N[target], data.slot_N[target]
+  h, w = data.images_CxPxHxW.shape[2:]
+  return Episodes(
+      x_BxHxW=data.images_CxPxHxW[c_x, p_x].astype(jnp.float32),
+      memory_BxTxHxW=jnp.zeros((0, h, w), jnp.float32),
+      x_label_B=c_x,
+      memory_labels_BxT=jnp.zeros((0,), jnp.int32),
+      x_index_B=data.index_CxP[c_x, p_x],
+  )
+
+
+def _train_episode(data: EpisodeData, key, target, *, memory_size: int, per_class: int):
+  """Target's class plus T/P-1 other classes, exactly P = per_class images each."""
+  if memory_size == 0:
+    return _empty_memory(data, target)
+  num_classes, images_per_class = data.images_CxPxHxW.shape[:2]
+  k = memory_size // per_class
+  key_classes, key_slots, key_perm = jax.random.split(key, 3)
+  c_x, p_x = data.class_N[target], data.slot_N[target]
+  others = _random_subset(key_classes, num_classes, k - 1, c_x)
+  class_K = jnp.concatenate([c_x[None], others])
+  # per_class distinct images of each class; the target is excluded from its own class.
+  u_KxP = jax.random.uniform(key_slots, (k, images_per_class))
+  u_KxP = u_KxP.at[0, p_x].set(jnp.inf)
+  slot_KxS = jax.lax.top_k(-u_KxP, per_class)[1]
+  class_T = jnp.repeat(class_K, per_class)
+  return _gather(data, c_x, p_x, class_T, slot_KxS.reshape(-1), key_perm)
+
+
+def _cell_episode(data: EpisodeData, key, target, *, max_classes: int, memory_size: int):
+  """c ~ U(1..min(C, T)) classes; T split uniformly into c positive parts."""
+  if memory_size == 0:
+    return _empty_memory(data, target)
+  num_classes, images_per_class = data.images_CxPxHxW.shape[:2]
+  t = memory_size
+  m = min(max_classes, t)  # most classes an episode can have
+  key_c, key_cuts, key_classes, key_slots, key_perm = jax.random.split(key, 5)
+  c_x, p_x = data.class_N[target], data.slot_N[target]
+  c = jax.random.randint(key_c, (), 1, m + 1)
+  # A composition of T into c positive parts is a (c-1)-subset of the cut points 1..T-1.
+  # Draw m-1 distinct cuts in random order and keep the first c-1 (the others move to T,
+  # giving empty parts): the kept ones are a uniform (c-1)-subset.
+  cuts = _random_subset(key_cuts, t, m - 1, 0)  # distinct, in 1..T-1
+  cuts = jnp.sort(jnp.where(jnp.arange(m - 1) < c - 1, cuts, t))
+  starts_M = jnp.concatenate([jnp.zeros((1,), cuts.dtype), cuts])
+  s_T = jnp.arange(t)
+  part_T = jnp.sum(cuts[None, :] <= s_T[:, None], axis=1)  # part 0: target's class
+  rank_T = s_T - starts_M[part_T]  # index of the slot within its part
+  others = _random_subset(key_classes, num_classes, m - 1, c_x)
+  class_M = jnp.concatenate([c_x[None], others])
+  # A random order of each class's images with the target last in its own class; parts
+  # take a prefix, and no part is longer than P - 1 (checked), so the target never comes.
+  u_MxP = jax.random.uniform(key_slots, (m, images_per_class))
+  u_MxP = u_MxP.at[0, p_x].set(jnp.inf)
+  order_MxP = jnp.argsort(u_MxP, axis=1)
+  return _gather(data, c_x, p_x, class_M[part_T], order_MxP[part_T, rank_T], key_perm)
+
+
+# ----------------------------------------------------------------------------------------
+# Checks at trace time (static sizes only).
+
+
+def _check_train(data: EpisodeData, batch_size, memory_size, per_class):
+  num_classes, images_per_class = data.images_CxPxHxW.shape[:2]
+  if batch_size < 1 or memory_size < 0:
+    raise ValueError(f"need batch_size >= 1 and memory_size >= 0, got {batch_size}, {memory_size}")
+  if memory_size == 0:
+    return
+  if per_class < 1 or memory_size % per_class:
+    raise ValueError(
+        f"memory_size={memory_size} must be a multiple of per_class={per_class} >= 1"
+    )
+  if per_class > images_per_class - 1:
+    raise ValueError(
+        f"per_class={per_class} is impossible: the target's class has only"
+        f" {images_per_class - 1} images besides the target"
+    )
+  if memory_size // per_class > num_classes:
+    raise ValueError(
+        f"memory_size / per_class = {memory_size // per_class} classes, but the split has"
+        f" only {num_classes}"
+    )
+
+
+def _check_cell(data: EpisodeData, max_classes, memory_size):
+  num_classes, images_per_class = data.images_CxPxHxW.shape[:2]
+  if max_classes < 1 or memory_size < 0:
+    raise ValueError(
+        f"need max_classes >= 1 and memory_size >= 0, got {max_classes}, {memory_size}"
+    )
+  if memory_size > images_per_class - 1:
+    raise ValueError(
+        f"cell (C={max_classes}, T={memory_size}) is impossible: with c = 1 all T memory"
+        f" images come from the target's class, which has only {images_per_class - 1}"
+        " images besides the target"
+    )
+  if min(max_classes, memory_size) > num_classes:
+    raise ValueError(
+        f"cell (C={max_classes}, T={memory_size}) needs {min(max_classes, memory_size)}"
+        f" classes, but the split has only {num_classes}"
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Batch samplers.
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "memory_size", "per_class"))
+def sample_train_episodes(
+    data: EpisodeData, key: jax.Array, *, batch_size: int, memory_size: int, per_class: int
+) -> Episodes:
+  """B episodes with uniform targets and the recipe's memory (per_class per class)."""
+  _check_train(data, batch_size, memory_size, per_class)
+  key_targets, key_episodes = jax.random.split(key)
+  target_B = jax.random.randint(key_targets, (batch_size,), 0, data.num_images)
+  episode = functools.partial(_train_episode, memory_size=memory_size, per_class=per_class)
+  keys_B = jax.random.split(key_episodes, batch_size)
+  return jax.vmap(episode, in_axes=(None, 0, 0))(data, keys_B, target_B)
+
+
+@functools.partial(jax.jit, static_argnames=("max_classes", "memory_size"))
+def sample_cell_episodes(
+    data: EpisodeData, key: jax.Array, target_index_B: jax.Array, *, max_classes: int,
+    memory_size: int
+) -> Episodes:
+  """The cell (C, T) episodes of the given targets; target i uses fold_in(key, i)."""
+  _check_cell(data, max_classes, memory_size)
+  target_index_B = jnp.asarray(target_index_B, jnp.int32)
+  keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, target_index_B)
+  episode = functools.partial(_cell_episode, max_classes=max_classes, memory_size=memory_size)
+  return jax.vmap(episode, in_axes=(None, 0, 0))(data, keys_B, target_index_B)
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "max_classes", "memory_size"))
+def sample_cell_train_episodes(
+    data: EpisodeData, key: jax.Array, *, batch_size: int, max_classes: int, memory_size: int
+) -> Episodes:
+  """B episodes with uniform targets and the cell (C, T) composition."""
+  _check_cell(data, max_classes, memory_size)
+  if batch_size < 1:
+    raise ValueError(f"need batch_size >= 1, got {batch_size}")
+  key_targets, key_episodes = jax.random.split(key)
+  target_B = jax.random.randint(key_targets, (batch_size,), 0, data.num_images)
+  episode = functools.partial(_cell_episode, max_classes=max_classes, memory_size=memory_size)
+  keys_B = jax.random.split(key_episodes, batch_size)
+  return jax.vmap(episode, in_axes=(None, 0, 0))(data, keys_B, target_B)
