@@ -43,7 +43,8 @@ def get_config():
 
   # Periodic validation bound during training, on test-split episodes of one cell.
   config.validation = ml_collections.ConfigDict(
-      dict(max_classes=1, memory_size=5, num_targets=1024, num_samples=100, batch_size=256))
+      dict(max_classes=1, memory_size=5, num_targets=1024, num_samples=100, batch_size=256,
+           chunk_size=100))
 
   # evaluate.py: Table 1 cells "C:T,...", K importance samples, targets (0 = all 13,180).
   config.eval = ml_collections.ConfigDict(

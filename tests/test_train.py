@@ -1,0 +1,273 @@
+"""Training loop: the step learns, runs resume exactly (also after SIGKILL), errors are clear.
+
+Runs on mock data (random binary images, 10 classes x 20 drawers) with a shrunken config.
+Run as a script (`python tests/test_train.py WORKDIR NUM_STEPS`) it trains that config in
+WORKDIR: the SIGKILL test starts it as a real subprocess.
+"""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+# Every train_and_evaluate call builds fresh jitted functions; the persistent cache lets the
+# second and later compiles of the same program (in this process or a subprocess) be loads.
+CACHE_DIR = os.path.join(tempfile.gettempdir(), "vma_jax_test_compilation_cache")
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from configs import default  # pylint: disable=g-import-not-at-top
+from vma_jax import checkpoints
+from vma_jax import episodes as episodes_lib
+from vma_jax import summaries
+from vma_jax import train
+
+
+class MockSplit:
+  """An OmniglotSplit-like split of random binary images, `per_class` images per class."""
+
+  def __init__(self, seed, num_classes=10, per_class=20, image_size=26):
+    rng = np.random.default_rng(seed)
+    self.images_NxHxW = (rng.random((num_classes * per_class, image_size, image_size)) < 0.2
+                         ).astype(np.uint8)
+    self.labels_N = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+    self.alphabets_N = np.zeros_like(self.labels_N)
+    self.num_classes = num_classes
+    self.image_size = image_size
+    self.cache_path = ""
+
+
+def mock_splits():
+  return {"train": MockSplit(0), "test": MockSplit(1)}
+
+
+def small_config(**overrides):
+  """The default config shrunk to seconds per run: tiny heads, B = 4, T = 4, K = 2."""
+  config = default.get_config()
+  config.model.update(latent_dim=8, embed_dim=16, match_dim=16)
+  config.episodes.update(memory_size=4, per_class=2)
+  config.objective.num_samples = 2
+  config.optim.lr = 1e-3
+  config.train.update(batch_size=4, num_steps=2, log_every=1, checkpoint_every=1,
+                      max_checkpoints=100, validate_every=0, image_every=0)
+  config.validation.update(max_classes=2, memory_size=3, num_targets=6, num_samples=3,
+                           batch_size=4, chunk_size=2)
+  for dotted, value in overrides.items():
+    *parents, name = dotted.split("__")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[name] = value
+  return config
+
+
+def leaves(params):
+  return [np.asarray(leaf) for leaf in jax.tree.leaves(params)]
+
+
+def assert_params_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for leaf_a, leaf_b in zip(leaves(a), leaves(b)):
+    np.testing.assert_array_equal(leaf_a, leaf_b)
+
+
+def test_train_step_learns_and_reports_metrics():
+  config = small_config()
+  mesh = train.make_mesh()
+  state = train.create_train_state(config, jax.random.key(0))
+  data = episodes_lib.EpisodeData.from_split(mock_splits()["train"])
+  episodes, _ = train.make_episode_sampler(config, mesh)(data, jax.random.key(1), np.int32(0))
+  train_step = train.make_train_step(config, mesh=mesh)
+  losses = []
+  for step in range(8):  # the same batch: the loss must go down
+    state, metrics = train_step(state, episodes, jax.random.fold_in(jax.random.key(2), step))
+    losses.append(float(metrics["loss"]))
+  assert int(state.step) == 8
+  assert losses[-1] < losses[0] - 10.0, losses
+  expected = {"loss", "bound", "neg_bound", "address_kl", "address_entropy", "kl_z", "log_px",
+              "frac_dummy", "frac_same_class", "grad_norm", "param_norm"}
+  assert set(metrics) == expected
+  m = {k: float(v) for k, v in metrics.items()}
+  assert m["neg_bound"] == pytest.approx(-m["bound"])
+  assert m["loss"] == pytest.approx(m["neg_bound"], rel=1e-5)  # the surrogate's value is L_K
+  num_slots = config.episodes.memory_size + config.model.num_dummies
+  assert m["address_entropy"] + m["address_kl"] == pytest.approx(np.log(num_slots), rel=1e-4)
+  assert 0.0 <= m["frac_dummy"] <= 1.0 and 0.0 <= m["frac_same_class"] <= 1.0
+  assert m["frac_dummy"] + m["frac_same_class"] <= 1.0
+  assert m["log_px"] < 0.0 and m["grad_norm"] > 0.0
+
+
+def test_optimizer_clipping():
+  config = small_config(optim__grad_clip_norm=1.0)
+  tx = train.make_optimizer(config.optim)
+  grads = {"w": jnp.full((4,), 100.0)}
+  updates, _ = tx.update(grads, tx.init(grads))
+  # Adam's first update is lr * sign(g) whatever the scale; clipping must not change it.
+  np.testing.assert_allclose(updates["w"], -config.optim.lr * np.ones(4), rtol=1e-4)
+  with pytest.raises(ValueError, match="unknown optimiser"):
+    train.make_optimizer(small_config(optim__name="sgd").optim)
+
+
+def test_train_resume_and_workdir(tmp_path):
+  splits = mock_splits()
+  straight = tmp_path / "straight"
+  train.train_and_evaluate(small_config(train__num_steps=2), str(straight), splits=splits)
+
+  resumed = tmp_path / "resumed"
+  train.train_and_evaluate(small_config(train__num_steps=1), str(resumed), splits=splits)
+  # The same command with a longer run continues from step 1 (config.json keeps history).
+  config = small_config(train__num_steps=2, train__validate_every=2, train__image_every=2)
+  state = train.train_and_evaluate(config, str(resumed), splits=splits)
+  assert int(state.step) == 2
+
+  params_a, step_a, _ = checkpoints.restore_params(str(straight))
+  params_b, step_b, config_b = checkpoints.restore_params(str(resumed))
+  assert step_a == step_b == 2
+  assert_params_equal(params_a, params_b)
+  assert_params_equal(state.params, params_b)
+  assert config_b.train.num_steps == 2 and config_b.model.latent_dim == 8
+
+  assert checkpoints.load_config(str(resumed)).train.num_steps == 2
+  assert (resumed / "config.1.json").exists()  # the first start's config, kept
+  records = summaries.read_metrics(str(resumed / train.METRICS_FILE))
+  train_steps = [r["step"] for r in records if "train/loss" in r]
+  assert train_steps == [1, 2]
+  valid = [r for r in records if "valid/neg_bound" in r]
+  assert [r["step"] for r in valid] == [2] and 0 < valid[0]["valid/neg_bound"] < 1000
+  assert all(np.isfinite(r["train/steps_per_sec"]) for r in records if "train/loss" in r)
+  assert (resumed / train.IMAGE_DIR / "few_shot_00000002.png").exists()
+  assert list(resumed.glob("events.out.tfevents.*"))
+
+  # Once finished, the same command has nothing to do and changes nothing.
+  train.train_and_evaluate(config, str(resumed), splits=splits)
+  assert_params_equal(checkpoints.restore_params(str(resumed))[0], params_b)
+
+
+def test_resume_with_other_model_is_an_error(tmp_path):
+  splits = mock_splits()
+  train.train_and_evaluate(small_config(train__num_steps=1), str(tmp_path), splits=splits)
+  with pytest.raises(checkpoints.CheckpointError, match=r"model\.latent_dim: 8 there, 16 here"):
+    train.train_and_evaluate(small_config(train__num_steps=2, model__latent_dim=16),
+                             str(tmp_path), splits=splits)
+  # Nothing was overwritten: the old config and checkpoint are intact.
+  assert checkpoints.load_config(str(tmp_path)).model.latent_dim == 8
+  assert checkpoints.restore_params(str(tmp_path))[1] == 1
+  # Switching gradient clipping on changes the optimiser state's structure.
+  with pytest.raises(checkpoints.CheckpointError, match="opt_state"):
+    train.train_and_evaluate(small_config(train__num_steps=2, optim__grad_clip_norm=1.0),
+                             str(tmp_path), splits=splits)
+  assert checkpoints.load_config(str(tmp_path)).optim.grad_clip_norm == 0.0
+  assert not (tmp_path / "config.1.json").exists()
+
+
+def test_nonfinite_state_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  splits = mock_splits()
+  train.train_and_evaluate(small_config(train__num_steps=2), str(tmp_path), splits=splits)
+  good = checkpoints.restore_params(str(tmp_path))[0]
+  # A NaN learning rate turns the parameters into NaN at the first step of the resumed run.
+  config = small_config(train__num_steps=4, optim__lr=float("nan"))
+  with pytest.raises(train.NonFiniteLossError, match=r"at step 3 .*param_norm = nan"):
+    train.train_and_evaluate(config, str(tmp_path), splits=splits)
+  params, step, _ = checkpoints.restore_params(str(tmp_path))
+  assert step == 2
+  assert_params_equal(params, good)
+
+
+def test_restore_params_errors(tmp_path):
+  with pytest.raises(checkpoints.CheckpointError, match="no checkpoint"):
+    checkpoints.restore_params(str(tmp_path))
+  with pytest.raises(checkpoints.CheckpointError, match="Train first"):
+    checkpoints.load_config(str(tmp_path))
+  checkpoints.save_config(str(tmp_path), small_config())
+  (tmp_path / checkpoints.CHECKPOINT_DIR).mkdir()
+  with pytest.raises(checkpoints.CheckpointError, match="Train first"):
+    checkpoints.restore_params(str(tmp_path))
+  # save_config refuses to replace the config of another model.
+  with pytest.raises(checkpoints.CheckpointError, match="different model"):
+    checkpoints.save_config(str(tmp_path), small_config(model__embed_dim=32))
+
+
+def _train_command(workdir, num_steps):
+  return [sys.executable, __file__, str(workdir), str(num_steps)]
+
+
+def _is_checkpoint(path):
+  return path.name.isdigit() and (path / "_CHECKPOINT_METADATA").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_restart_is_bit_identical(tmp_path):
+  num_steps = 8
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  subprocess.run(_train_command(straight, num_steps), check=True, env=env,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+
+  process = subprocess.Popen(_train_command(killed, num_steps), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 300
+  checkpoint_dir = killed / checkpoints.CHECKPOINT_DIR
+  while time.monotonic() < deadline and process.poll() is None:
+    if checkpoint_dir.is_dir() and any(_is_checkpoint(p) for p in checkpoint_dir.iterdir()):
+      break
+    time.sleep(0.05)
+  time.sleep(0.3)  # into the next steps (and, likely, the next asynchronous save)
+  assert process.poll() is None, "the run ended before it could be killed: make it longer"
+  process.send_signal(signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL
+  finished = sorted(int(p.name) for p in checkpoint_dir.iterdir() if _is_checkpoint(p))
+  assert finished and finished[-1] < num_steps
+
+  # A half-written checkpoint of a later step, as a kill during a save leaves it: Orbax
+  # writes into a temporary folder, which is never taken for a checkpoint.
+  partial = checkpoint_dir / f"{finished[-1] + 1}.orbax-checkpoint-tmp-1234"
+  (partial / "params").mkdir(parents=True, exist_ok=True)
+  (partial / "params" / "garbage").write_bytes(b"\0" * 10)
+
+  result = subprocess.run(_train_command(killed, num_steps), env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"Resumed from step {finished[-1]}" in result.stderr
+
+  params_a, step_a, _ = checkpoints.restore_params(str(straight))
+  params_b, step_b, _ = checkpoints.restore_params(str(killed))
+  assert step_a == step_b == num_steps
+  assert_params_equal(params_a, params_b)
+
+
+def test_progress_and_metrics_log(tmp_path):
+  log = summaries.MetricsLog(str(tmp_path / "m.jsonl"))
+  log.write(1, {"a": 1.0, "b": float("nan")})
+  log.write(2, {"a": 2.0})
+  with open(tmp_path / "m.jsonl", "a") as f:
+    f.write('{"step": 3, "a"')  # a torn last line, as a kill mid-write leaves it
+  assert summaries.read_metrics(str(tmp_path / "m.jsonl")) == [
+      {"step": 1, "a": 1.0, "b": "nan"}, {"step": 2, "a": 2.0}]
+  grid = summaries.few_shot_grid(np.zeros((2, 3, 5, 5)), np.ones((2, 5, 5)),
+                                 np.ones((2, 5, 5)), np.zeros((2, 4, 5, 5)))
+  assert grid.shape == (2 * 6 + 1, 11 * 6 + 1)
+  summaries.write_png(str(tmp_path / "g.png"), grid)
+  assert (tmp_path / "g.png").stat().st_size > 0
+
+
+if __name__ == "__main__":
+  # python tests/test_train.py WORKDIR NUM_STEPS: the subprocess of the SIGKILL test.
+  from absl import logging  # pylint: disable=g-import-not-at-top
+
+  logging.set_verbosity(logging.INFO)
+  logging.use_absl_handler()
+  train.train_and_evaluate(small_config(train__num_steps=int(sys.argv[2])), sys.argv[1],
+                           splits=mock_splits())

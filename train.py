@@ -1,0 +1,43 @@
+r"""Trains a VMA model: flags -> vma_jax.train.train_and_evaluate.
+
+    python train.py --config=configs/quick.py --workdir=runs/quick
+    python train.py --config=configs/default.py --workdir=runs/default --config.optim.lr=3e-4
+
+Rerunning the same command resumes from the latest checkpoint in --workdir. Any config field
+can be overridden with --config.<field>=<value>; an unknown field is an error. See
+docs/training.md.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from vma_jax import checkpoints
+from vma_jax import data
+from vma_jax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.")
+config_flags.DEFINE_config_file(
+    "config", None, "Training configuration file (configs/*.py).", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (checkpoints.CheckpointError, data.DataError, train.NonFiniteLossError) as e:
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,226 @@
+"""Checkpoints and saved configs of a training workdir, shared by training and evaluation.
+
+Workdir layout:
+
+  workdir/config.json             the config of the latest start (earlier ones: config.<n>.json)
+  workdir/checkpoints/<step>/     Orbax checkpoints: items `params`, `opt_state`, `config`
+
+Every checkpoint carries the config that produced it, so `restore_params(workdir)` rebuilds
+the model (and the abstract target of the restore) from the checkpoint alone. Orbax writes
+a checkpoint into a temporary folder and renames it when complete: a run killed while
+saving leaves no half-written `<step>/` folder for a later run to pick up.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+from vma_jax import model as vma_model
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+# Config fields that fix the shapes of the saved parameters: a checkpoint can only be
+# resumed or restored by a config that agrees on all of them.
+MODEL_FIELDS = ("model", "data.image_size")
+
+
+class CheckpointError(RuntimeError):
+  """A missing or incompatible checkpoint or config; the message says what to do."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def to_dict(config) -> dict:
+  """A plain, JSON-safe dict of a ConfigDict (or dict)."""
+  if isinstance(config, ml_collections.ConfigDict):
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+  return json.loads(json.dumps(config, sort_keys=True, default=str))
+
+
+def _get(config_dict: dict, dotted: str) -> Any:
+  value = config_dict
+  for part in dotted.split("."):
+    if not isinstance(value, dict) or part not in value:
+      return None
+    value = value[part]
+  return value
+
+
+def _write_json(path: str, obj) -> None:
+  # Write then rename: a kill mid-write leaves the old file or the new one, never half.
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def config_differences(old, new) -> list[str]:
+  """Dotted names of the fields that differ between two configs (dicts or ConfigDicts)."""
+  return _differences(to_dict(old), to_dict(new), "")
+
+
+def _differences(old: dict, new: dict, prefix: str) -> list[str]:
+  names = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      names += _differences(a, b, f"{prefix}{key}.")
+    elif a != b:
+      names.append(f"{prefix}{key}")
+  return names
+
+
+def check_compatible(saved_config, config, *, source: str) -> list[str]:
+  """Raises CheckpointError if `config` asks for other parameter shapes than `saved_config`.
+
+  Returns the names of the fields that differ without changing the parameters' shapes (a
+  longer run, another learning rate), for the caller to report.
+  """
+  saved, new = to_dict(saved_config), to_dict(config)
+  differences = config_differences(saved, new)
+  clashes = [name for name in differences
+             if any(name == f or name.startswith(f + ".") for f in MODEL_FIELDS)]
+  if clashes:
+    detail = "; ".join(f"{name}: {_get(saved, name)!r} there, {_get(new, name)!r} here"
+                       for name in clashes)
+    raise CheckpointError(
+        f"{source} was written for a different model ({detail}). Resuming would load "
+        "parameters of the wrong shapes. Train this config in a new --workdir, or pass the "
+        f"saved model settings (see {source}) to continue that run.")
+  return differences
+
+
+def save_config(workdir: str, config) -> str:
+  """Writes `workdir/config.json`; returns its path.
+
+  An existing config.json that differs is kept as config.<n>.json (never overwritten); one
+  that asks for a different model is an error (CheckpointError), as resuming would be.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  new = to_dict(config)
+  if os.path.exists(path):
+    old = to_dict(load_config(workdir))
+    if old == new:
+      return path
+    check_compatible(old, new, source=path)
+    n = 1
+    while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
+      n += 1
+    os.replace(path, os.path.join(workdir, f"config.{n}.json"))
+  _write_json(path, new)
+  return path
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config saved in `workdir/config.json`."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise CheckpointError(
+        f"{path} does not exist: {workdir} is not a training workdir. Train first "
+        f"(python train.py --config=configs/<name>.py --workdir={workdir}).")
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{path} is not a readable config ({e}). Restore it from "
+                          "the config file the run was started with.") from e
+
+
+def make_manager(workdir: str, *, max_to_keep: int | None = None,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """Orbax CheckpointManager over `workdir/checkpoints` (asynchronous saves)."""
+  directory = checkpoint_dir(workdir)
+  if read_only and not os.path.isdir(directory):
+    raise CheckpointError(
+        f"{directory} does not exist: no checkpoint to restore. Train first "
+        f"(python train.py --config=configs/<name>.py --workdir={workdir}).")
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+      enable_async_checkpointing=not read_only)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, params, opt_state, config) -> None:
+  """Starts an (asynchronous) save of params, optimiser state and config at `step`."""
+  manager.save(step, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(params),
+      opt_state=ocp.args.StandardSave(opt_state),
+      config=ocp.args.JsonSave(to_dict(config))))
+
+
+def saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
+  """The config stored with the checkpoint at `step`."""
+  restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  return ml_collections.ConfigDict(restored["config"])
+
+
+def restore(manager: ocp.CheckpointManager, step: int, **abstract_items) -> dict:
+  """Restores the named items (params=..., opt_state=...) onto abstract targets.
+
+  Targets are pytrees of jax.ShapeDtypeStruct (with shardings, to place the arrays); a
+  stored array of another shape or structure is a CheckpointError.
+  """
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        name: ocp.args.StandardRestore(target) for name, target in abstract_items.items()}))
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(
+        f"the checkpoint at step {step} in {manager.directory} does not match this "
+        f"config's {', '.join(abstract_items)} ({type(e).__name__}: {str(e)[:500]}). It "
+        "was written by another model or optimiser (e.g. optim.grad_clip_norm switched "
+        "on or off): use a new --workdir, or the config the run was started with.") from e
+  return {name: restored[name] for name in abstract_items}
+
+
+def init_inputs(config, batch_size: int = 1):
+  """Dummy (x, memory, keys) with which `VMA.init` creates the parameters."""
+  size = config.data.image_size
+  x_BxHxW = jnp.zeros((batch_size, size, size), jnp.float32)
+  memory_BxTxHxW = jnp.zeros((batch_size, 1, size, size), jnp.float32)
+  keys_BxK = jax.random.split(jax.random.key(0), (batch_size, 1))
+  return x_BxHxW, memory_BxTxHxW, keys_BxK
+
+
+def init_params(config, key):
+  """Fresh parameters of `make_model(config)` (their shapes do not depend on T or K)."""
+  return vma_model.make_model(config).init(key, *init_inputs(config))
+
+
+def restore_params(workdir: str, step: int | None = None):
+  """(params, step, config) of the checkpoint at `step` (default: the latest) in workdir.
+
+  The model is rebuilt from the config saved with the checkpoint, so evaluation needs only
+  the workdir.
+  """
+  manager = make_manager(workdir, read_only=True)
+  try:
+    steps = manager.all_steps()
+    if not steps:
+      raise CheckpointError(
+          f"no checkpoint in {manager.directory}. Train first (python train.py "
+          f"--config=configs/<name>.py --workdir={workdir}), or pass the workdir of a "
+          "finished run.")
+    if step is None:
+      step = manager.latest_step()
+    elif step not in steps:
+      raise CheckpointError(f"no checkpoint at step {step} in {manager.directory}; "
+                            f"available steps: {sorted(steps)}.")
+    config = saved_config(manager, step)
+    abstract = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
+    params = restore(manager, step, params=abstract)["params"]
+  finally:
+    manager.close()
+  return params, int(step), config

@@ -1,0 +1,439 @@
+"""Training: `train_and_evaluate(config, workdir)` maximises L_K with VIMCO gradients.
+
+Each step draws B training episodes (x, M) on device, K samples (a_k, z_k) ~ q per episode,
+and takes an Adam step on
+
+  loss = -mean_B vimco_surrogate(log w_1..K)     (value -L_K, gradient -VIMCO estimate).
+
+Randomness comes from one key, jax.random.key(config.seed): step s uses fold_in(train_key, s),
+so a resumed run draws exactly the episodes and samples of an uninterrupted one. Steps are
+jitted over a Mesh of all local devices (axis "data"): the batch is sharded, the parameters
+and optimiser state are replicated.
+
+Workdir: config.json, checkpoints/ (see `vma_jax.checkpoints`), metrics.jsonl (one JSON object
+per logged step), TensorBoard event files, images/ (PNG grids of few-shot generations).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from typing import Any, Callable
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+import optax
+from flax.training import train_state
+
+from vma_jax import checkpoints
+from vma_jax import episodes as episodes_lib
+from vma_jax import model as vma_model
+from vma_jax import objective
+from vma_jax import summaries
+
+TrainState = train_state.TrainState
+METRICS_FILE = "metrics.jsonl"
+IMAGE_DIR = "images"
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss, gradient or parameters became NaN or infinite; names the step."""
+
+
+# ----------------------------------------------------------------------------------------
+# State and step.
+
+
+def make_optimizer(optim_config) -> optax.GradientTransformation:
+  """Adam (lr, b1, b2, eps), after global-norm clipping when grad_clip_norm > 0."""
+  if optim_config.name != "adam":
+    raise ValueError(f"unknown optimiser {optim_config.name!r}; expected 'adam'")
+  tx = optax.adam(optim_config.lr, b1=optim_config.b1, b2=optim_config.b2,
+                  eps=optim_config.eps)
+  if optim_config.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), tx)
+  return tx
+
+
+def create_train_state(config, key) -> TrainState:
+  """Fresh parameters of `make_model(config)` and the optimiser of `config.optim`."""
+  model = vma_model.make_model(config)
+  state = TrainState.create(apply_fn=model.apply, params=checkpoints.init_params(config, key),
+                            tx=make_optimizer(config.optim))
+  return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def make_loss_fn(config, model: vma_model.VMA) -> Callable:
+  """loss_fn(params, episodes, key) -> (loss, aux): loss = -mean_B vimco_surrogate."""
+  num_samples = config.objective.num_samples
+  baseline = config.objective.baseline
+
+  def loss_fn(params, episodes, key):
+    x_BxHxW, memory_BxTxHxW = episodes.x_BxHxW, episodes.memory_BxTxHxW
+    # One key per episode, then one per (episode, sample), as in evaluation.
+    keys_BxK = vma_model.sample_keys(
+        jax.random.split(key, x_BxHxW.shape[0]), 0, num_samples)
+    encoding = model.apply(params, x_BxHxW, memory_BxTxHxW, method=vma_model.VMA.encode)
+    weights = model.apply(params, x_BxHxW, encoding, keys_BxK,
+                          method=vma_model.VMA.log_weights)
+    surrogate_B = objective.vimco_surrogate(weights.log_w_BxK, weights.log_q_a_BxK, baseline)
+    return -jnp.mean(surrogate_B), (encoding.address_logits_BxS, weights)
+
+  return loss_fn
+
+
+def step_metrics(episodes, address_logits_BxS, weights: vma_model.LogWeights) -> dict:
+  """Scalar summaries of one batch: the bound, its terms, and where the samples address."""
+  num_memory = episodes.memory_BxTxHxW.shape[1]
+  num_slots = address_logits_BxS.shape[-1]
+  bound_B = objective.iw_bound(weights.log_w_BxK)
+  address_kl_B = objective.address_kl(address_logits_BxS)
+  a_BxK = weights.a_BxK
+  is_dummy_BxK = a_BxK >= num_memory
+  if num_memory:
+    label_BxK = jnp.take_along_axis(
+        episodes.memory_labels_BxT, jnp.clip(a_BxK, 0, num_memory - 1), axis=1)
+    same_class_BxK = ~is_dummy_BxK & (label_BxK == episodes.x_label_B[:, None])
+  else:
+    same_class_BxK = jnp.zeros_like(is_dummy_BxK)
+  return {
+      "bound": jnp.mean(bound_B),  # L_K, nats per image
+      "neg_bound": -jnp.mean(bound_B),  # -L_K, the number reported (lower is better)
+      "address_kl": jnp.mean(address_kl_B),  # KL(q(a|x,M) || p(a))
+      "address_entropy": jnp.mean(math.log(num_slots) - address_kl_B),  # H[q(a|x,M)]
+      "kl_z": jnp.mean(weights.kl_z_BxK),  # log q(z|x,m_a) - log p(z|m_a), sample estimate
+      "log_px": jnp.mean(weights.log_px_BxK),  # log p(x|z,m_a)
+      "frac_dummy": jnp.mean(is_dummy_BxK.astype(jnp.float32)),
+      "frac_same_class": jnp.mean(same_class_BxK.astype(jnp.float32)),
+  }
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh (axis "data") over `devices` (default: all local devices)."""
+  devices = jax.local_devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), ("data",))
+
+
+def _shardings(mesh: Mesh):
+  return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+
+def make_train_step(config, model: vma_model.VMA | None = None, mesh: Mesh | None = None):
+  """The jitted `train_step(state, episodes, key) -> (state, metrics)`, state donated.
+
+  Episodes are sharded along the batch over `mesh`; state, key and metrics are replicated.
+  """
+  model = vma_model.make_model(config) if model is None else model
+  mesh = make_mesh() if mesh is None else mesh
+  replicated, batch = _shardings(mesh)
+  loss_fn = make_loss_fn(config, model)
+
+  def train_step(state: TrainState, episodes, key):
+    (loss, (address_logits_BxS, weights)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, episodes, key)
+    state = state.apply_gradients(grads=grads)
+    metrics = step_metrics(episodes, address_logits_BxS, weights)
+    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(state.params))
+    return state, metrics
+
+  return jax.jit(train_step, in_shardings=(replicated, batch, replicated),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def make_episode_sampler(config, mesh: Mesh):
+  """Jitted `sample(data, train_key, step) -> (episodes, sample_key)` for step `step`.
+
+  The step's key fold_in(train_key, step) is split into the episodes' key and the samples'
+  key; episodes come out sharded along the batch, straight from device-resident data.
+  """
+  episodes_config, batch_size = config.episodes, config.train.batch_size
+  if episodes_config.composition == "classes":
+    sample_fn = functools.partial(
+        episodes_lib.sample_train_episodes, batch_size=batch_size,
+        memory_size=episodes_config.memory_size, per_class=episodes_config.per_class)
+  elif episodes_config.composition == "cell":
+    sample_fn = functools.partial(
+        episodes_lib.sample_cell_train_episodes, batch_size=batch_size,
+        max_classes=episodes_config.max_classes, memory_size=episodes_config.memory_size)
+  else:
+    raise ValueError(f"unknown episodes.composition {episodes_config.composition!r}; "
+                     "expected 'classes' or 'cell'")
+
+  def sample(data, train_key, step):
+    episode_key, sample_key = jax.random.split(jax.random.fold_in(train_key, step))
+    return sample_fn(data, episode_key), sample_key
+
+  replicated, batch = _shardings(mesh)
+  return jax.jit(sample, in_shardings=(replicated, replicated, replicated),
+                 out_shardings=(batch, replicated))
+
+
+# ----------------------------------------------------------------------------------------
+# Validation and image summaries.
+
+
+def spread_targets(num_images: int, num_targets: int) -> np.ndarray:
+  """`num_targets` target indices spread evenly over a split (all of them if <= 0)."""
+  if num_targets <= 0 or num_targets >= num_images:
+    return np.arange(num_images, dtype=np.int32)
+  return (np.arange(num_targets, dtype=np.int64) * num_images // num_targets).astype(np.int32)
+
+
+def make_validation_fn(config, model: vma_model.VMA, mesh: Mesh):
+  """Jitted `bounds(params, data, target_index_B, key) -> L_K per target` on cell episodes.
+
+  The episode of target i and its samples depend only on (key, i): with a fixed key the
+  bound is comparable across training steps.
+  """
+  v = config.validation
+  replicated, batch = _shardings(mesh)
+
+  def bounds(params, data, target_index_B, key):
+    episode_key, sample_key = jax.random.split(key)
+    episodes = episodes_lib.sample_cell_episodes(
+        data, episode_key, target_index_B, max_classes=v.max_classes,
+        memory_size=v.memory_size)
+    keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(sample_key, target_index_B)
+    return objective.streaming_bound(
+        model.apply, params, episodes.x_BxHxW, episodes.memory_BxTxHxW, keys_B,
+        num_samples=v.num_samples, chunk_size=v.chunk_size)
+
+  return jax.jit(bounds, in_shardings=(replicated, replicated, batch, replicated),
+                 out_shardings=batch)
+
+
+def validation_bound(bounds_fn, params, data, target_index_N, key, batch_size: int) -> float:
+  """Mean L_K over the targets, in batches of batch_size (the last one padded)."""
+  num_targets = len(target_index_N)
+  padded_N = np.resize(target_index_N, -(-num_targets // batch_size) * batch_size)
+  bounds = [bounds_fn(params, data, padded_N[i:i + batch_size], key)
+            for i in range(0, len(padded_N), batch_size)]
+  return float(np.mean(np.concatenate(jax.device_get(bounds))[:num_targets]))
+
+
+def make_image_fn(config, model: vma_model.VMA, num_samples: int = 8):
+  """Jitted `images(params, data, target_index_B, key) -> (memory, x, retrieved, samples)`.
+
+  For cell episodes of config.validation: the slot argmax_a q(a|x,M) (a dummy slot shows
+  its learned image), and means of p(x|z,m_a) with a ~ q(a|x,M), z ~ p(z|m_a).
+  """
+  v = config.validation
+
+  def images(params, data, target_index_B, key):
+    episode_key, address_key, generate_key = jax.random.split(key, 3)
+    episodes = episodes_lib.sample_cell_episodes(
+        data, episode_key, target_index_B, max_classes=v.max_classes,
+        memory_size=v.memory_size)
+    memory_BxTxHxW = episodes.memory_BxTxHxW
+    encoding = model.apply(params, episodes.x_BxHxW, memory_BxTxHxW,
+                           method=vma_model.VMA.encode)
+    logits_BxS = encoding.address_logits_BxS
+    batch = logits_BxS.shape[0]
+    dummies_DxHxW = params["params"]["dummies"]
+    slots_BxSxHxW = jnp.concatenate(
+        [memory_BxTxHxW, jnp.broadcast_to(dummies_DxHxW[None], (batch,) + dummies_DxHxW.shape)],
+        axis=1)
+    retrieved_BxHxW = jnp.take_along_axis(
+        slots_BxSxHxW, jnp.argmax(logits_BxS, axis=1)[:, None, None, None], axis=1)[:, 0]
+    a_BxK = jax.random.categorical(address_key, logits_BxS[:, None, :],
+                                   shape=(batch, num_samples))
+    samples_BxKxHxW = model.apply(params, memory_BxTxHxW, a_BxK, generate_key,
+                                  method=vma_model.VMA.generate)
+    return memory_BxTxHxW, episodes.x_BxHxW, retrieved_BxHxW, samples_BxKxHxW
+
+  return jax.jit(images)
+
+
+# ----------------------------------------------------------------------------------------
+# The loop.
+
+
+def _device_data(split, mesh: Mesh):
+  return jax.device_put(episodes_lib.EpisodeData.from_split(split), NamedSharding(mesh, P()))
+
+
+def _check_finite(pending: list[tuple[int, dict]], workdir: str, last_checkpoint) -> None:
+  """Raises NonFiniteLossError naming the first step whose loss or state is not finite."""
+  names = ("loss", "grad_norm", "param_norm")
+  values = jax.device_get([[metrics[n] for n in names] for _, metrics in pending])
+  for (step, _), row in zip(pending, values):
+    bad = [f"{n} = {float(v)}" for n, v in zip(names, row) if not np.isfinite(v)]
+    if bad:
+      kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in "
+              f"{checkpoints.checkpoint_dir(workdir)}" if last_checkpoint is not None
+              else "no checkpoint was written")
+      raise NonFiniteLossError(
+          f"non-finite training state at step {step} ({', '.join(bad)}); training stopped "
+          f"and {kept}. Lower config.optim.lr or set config.optim.grad_clip_norm > 0; "
+          "rerunning in the same workdir resumes from the last checkpoint.")
+
+
+def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> TrainState:
+  """Trains (or resumes) the run of `config` in `workdir`; returns the final state.
+
+  Args:
+    config: an experiment config (see configs/default.py).
+    workdir: where the config, checkpoints, metrics and images go; rerunning with the same
+      workdir resumes from its latest checkpoint.
+    splits: {"train": ..., "test": ...} Omniglot-like splits; by default
+      `vma_jax.data.load_splits(config.data)`.
+  """
+  workdir = os.path.abspath(workdir)
+  train_config = config.train
+  num_steps = train_config.num_steps
+  mesh = make_mesh()
+  num_devices = mesh.devices.size
+  for name, size in (("train.batch_size", train_config.batch_size),
+                     ("validation.batch_size", config.validation.batch_size)):
+    if size % num_devices:
+      raise ValueError(f"config.{name} = {size} is not a multiple of the {num_devices} "
+                       "devices it is sharded over")
+
+  manager = checkpoints.make_manager(workdir, max_to_keep=train_config.max_checkpoints)
+  start_step = manager.latest_step()
+  if start_step is not None:
+    differences = checkpoints.check_compatible(
+        checkpoints.saved_config(manager, start_step), config,
+        source=os.path.join(manager.directory, str(start_step)))
+    if differences:
+      logging.warning("Resuming with a config that differs from the checkpoint's in: %s",
+                      ", ".join(differences))
+
+  is_chief = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  metrics_log = summaries.MetricsLog(os.path.join(workdir, METRICS_FILE))
+
+  if splits is None:
+    from vma_jax import data  # pylint: disable=g-import-not-at-top
+
+    splits = data.load_splits(config.data)
+  train_data, test_data = _device_data(splits["train"], mesh), _device_data(splits["test"], mesh)
+
+  init_key, train_key, valid_key, image_key = jax.random.split(jax.random.key(config.seed), 4)
+  replicated, _ = _shardings(mesh)
+  if start_step is not None:
+    # Restore onto abstract targets: the fresh parameters are never computed.
+    abstract = jax.eval_shape(functools.partial(create_train_state, config), init_key)
+    restored = checkpoints.restore(manager, start_step, **jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        {"params": abstract.params, "opt_state": abstract.opt_state}))
+    state = abstract.replace(
+        step=jax.device_put(jnp.asarray(start_step, jnp.int32), replicated), **restored)
+    logging.info("Resumed from step %d of %s", start_step, manager.directory)
+  else:
+    start_step = 0
+    state = jax.jit(functools.partial(create_train_state, config),
+                    out_shardings=replicated)(init_key)
+    writer.write_hparams(_flatten(checkpoints.to_dict(config)))
+  # Only once the checkpoint has restored: a config it cannot continue leaves no trace.
+  checkpoints.save_config(workdir, config)
+  logging.info("Training %d steps from step %d on %d device(s); workdir %s",
+               num_steps, start_step, num_devices, workdir)
+
+  model = vma_model.make_model(config)
+  train_step = make_train_step(config, model, mesh)
+  sample = make_episode_sampler(config, mesh)
+  validation_fn = make_validation_fn(config, model, mesh)
+  image_fn = make_image_fn(config, model)
+  valid_targets_N = spread_targets(len(splits["test"].labels_N), config.validation.num_targets)
+  image_targets_B = spread_targets(len(splits["test"].labels_N), 8)
+
+  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  pending: list[tuple[int, dict]] = []  # per-step metrics (on device) since the last log
+  last_checkpoint = manager.latest_step()
+  log_time, log_step = time.monotonic(), start_step
+  train_key = jax.device_put(train_key, replicated)
+
+  def every(period, step, at_end=True):
+    if period <= 0:
+      return at_end and step == num_steps
+    return step % period == 0 or step == num_steps
+
+  try:
+    for step in range(start_step, num_steps):
+      episodes, sample_key = sample(train_data, train_key, np.int32(step))
+      state, metrics = train_step(state, episodes, sample_key)
+      done = step + 1
+      pending.append((done, metrics))
+      report_progress(done)
+
+      if every(train_config.log_every, done):
+        _check_finite(pending, workdir, last_checkpoint)
+        now = time.monotonic()
+        means = jax.device_get({n: jnp.mean(jnp.stack([m[n] for _, m in pending]))
+                                for n in pending[0][1]})
+        scalars = {f"train/{n}": float(v) for n, v in means.items()}
+        scalars["train/steps_per_sec"] = (done - log_step) / max(now - log_time, 1e-9)
+        _write_scalars(writer, metrics_log, is_chief, done, scalars)
+        eta = (num_steps - done) / max(scalars["train/steps_per_sec"], 1e-9)
+        logging.info("step %d/%d: loss %.2f, -L_K %.2f nats, KL(q(a)||p(a)) %.3f, "
+                     "same-class %.2f, dummy %.2f, %.2f steps/s, ETA %s", done, num_steps,
+                     means["loss"], means["neg_bound"], means["address_kl"],
+                     means["frac_same_class"], means["frac_dummy"],
+                     scalars["train/steps_per_sec"], _duration(eta))
+        pending, log_time, log_step = [], now, done
+
+      if every(train_config.checkpoint_every, done):
+        _check_finite(pending, workdir, last_checkpoint)
+        checkpoints.save(manager, done, state.params, state.opt_state, config)
+        last_checkpoint = done
+
+      if every(train_config.validate_every, done, at_end=False):
+        start = time.monotonic()
+        bound = validation_bound(validation_fn, state.params, test_data, valid_targets_N,
+                                 valid_key, config.validation.batch_size)
+        _write_scalars(writer, metrics_log, is_chief, done, {
+            "valid/neg_bound": -bound, "valid/seconds": time.monotonic() - start})
+        logging.info("step %d: validation -L_%d = %.2f nats (cell C=%d, T=%d, %d targets)",
+                     done, config.validation.num_samples, -bound,
+                     config.validation.max_classes, config.validation.memory_size,
+                     len(valid_targets_N))
+
+      if every(train_config.image_every, done, at_end=False):
+        _write_images(image_fn, state.params, test_data, image_targets_B, image_key, writer,
+                      workdir, done, is_chief)
+  finally:
+    # A save in flight is completed (and finalised) before the process goes on or exits.
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+  return state
+
+
+def _write_scalars(writer, metrics_log, is_chief: bool, step: int, scalars: dict) -> None:
+  writer.write_scalars(step, scalars)
+  if is_chief:
+    metrics_log.write(step, scalars)
+
+
+def _write_images(image_fn, params, data, target_index_B, key, writer, workdir, step,
+                  is_chief) -> None:
+  memory, x, retrieved, samples = jax.device_get(image_fn(params, data, target_index_B, key))
+  grid_HxW = summaries.few_shot_grid(memory, x, retrieved, samples)
+  writer.write_images(step, {"few_shot": grid_HxW[None, :, :, None]})
+  if is_chief:
+    summaries.write_png(os.path.join(workdir, IMAGE_DIR, f"few_shot_{step:08d}.png"), grid_HxW)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
+      f"{seconds // 60}m{seconds % 60:02d}s")
