@@ -124,22 +124,29 @@ def _model_and_variables():
   return model, jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+@functools.cache
+def _unchunked_bound(model, num_samples):
+  """iw_bound of the samples of sample_keys(episode_keys_B, 0, K), in one pass."""
+
+  def bound(variables, x_BxHxW, memory_BxTxHxW, episode_keys_B):
+    keys_BxK = vma_model.sample_keys(episode_keys_B, 0, num_samples)
+    out = model.apply(variables, x_BxHxW, memory_BxTxHxW, keys_BxK)
+    return objective.iw_bound(out.log_w_BxK)
+
+  return jax.jit(bound)
+
+
 @pytest.mark.parametrize("chunk_size", [3, 5])
 def test_streaming_bound_equals_unchunked_bound(chunk_size):
   """Chunks that do (5) and do not (3) divide K = 10 give the bound of the same samples."""
   model, variables = _model_and_variables()
   x_BxHxW, memory_BxTxHxW, episode_keys_B = _episodes(2, 2)
   num_samples = 10
-
-  @jax.jit
-  def unchunked(variables, x_BxHxW, memory_BxTxHxW, episode_keys_B):
-    keys_BxK = vma_model.sample_keys(episode_keys_B, 0, num_samples)
-    return objective.iw_bound(model.apply(variables, x_BxHxW, memory_BxTxHxW, keys_BxK).log_w_BxK)
-
   streaming = jax.jit(functools.partial(
       objective.streaming_bound, model.apply, num_samples=num_samples, chunk_size=chunk_size))
-  expected_B = unchunked(variables, x_BxHxW, memory_BxTxHxW, episode_keys_B)
   bound_B = streaming(variables, x_BxHxW, memory_BxTxHxW, episode_keys_B)
+  expected_B = _unchunked_bound(model, num_samples)(
+      variables, x_BxHxW, memory_BxTxHxW, episode_keys_B)
   assert bound_B.shape == (2,)
   np.testing.assert_allclose(bound_B, expected_B, rtol=1e-6)
 
