@@ -340,3 +340,12 @@ def test_log_weights_decompose_as_in_the_model():
   # z_k is the reparameterised sample of q(z|x,m_{a_k}): standardised, it is N(0, I).
   eps_NxZ = (z_NxZ - p["q_mean_NxZ"]) / softplus(p["q_raw_scale_NxZ"])
   assert abs(eps_NxZ.mean()) < 0.15 and abs(eps_NxZ.std() - 1.0) < 0.1
+
+
+def test_bfloat16_computation_keeps_float32_parameters_and_log_weights():
+  """dtype sets the networks' computation only: parameters and log-densities stay float32."""
+  model = vma_model.VMA(dtype="bfloat16")
+  out, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), *_episodes(2, 3, 4))
+  assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype("float32")}
+  for name in ("log_w_BxK", "log_q_a_BxK", "log_px_BxK", "kl_z_BxK", "logits_BxKxHxW"):
+    assert getattr(out, name).dtype == jnp.float32, name
