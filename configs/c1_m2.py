@@ -1,0 +1,19 @@
+"""Table 1 cell (C=1, T=2): the recipe trained and evaluated on this cell's episodes.
+
+Training episodes have memories of T = 2 images from c ~ U(1..1) classes, the
+target's class among them (see configs/cell.py); everything else is configs/default.py.
+
+    python train.py --config=configs/c1_m2.py --workdir=runs/c1_m2
+    python evaluate.py --workdir=runs/c1_m2
+
+Produces: runs/c1_m2/ with checkpoints, metrics.jsonl and TensorBoard summaries; the
+evaluation reports ELBO@1000 on the test split at cell (C=1, T=2) (model.md's Table 1 for
+the paper's and the reproduction's numbers). Time: weeks on a 2-core CPU (100,000 steps of 256
+episodes); on one GPU, hours (estimate, not yet measured; see docs/training.md).
+"""
+
+from configs import cell
+
+
+def get_config():
+  return cell.get_cell_config(max_classes=1, memory_size=2)
