@@ -375,7 +375,7 @@ def _load_with_tfds(split: str, data_dir: str, archive_dir: str | None) -> dict[
     builder = tfds.builder("omniglot", data_dir=data_dir)
     try:
       builder.download_and_prepare()
-    except tfds.download.NonMatchingChecksumError as e:
+    except tfds.core.download.download_manager.NonMatchingChecksumError as e:
       raise DataError(
           f"TFDS downloaded an Omniglot archive whose checksum differs from its table"
           f" ({e}). Download the four zips yourself into a folder with a {CHECKSUMS_FILE}"
