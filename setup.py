@@ -21,15 +21,15 @@ setuptools.setup(
         "numpy>=1.26",
         "tensorflow-datasets>=4.9.9",
         "importlib_resources",  # imported by TFDS when it prepares Omniglot
-        "tqdm",
+        # TFDS needs TensorFlow to prepare Omniglot, and CLU's metric writers to write
+        # TensorBoard summaries. The CPU build: JAX owns the accelerators.
+        "tensorflow-cpu>=2.16; sys_platform == 'linux' and platform_machine == 'x86_64'",
+        "tensorflow>=2.16; sys_platform != 'linux' or platform_machine != 'x86_64'",
+        "tensorboard",
         "matplotlib",
     ],
     extras_require={
-        # TensorFlow is needed only to *prepare* Omniglot through TFDS once;
-        # training and evaluation read the prepared numpy cache without it.
-        "prepare": ["tensorflow-cpu>=2.16"],
         "test": [
-            "tensorflow-cpu>=2.16",
             "pytest>=8",
             "scipy>=1.11",
             # Independent VIMCO baselines (numpy substrate; test-only).

@@ -1,4 +1,4 @@
-"""The train step sharded over 8 devices matches the single-device step.
+"""The train step and the evaluation bound sharded over 8 devices match one device.
 
 Runs in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8 (the flag must
 be set before JAX starts). Run as a script it does the comparison itself.
@@ -16,13 +16,14 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def test_sharded_step_matches_single_device_step():
+def test_sharded_step_and_bound_match_single_device():
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=8")
   result = subprocess.run([sys.executable, __file__], env=env, cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
   assert "sharded step matches" in result.stdout
+  assert "sharded bound matches" in result.stdout
 
 
 def _compare():
@@ -32,6 +33,9 @@ def _compare():
   sys.path.insert(0, str(REPO_ROOT / "tests"))
   from test_train import mock_splits, small_config  # pylint: disable=g-import-not-at-top
   from vma_jax import episodes as episodes_lib  # pylint: disable=g-import-not-at-top
+  from vma_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from vma_jax import model as vma_model  # pylint: disable=g-import-not-at-top
+  from vma_jax import sharding  # pylint: disable=g-import-not-at-top
   from vma_jax import train  # pylint: disable=g-import-not-at-top
 
   devices = jax.local_devices()
@@ -43,7 +47,7 @@ def _compare():
   data = episodes_lib.EpisodeData.from_split(mock_splits()["train"])
   results = {}
   for name, mesh_devices in (("single", devices[:1]), ("sharded", devices)):
-    mesh = train.make_mesh(mesh_devices)
+    mesh = sharding.make_mesh(mesh_devices)
     state = jax.device_put(train.create_train_state(config, jax.random.key(0)),
                            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     sample = train.make_episode_sampler(config, mesh)
@@ -85,6 +89,21 @@ def _compare():
   assert single[2]["frac_dummy"] == sharded[2]["frac_dummy"]
   assert single[2]["frac_same_class"] == sharded[2]["frac_same_class"]
   print("sharded step matches the single-device step")
+
+  # Evaluation: 16 targets over 8 devices give each target's bound of one device.
+  params = jax.device_get(single[0])
+  test_data = episodes_lib.EpisodeData.from_split(mock_splits()["test"])
+  targets_N = evaluate.target_indices(test_data.num_images, 16)
+  bounds = {}
+  for name, mesh_devices in (("single", devices[:1]), ("sharded", devices)):
+    mesh = sharding.make_mesh(mesh_devices)
+    bound_fn = evaluate.make_cell_bound_fn(
+        vma_model.make_model(config), max_classes=2, memory_size=3, num_importance=20,
+        chunk_size=8, mesh=mesh)
+    bounds[name] = evaluate.cell_bounds(bound_fn, params, test_data, jax.random.key(2),
+                                        targets_N, batch_size=16)
+  np.testing.assert_allclose(bounds["sharded"], bounds["single"], rtol=1e-5)
+  print("sharded bound matches the single-device bound")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from configs import default  # pylint: disable=g-import-not-at-top
 from vma_jax import checkpoints
 from vma_jax import episodes as episodes_lib
+from vma_jax import sharding
 from vma_jax import summaries
 from vma_jax import train
 
@@ -86,7 +87,7 @@ def assert_params_equal(a, b):
 
 def test_train_step_learns_and_reports_metrics():
   config = small_config()
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   state = train.create_train_state(config, jax.random.key(0))
   data = episodes_lib.EpisodeData.from_split(mock_splits()["train"])
   episodes, _ = train.make_episode_sampler(config, mesh)(data, jax.random.key(1), np.int32(0))

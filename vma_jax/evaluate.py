@@ -28,6 +28,7 @@ from vma_jax import data as vma_data
 from vma_jax import episodes as vma_episodes
 from vma_jax import model as vma_model
 from vma_jax import objective
+from vma_jax import sharding
 
 # ELBO@1000 in nats on the test split, from model.md: {(C, T): (paper, reproduction)}.
 REFERENCE = {
@@ -70,29 +71,51 @@ def parse_cells(cells: str) -> list[tuple[int, int]]:
   return parsed
 
 
-def target_indices(num_images: int, num_targets: int, seed: int) -> np.ndarray:
-  """All targets in order (num_targets <= 0), or a fixed random subset of num_targets."""
+def target_indices(num_images: int, num_targets: int) -> np.ndarray:
+  """All targets (num_targets <= 0), or num_targets of them spread evenly over the split.
+
+  The split is ordered by class, so an evenly spread subset covers the classes evenly.
+  """
   if num_targets <= 0 or num_targets >= num_images:
     return np.arange(num_images, dtype=np.int32)
-  rng = np.random.default_rng(seed)
-  return np.sort(rng.permutation(num_images)[:num_targets]).astype(np.int32)
+  return (np.arange(num_targets, dtype=np.int64) * num_images // num_targets).astype(np.int32)
 
 
 def make_cell_bound_fn(model: vma_model.VMA, *, max_classes: int, memory_size: int,
-                       num_importance: int, chunk_size: int):
-  """A jitted (params, data, key, target_index_B) -> L_K per target (shape B)."""
+                       num_importance: int, chunk_size: int, mesh=None):
+  """A jitted `(params, data, key, target_index_B) -> L_K per target` on cell episodes.
 
-  @jax.jit
+  The episode of target i and its K samples depend only on (key, i). Targets are sharded
+  over `mesh` (default: all local devices); params and data are replicated.
+  """
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  replicated, batch = sharding.shardings(mesh)
+
   def cell_bound(params, data, key, target_index_B):
     episode_key, sample_key = jax.random.split(key)
-    batch = vma_episodes.sample_cell_episodes(
+    episodes = vma_episodes.sample_cell_episodes(
         data, episode_key, target_index_B, max_classes=max_classes, memory_size=memory_size)
     sample_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(sample_key, target_index_B)
     return objective.streaming_bound(
-        model.apply, params, batch.x_BxHxW, batch.memory_BxTxHxW, sample_keys_B,
+        model.apply, params, episodes.x_BxHxW, episodes.memory_BxTxHxW, sample_keys_B,
         num_samples=num_importance, chunk_size=chunk_size)
 
-  return cell_bound
+  return jax.jit(cell_bound, in_shardings=(replicated, replicated, replicated, batch),
+                 out_shardings=batch)
+
+
+def cell_bounds(bound_fn, params, data, key, targets_N: np.ndarray,
+                batch_size: int) -> np.ndarray:
+  """L_K of every target in targets_N (float64, shape N), in batches of batch_size.
+
+  The last batch is padded (with repeats of its last target) to keep one compiled shape.
+  """
+  num_targets = len(targets_N)
+  padded_N = np.resize(targets_N, -(-num_targets // batch_size) * batch_size).astype(np.int32)
+  # Dispatch every batch before reading any back: the host never waits between batches.
+  bounds = [bound_fn(params, data, key, padded_N[i:i + batch_size])
+            for i in range(0, len(padded_N), batch_size)]
+  return np.concatenate(jax.device_get(bounds)).astype(np.float64)[:num_targets]
 
 
 def cell_key(seed: int, max_classes: int, memory_size: int) -> jax.Array:
@@ -102,43 +125,39 @@ def cell_key(seed: int, max_classes: int, memory_size: int) -> jax.Array:
 
 def evaluate_cell(model: vma_model.VMA, params, data, *, max_classes: int, memory_size: int,
                   num_importance: int, targets: np.ndarray, batch_size: int, chunk_size: int,
-                  seed: int) -> CellResult:
-  """-L_K of every target in `targets`, in batches; returns the cell's mean and stderr."""
+                  seed: int, mesh=None) -> CellResult:
+  """-L_K over `targets` on cell (C, T) = (max_classes, memory_size): mean and stderr."""
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  sharding.check_batch_size(batch_size, mesh)
   bound_fn = make_cell_bound_fn(model, max_classes=max_classes, memory_size=memory_size,
-                                num_importance=num_importance, chunk_size=chunk_size)
-  key = cell_key(seed, max_classes, memory_size)
+                                num_importance=num_importance, chunk_size=chunk_size,
+                                mesh=mesh)
   start_time = time.perf_counter()
-  bounds = []
-  for start in range(0, len(targets), batch_size):
-    index_B = targets[start:start + batch_size]
-    num_real = len(index_B)
-    if num_real < batch_size:  # pad the last batch to keep one compiled shape
-      index_B = np.concatenate([index_B, np.full(batch_size - num_real, index_B[-1])])
-    bound_B = bound_fn(params, data, key, jnp.asarray(index_B, jnp.int32))
-    bounds.append(np.asarray(bound_B)[:num_real])
-  neg_bound_N = -np.concatenate(bounds).astype(np.float64)
+  neg_bound_N = -cell_bounds(bound_fn, params, data, cell_key(seed, max_classes, memory_size),
+                             targets, batch_size)
   if not np.all(np.isfinite(neg_bound_N)):
     raise FloatingPointError(
         f"non-finite bound in cell C={max_classes}, T={memory_size}: the checkpoint's "
         "parameters may be corrupt")
-  stderr = float(neg_bound_N.std(ddof=1) / math.sqrt(len(neg_bound_N))) if len(
-      neg_bound_N) > 1 else float("nan")
+  num = len(neg_bound_N)
+  stderr = float(neg_bound_N.std(ddof=1) / math.sqrt(num)) if num > 1 else float("nan")
   return CellResult(max_classes, memory_size, float(neg_bound_N.mean()), stderr,
-                    num_importance, len(neg_bound_N), time.perf_counter() - start_time)
+                    num_importance, num, time.perf_counter() - start_time)
 
 
 def evaluate_grid(model: vma_model.VMA, params, split: "vma_data.OmniglotSplit",
                   cells: Sequence[tuple[int, int]], *, num_importance: int, num_targets: int,
                   batch_size: int, chunk_size: int, seed: int) -> list[CellResult]:
   """Every cell of `cells` on `split`, each target once per cell."""
-  data = vma_episodes.EpisodeData.from_split(split)
-  targets = target_indices(len(split.labels_N), num_targets, seed)
+  mesh = sharding.make_mesh()
+  data = jax.device_put(vma_episodes.EpisodeData.from_split(split), sharding.shardings(mesh)[0])
+  targets = target_indices(len(split.labels_N), num_targets)
   results = []
   for max_classes, memory_size in cells:
     result = evaluate_cell(
         model, params, data, max_classes=max_classes, memory_size=memory_size,
         num_importance=num_importance, targets=targets, batch_size=batch_size,
-        chunk_size=chunk_size, seed=seed)
+        chunk_size=chunk_size, seed=seed, mesh=mesh)
     logging.info("C=%d T=%2d  -L_%d = %.2f +- %.2f nats  (%d targets, %.0f s)", max_classes,
                  memory_size, num_importance, result.bound, result.stderr, result.num_targets,
                  result.seconds)
@@ -198,7 +217,8 @@ def evaluate_workdir(workdir: str, *, cells: str = GRID, num_importance: int = 1
     workdir: the training run's workdir (with config.json and checkpoints/).
     cells: "C:T,..." or "config" for the run's own config.eval.cells.
     num_importance: K.
-    num_targets: targets per cell; 0 = the whole test split (13,180).
+    num_targets: targets per cell, spread evenly over the classes; 0 = the whole test split
+      (13,180).
     seed: fixes the episodes and samples of every cell.
     batch_size, chunk_size: targets and samples processed at once (defaults from the config).
     data_config: overrides the run's config.data (e.g. another archive_dir).

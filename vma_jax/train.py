@@ -27,15 +27,17 @@ from clu import metric_writers
 from clu import periodic_actions
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 import numpy as np
 import optax
 from flax.training import train_state
 
 from vma_jax import checkpoints
 from vma_jax import episodes as episodes_lib
+from vma_jax import evaluate
 from vma_jax import model as vma_model
 from vma_jax import objective
+from vma_jax import sharding
 from vma_jax import summaries
 
 TrainState = train_state.TrainState
@@ -115,24 +117,14 @@ def step_metrics(episodes, address_logits_BxS, weights: vma_model.LogWeights) ->
   }
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh (axis "data") over `devices` (default: all local devices)."""
-  devices = jax.local_devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), ("data",))
-
-
-def _shardings(mesh: Mesh):
-  return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-
-
 def make_train_step(config, model: vma_model.VMA | None = None, mesh: Mesh | None = None):
   """The jitted `train_step(state, episodes, key) -> (state, metrics)`, state donated.
 
   Episodes are sharded along the batch over `mesh`; state, key and metrics are replicated.
   """
   model = vma_model.make_model(config) if model is None else model
-  mesh = make_mesh() if mesh is None else mesh
-  replicated, batch = _shardings(mesh)
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  replicated, batch = sharding.shardings(mesh)
   loss_fn = make_loss_fn(config, model)
 
   def train_step(state: TrainState, episodes, key):
@@ -171,52 +163,13 @@ def make_episode_sampler(config, mesh: Mesh):
     episode_key, sample_key = jax.random.split(jax.random.fold_in(train_key, step))
     return sample_fn(data, episode_key), sample_key
 
-  replicated, batch = _shardings(mesh)
+  replicated, batch = sharding.shardings(mesh)
   return jax.jit(sample, in_shardings=(replicated, replicated, replicated),
                  out_shardings=(batch, replicated))
 
 
 # ----------------------------------------------------------------------------------------
 # Validation and image summaries.
-
-
-def spread_targets(num_images: int, num_targets: int) -> np.ndarray:
-  """`num_targets` target indices spread evenly over a split (all of them if <= 0)."""
-  if num_targets <= 0 or num_targets >= num_images:
-    return np.arange(num_images, dtype=np.int32)
-  return (np.arange(num_targets, dtype=np.int64) * num_images // num_targets).astype(np.int32)
-
-
-def make_validation_fn(config, model: vma_model.VMA, mesh: Mesh):
-  """Jitted `bounds(params, data, target_index_B, key) -> L_K per target` on cell episodes.
-
-  The episode of target i and its samples depend only on (key, i): with a fixed key the
-  bound is comparable across training steps.
-  """
-  v = config.validation
-  replicated, batch = _shardings(mesh)
-
-  def bounds(params, data, target_index_B, key):
-    episode_key, sample_key = jax.random.split(key)
-    episodes = episodes_lib.sample_cell_episodes(
-        data, episode_key, target_index_B, max_classes=v.max_classes,
-        memory_size=v.memory_size)
-    keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(sample_key, target_index_B)
-    return objective.streaming_bound(
-        model.apply, params, episodes.x_BxHxW, episodes.memory_BxTxHxW, keys_B,
-        num_samples=v.num_samples, chunk_size=v.chunk_size)
-
-  return jax.jit(bounds, in_shardings=(replicated, replicated, batch, replicated),
-                 out_shardings=batch)
-
-
-def validation_bound(bounds_fn, params, data, target_index_N, key, batch_size: int) -> float:
-  """Mean L_K over the targets, in batches of batch_size (the last one padded)."""
-  num_targets = len(target_index_N)
-  padded_N = np.resize(target_index_N, -(-num_targets // batch_size) * batch_size)
-  bounds = [bounds_fn(params, data, padded_N[i:i + batch_size], key)
-            for i in range(0, len(padded_N), batch_size)]
-  return float(np.mean(np.concatenate(jax.device_get(bounds))[:num_targets]))
 
 
 def make_image_fn(config, model: vma_model.VMA, num_samples: int = 8):
@@ -257,7 +210,7 @@ def make_image_fn(config, model: vma_model.VMA, num_samples: int = 8):
 
 
 def _device_data(split, mesh: Mesh):
-  return jax.device_put(episodes_lib.EpisodeData.from_split(split), NamedSharding(mesh, P()))
+  return jax.device_put(episodes_lib.EpisodeData.from_split(split), sharding.shardings(mesh)[0])
 
 
 def _check_finite(pending: list[tuple[int, dict]], workdir: str, last_checkpoint) -> None:
@@ -289,13 +242,10 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
   workdir = os.path.abspath(workdir)
   train_config = config.train
   num_steps = train_config.num_steps
-  mesh = make_mesh()
+  mesh = sharding.make_mesh()
   num_devices = mesh.devices.size
-  for name, size in (("train.batch_size", train_config.batch_size),
-                     ("validation.batch_size", config.validation.batch_size)):
-    if size % num_devices:
-      raise ValueError(f"config.{name} = {size} is not a multiple of the {num_devices} "
-                       "devices it is sharded over")
+  for name in ("train.batch_size", "validation.batch_size"):
+    sharding.check_batch_size(config[name], mesh, f"config.{name}")
 
   manager = checkpoints.make_manager(workdir, max_to_keep=train_config.max_checkpoints)
   start_step = manager.latest_step()
@@ -318,7 +268,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
   train_data, test_data = _device_data(splits["train"], mesh), _device_data(splits["test"], mesh)
 
   init_key, train_key, valid_key, image_key = jax.random.split(jax.random.key(config.seed), 4)
-  replicated, _ = _shardings(mesh)
+  replicated, _ = sharding.shardings(mesh)
   if start_step is not None:
     # Restore onto abstract targets: the fresh parameters are never computed.
     abstract = jax.eval_shape(functools.partial(create_train_state, config), init_key)
@@ -341,10 +291,13 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
   model = vma_model.make_model(config)
   train_step = make_train_step(config, model, mesh)
   sample = make_episode_sampler(config, mesh)
-  validation_fn = make_validation_fn(config, model, mesh)
+  v = config.validation
+  validation_fn = evaluate.make_cell_bound_fn(
+      model, max_classes=v.max_classes, memory_size=v.memory_size, num_importance=v.num_samples,
+      chunk_size=v.chunk_size, mesh=mesh)
   image_fn = make_image_fn(config, model)
-  valid_targets_N = spread_targets(len(splits["test"].labels_N), config.validation.num_targets)
-  image_targets_B = spread_targets(len(splits["test"].labels_N), 8)
+  valid_targets_N = evaluate.target_indices(len(splits["test"].labels_N), v.num_targets)
+  image_targets_B = evaluate.target_indices(len(splits["test"].labels_N), 8)
 
   report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   pending: list[tuple[int, dict]] = []  # per-step metrics (on device) since the last log
@@ -388,8 +341,8 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
 
       if every(train_config.validate_every, done, at_end=False):
         start = time.monotonic()
-        bound = validation_bound(validation_fn, state.params, test_data, valid_targets_N,
-                                 valid_key, config.validation.batch_size)
+        bound = float(np.mean(evaluate.cell_bounds(
+            validation_fn, state.params, test_data, valid_key, valid_targets_N, v.batch_size)))
         _write_scalars(writer, metrics_log, is_chief, done, {
             "valid/neg_bound": -bound, "valid/seconds": time.monotonic() - start})
         logging.info("step %d: validation -L_%d = %.2f nats (cell C=%d, T=%d, %d targets)",
