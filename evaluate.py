@@ -16,12 +16,13 @@ from vma_jax import data
 from vma_jax import evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quick", "The training run to evaluate.")
-_NUM_IMPORTANCE = flags.DEFINE_integer("num_importance", 1000, "K, importance samples.")
+_NUM_IMPORTANCE = flags.DEFINE_integer(
+    "num_importance", None, "K, importance samples (default: the run's config.eval, 1000).")
 _CELLS = flags.DEFINE_string(
     "cells", evaluate.GRID, "Cells C:T, comma-separated; 'config' for the run's own cells.")
 _NUM_TARGETS = flags.DEFINE_integer(
-    "num_targets", 0, "Targets per cell; 0 = every test image (13,180).")
-_SEED = flags.DEFINE_integer("seed", 0, "Fixes the episodes and samples.")
+    "num_targets", None, "Targets per cell; 0 = every test image (13,180; the default).")
+_SEED = flags.DEFINE_integer("seed", None, "Fixes the episodes and samples (default 0).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Targets at once (default: config).")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Samples at once (default: config).")
 

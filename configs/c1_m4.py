@@ -4,7 +4,7 @@ Training episodes have memories of T = 4 images from c ~ U(1..1) classes, the
 target's class among them (see configs/cell.py); everything else is configs/default.py.
 
     python train.py --config=configs/c1_m4.py --workdir=runs/c1_m4
-    python evaluate.py --workdir=runs/c1_m4
+    python evaluate.py --workdir=runs/c1_m4 --cells=config
 
 Produces: runs/c1_m4/ with checkpoints, metrics.jsonl and TensorBoard summaries; the
 evaluation reports ELBO@1000 on the test split at cell (C=1, T=4) (model.md's Table 1 for

@@ -12,6 +12,13 @@ import pathlib
 import jax
 import pytest
 
+try:
+  # TFP (the VIMCO baselines' reference) must be imported before TensorFlow is: once TF is
+  # loaded, importing TFP requires tf_keras, which would pull in a second TensorFlow build.
+  from tensorflow_probability.substrates import numpy as _tfp  # noqa: F401
+except ImportError:
+  pass
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent

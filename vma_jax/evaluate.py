@@ -207,11 +207,13 @@ def write_results(results: Sequence[CellResult], out_dir: str, meta: dict) -> di
   return paths
 
 
-def evaluate_workdir(workdir: str, *, cells: str = GRID, num_importance: int = 1000,
-                     num_targets: int = 0, seed: int = 0, batch_size: int | None = None,
-                     chunk_size: int | None = None,
+def evaluate_workdir(workdir: str, *, cells: str = GRID, num_importance: int | None = None,
+                     num_targets: int | None = None, seed: int | None = None,
+                     batch_size: int | None = None, chunk_size: int | None = None,
                      data_config: ml_collections.ConfigDict | None = None) -> list[CellResult]:
   """Restores the latest checkpoint of a training run and evaluates it on the test split.
+
+  Arguments left None take the run's `config.eval` values (K = 1000, all targets, seed 0).
 
   Args:
     workdir: the training run's workdir (with config.json and checkpoints/).
@@ -220,21 +222,24 @@ def evaluate_workdir(workdir: str, *, cells: str = GRID, num_importance: int = 1
     num_targets: targets per cell, spread evenly over the classes; 0 = the whole test split
       (13,180).
     seed: fixes the episodes and samples of every cell.
-    batch_size, chunk_size: targets and samples processed at once (defaults from the config).
+    batch_size, chunk_size: targets and samples processed at once.
     data_config: overrides the run's config.data (e.g. another archive_dir).
   Returns:
     One CellResult per cell; also written to workdir/eval/results.{json,csv,md}.
   """
   params, step, config = checkpoints.restore_params(workdir)
+  pick = lambda value, default: default if value is None else value
+  num_importance = pick(num_importance, config.eval.num_importance)
+  num_targets = pick(num_targets, config.eval.num_targets)
+  seed = pick(seed, config.eval.seed)
   if cells == "config":
     cells = config.eval.cells
-  data_config = data_config or config.data
-  split = vma_data.load_splits(data_config)["test"]
+  split = vma_data.load_splits(data_config or config.data)["test"]
   results = evaluate_grid(
       vma_model.make_model(config), params, split, parse_cells(cells),
       num_importance=num_importance, num_targets=num_targets,
-      batch_size=batch_size or config.eval.batch_size,
-      chunk_size=chunk_size or config.eval.chunk_size, seed=seed)
+      batch_size=pick(batch_size, config.eval.batch_size),
+      chunk_size=pick(chunk_size, config.eval.chunk_size), seed=seed)
   meta = dict(workdir=os.path.abspath(workdir), step=int(step), seed=seed,
               device=str(jax.devices()[0].device_kind), num_devices=jax.device_count())
   write_results(results, os.path.join(workdir, "eval"), meta)
