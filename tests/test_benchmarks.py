@@ -1,0 +1,28 @@
+"""Smoke test of benchmarks/run.py: one tiny training step, the JSON entry it writes."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED = ("name", "device", "median_s", "min_s", "max_s", "peak_rss_mb", "gflops_per_s",
+            "matmul_gflops_per_s", "batch", "memory", "samples")
+
+
+def test_run_writes_required_keys(tmp_path):
+  out = tmp_path / "bench.json"
+  subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--only", "train_small",
+       "--batch", "2", "--memory", "2", "--samples", "2", "--repeats", "2", "--warmup", "1",
+       "--matmul-n", "128", "--out", str(out)],
+      check=True, cwd=ROOT, timeout=600)
+  entries = json.loads(out.read_text())
+  assert [e["name"] for e in entries] == ["train_small"]
+  entry = entries[0]
+  for key in REQUIRED:
+    assert key in entry, key
+  assert (entry["batch"], entry["memory"], entry["samples"]) == (2, 2, 2)
+  assert entry["min_s"] <= entry["median_s"] <= entry["max_s"]
+  assert entry["gflops_per_s"] > 0 and entry["matmul_gflops_per_s"] > 0
+  assert entry["peak_rss_mb"] > 0
