@@ -6,8 +6,8 @@ Layouts are NHWC. For 26x26 images the spatial sizes are 26 -> 13 -> 7 -> 4 in t
 every 3x3 conv pads 1 on both sides; transposed convs are the adjoints of those convs, with an
 output padding where an even size is wanted.
 
-Speed: the stride-2 layers are computed at stride 1 on the even/odd phases of their input
-(`DownConv3x3`) or output (`UpConv3x3`), and the one-channel output layer as a matmul
+Speed: the decoder's stride-2 transposed convs are computed at stride 1 on the even/odd phases
+of their output (`UpConv3x3`), and the one-channel output layer as a matmul
 (`OneChannelConvTranspose`); each keeps the parameters and the function of the Flax layer it
 replaces (see docs/performance.md for what this gains on CPU).
 """
@@ -29,50 +29,9 @@ class Skips(NamedTuple):
 
 
 def _conv(features, stride, dtype, name):
-  if stride == 2:
-    return DownConv3x3(features, dtype=dtype, name=name)
   return nn.Conv(
       features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), dtype=dtype,
       name=name)
-
-
-class DownConv3x3(nn.Module):
-  """A 3x3 stride-2 conv with padding 1: n -> ceil(n / 2), computed at stride 1.
-
-  Same parameters ('kernel' 3x3xCinxCout, 'bias') and the same function as
-  nn.Conv(features, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))). The input is split
-  into its four phases (even/odd row x even/odd column, space to depth) and the conv becomes a
-  sum of four stride-1 convs (1x1, 1x2, 2x1 and 2x2 subsets of the taps, no product with a
-  padding zero more than the original), whose gradients XLA:CPU computes without the dilated
-  convs that the gradients of a strided conv need.
-  """
-
-  features: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_NxHxWxC):
-    cin = x_NxHxWxC.shape[-1]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, cin, self.features),
-                        jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x_NxHxWxC, kernel, bias, dtype=self.dtype)
-    n, h, w, _ = x.shape
-    oh, ow = (h + 1) // 2, (w + 1) // 2
-    x = jnp.pad(x, ((0, 0), (0, 2 * oh - h), (0, 2 * ow - w), (0, 0)))  # x[n] = 0 past the edge
-    phases = x.reshape(n, oh, 2, ow, 2, cin)  # N x H' x pr x W' x pc x C
-    dn = ("NHWC", "HWIO", "NHWC")
-    conv = lambda v, k, pad: jax.lax.conv_general_dilated(v, k, (1, 1), pad,
-                                                           dimension_numbers=dn)
-    ee, eo = phases[:, :, 0, :, 0], phases[:, :, 0, :, 1]
-    oe, oo = phases[:, :, 1, :, 0], phases[:, :, 1, :, 1]
-    # y[o] = O[o-1] w[0] + E[o] w[1] + O[o] w[2] along each axis: the odd phase also reads
-    # one step back (pad 1 before).
-    y = (conv(ee, kernel[1:2, 1:2], ((0, 0), (0, 0)))
-         + conv(eo, kernel[1:2, 0::2], ((0, 0), (1, 0)))
-         + conv(oe, kernel[0::2, 1:2], ((1, 0), (0, 0)))
-         + conv(oo, kernel[0::2, 0::2], ((1, 0), (1, 0))))
-    return y + bias
 
 
 def _conv_transpose(features, kernel, stride, pad, out_pad, dtype, name):
@@ -118,7 +77,7 @@ class OneChannelConvTranspose(nn.Module):
     u = jnp.pad(u, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
     oh, ow = h + lo + hi - k + 1, w + lo + hi - k + 1
     y = sum(u[:, i:i + oh, j:j + ow, i * k + j] for i in range(k) for j in range(k))
-    return y[..., None] + bias
+    return y[..., None] + bias.reshape(1, 1, 1, -1)  # no implicit rank promotion
 
 
 class UpConv3x3(nn.Module):
@@ -160,7 +119,7 @@ class UpConv3x3(nn.Module):
     # N x H x W x pr x pc x C -> N x 2H x 2W x C, then crop the odd row/column past the edge.
     y = y.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, self.features)
     y = y[:, :2 * h - 1 + self.out_pad, :2 * w - 1 + self.out_pad]
-    return y + bias
+    return y + bias.reshape(1, 1, 1, -1)  # no implicit rank promotion
 
 
 class Encoder(nn.Module):
