@@ -194,7 +194,9 @@ def main(argv=None):
   parser.add_argument("--memory", type=int, help="override T")
   parser.add_argument("--samples", type=int, help="override K")
   parser.add_argument("--repeats", type=int, help="timed calls (default per benchmark)")
-  parser.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling "
+                      "(2: a step whose output state has other shardings than its first "
+                      "input recompiles on its second call)")
   parser.add_argument("--chunk-size", type=int, help="samples per chunk of the bound "
                       "(default config.eval.chunk_size)")
   parser.add_argument("--dtype", default="float32", help="config.model.dtype")
@@ -225,14 +227,16 @@ def main(argv=None):
         with open(out) as f:
           entries.append(json.load(f))
     e = entries[-1]
-    if e.get("median_s") is not None:
+    if e.get("skipped"):
+      print(f"[{name}] skipped: {e.get('skipped')}", flush=True)
+    elif "gflops_per_s" not in e:
+      print(f"[{e['name']}] median {e.get('median_s')} s per call", flush=True)
+    else:
       print(f"[{name}] {e['device']} B={e.get('batch')} T={e.get('memory')} "
             f"K={e.get('samples')}: median {e['median_s']:.3f} s (min {e['min_s']:.3f}, max "
             f"{e['max_s']:.3f}, {e['repeats']} repeats), {e['gflops_per_s']:.1f} GFLOP/s vs "
             f"matmul {e['matmul_gflops_per_s']:.1f}, peak RSS {e['peak_rss_mb']:.0f} MB",
             flush=True)
-    else:
-      print(f"[{name}] skipped: {e.get('skipped')}", flush=True)
   with open(args.out, "w") as f:
     json.dump(entries, f, indent=1)
   print(f"wrote {len(entries)} entries to {args.out} ({platform.node()})")
