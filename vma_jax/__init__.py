@@ -9,8 +9,11 @@ Modules, bottom to top (imports flow upwards only):
   model           the VMA model: p(a), p(z|m_a), p(x|z,m_a), q(a|x,M), q(z|x,m_a),
                   and the per-sample log-weights log w_k.
   objective       the K-sample bound L_K, VIMCO surrogate, streaming large-K bound, KL(q(a)||p(a)).
+  sharding        the device mesh: batches sharded, parameters replicated.
+  checkpoints     Orbax checkpoints and saved configs of a workdir.
+  summaries       metrics.jsonl and PNG grids of few-shot generations.
+  evaluate        the Table 1 grid of few-shot bounds (also the validation bound of training).
   train           train_and_evaluate(config, workdir): one jitted train step, Orbax, CLU.
-  evaluate        the Table 1 grid of few-shot bounds.
 """
 
 __version__ = "0.1.0"
