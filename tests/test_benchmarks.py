@@ -26,3 +26,16 @@ def test_run_writes_required_keys(tmp_path):
   assert entry["min_s"] <= entry["median_s"] <= entry["max_s"]
   assert entry["gflops_per_s"] > 0 and entry["matmul_gflops_per_s"] > 0
   assert entry["peak_rss_mb"] > 0
+
+
+def test_hand_counted_flops_match_the_issue_figures():
+  """22 MFLOP per encoded image, 62 per decoded sample; a recipe step ~280 GFLOP forward."""
+  from benchmarks import flops
+  assert abs(flops.encoder_flops() / 1e6 - 22.3) < 0.1
+  assert abs(flops.decoder_flops() / 1e6 - 62.1) < 0.1
+  # K < T: e and the skip terms run on the K sampled slots only.
+  assert abs(flops.forward_flops(256, 32, 4) / 1e9 - 281.2) < 0.5
+  # K >= T: e and the skip terms on every slot once; more samples add decoder work only.
+  per_sample = flops.decoder_flops() - flops.skip_terms_flops() + flops.heads_flops()
+  extra = flops.forward_flops(16, 19, 2000) - flops.forward_flops(16, 19, 1000)
+  assert extra == 16 * 1000 * per_sample

@@ -117,10 +117,27 @@ def test_encoder_and_decoder_shapes(image_size, size_a, size_b):
   assert features_NxE.shape == (3, 128)
   assert skips.a_NxH1xW1xC.shape == (3, size_a, size_a, 48)
   assert skips.b_NxH2xW2xC.shape == (3, size_b, size_b, 64)
-  decoder = networks.Decoder()
-  logits_NxHxW, _ = jax.eval_shape(
-      decoder.init_with_output, jax.random.key(0), jnp.zeros((3, 128)), skips)
+  decoder = networks.Decoder(image_size=image_size)
+  logits_NxHxW, _ = jax.eval_shape(functools.partial(
+      decoder.init_with_output, method="decode"), jax.random.key(0), jnp.zeros((3, 128)), skips)
   assert logits_NxHxW.shape == (3, image_size, image_size)
+
+
+def test_concat_conv_transpose_is_the_flax_layer_on_the_concatenation():
+  """conv(y) + project(skip) == nn.ConvTranspose(concat([y, skip])), same parameters."""
+  rng = np.random.default_rng(0)
+  y_NxHxWxC = jnp.asarray(rng.normal(size=(2, 7, 7, 5)), jnp.float32)
+  skip_NxHxWxC = jnp.asarray(rng.normal(size=(2, 7, 7, 3)), jnp.float32)
+  layer = networks.ConcatConvTranspose3x3(5, 3, 4)
+  reference = nn.ConvTranspose(4, (3, 3), padding=((1, 1), (1, 1)))
+  params = reference.init(jax.random.key(0), jnp.zeros((1, 7, 7, 8)))
+  params = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+  expected = reference.apply(params, jnp.concatenate([y_NxHxWxC, skip_NxHxWxC], axis=-1))
+  assert jax.tree.map(jnp.shape, layer.init(
+      jax.random.key(0), y_NxHxWxC, jnp.zeros((2, 7, 7, 4)))) == jax.tree.map(jnp.shape, params)
+  term = layer.apply(params, skip_NxHxWxC, method="project")
+  np.testing.assert_allclose(layer.apply(params, y_NxHxWxC, term), expected,
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_log_weight_shapes_for_28x28_images():
@@ -150,13 +167,52 @@ def _rows_per_module(batch, num_memory, num_samples):
 
 
 def test_memory_is_encoded_once_per_slot_not_per_sample():
-  """e and h see each image once (x, T memory items, D dummies), whatever K is."""
+  """With K >= T, e and h see each image once (x, T memory items, D dummies), whatever K is."""
   batch, num_memory = 2, 3
-  rows_k1 = _rows_per_module(batch, num_memory, num_samples=1)
+  rows_k3 = _rows_per_module(batch, num_memory, num_samples=3)
   rows_k7 = _rows_per_module(batch, num_memory, num_samples=7)
   for name in ("embed", "match"):
-    assert rows_k1[name] == rows_k7[name], name
-    assert rows_k7[name] <= batch * (1 + num_memory + NUM_DUMMIES), name
+    assert rows_k3[name] == rows_k7[name] == batch * (1 + num_memory) + NUM_DUMMIES, name
+
+
+@pytest.mark.parametrize("num_samples", [1, 4])
+def test_with_fewer_samples_than_slots_e_sees_only_the_sampled_slots(num_samples):
+  """K < T: h still sees every slot (q(a|x,M) needs it), e only x and the K sampled slots."""
+  batch, num_memory = 2, 8
+  rows = _rows_per_module(batch, num_memory, num_samples)
+  assert rows["match"] == batch * (1 + num_memory) + NUM_DUMMIES
+  assert rows["embed"] == batch * (1 + num_samples)
+
+
+@pytest.mark.parametrize("num_memory, num_samples", [(5, 3), (2, 6), (0, 2)])
+def test_sampled_slot_encoding_equals_every_slot_encoding(num_memory, num_samples):
+  """Encoding every slot or only the sampled ones gives the same log-weights and gradients."""
+  model = vma_model.VMA()
+  variables = init_variables(model, seed=3)
+  variables["params"]["dummies"] = jnp.asarray(
+      np.random.default_rng(1).uniform(size=variables["params"]["dummies"].shape), jnp.float32)
+  x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes(3, num_memory, num_samples)
+
+  def surrogate(variables, embed_slots):
+    encoding = model.apply(variables, x_BxHxW, memory_BxTxHxW, embed_slots=embed_slots,
+                           method=vma_model.VMA.encode)
+    weights = model.apply(variables, x_BxHxW, encoding, keys_BxK,
+                          method=vma_model.VMA.log_weights)
+    # Both routes of the VIMCO gradient: through log w_k and through log q(a_k|x,M).
+    return jnp.sum(weights.log_w_BxK) + jnp.sum(weights.log_q_a_BxK), weights
+
+  (value_all, weights_all), grads_all = jax.value_and_grad(surrogate, has_aux=True)(
+      variables, True)
+  (value_sampled, weights_sampled), grads_sampled = jax.value_and_grad(
+      surrogate, has_aux=True)(variables, False)
+  np.testing.assert_array_equal(weights_all.a_BxK, weights_sampled.a_BxK)
+  np.testing.assert_allclose(weights_all.log_w_BxK, weights_sampled.log_w_BxK, rtol=1e-5)
+  np.testing.assert_allclose(value_all, value_sampled, rtol=1e-5)
+  for path, g_all in jax.tree_util.tree_flatten_with_path(grads_all)[0]:
+    g_sampled = functools.reduce(lambda tree, k: tree[k.key], path, grads_sampled)
+    scale = float(jnp.max(jnp.abs(g_all))) + 1e-6
+    np.testing.assert_allclose(g_sampled, g_all, atol=1e-4 * scale,
+                               err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.parametrize("num_samples", [1, 7])
@@ -289,7 +345,7 @@ def _pieces(module, x_BxHxW, memory_BxTxHxW, a_BxK, z_BxKxZ):
   e_x_NxE = jnp.repeat(e_x_BxE, num_samples, axis=0)
   q_input_Nx2E = jnp.concatenate([e_x_NxE, e_m_NxE], axis=-1)
   z_NxZ = z_BxKxZ.reshape(batch * num_samples, -1)
-  logits_NxHxW = module.decoder(
+  logits_NxHxW = module.decoder.decode(
       jnp.concatenate([z_NxZ, module.memory_code(nn.relu(e_m_NxE))], axis=-1), skips)
   return dict(
       address_logits_BxS=address_logits_BxS,

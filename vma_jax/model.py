@@ -14,10 +14,13 @@ and each of K samples (a_k, z_k) ~ q carries the log-weight
   log w_k = log p(x|z_k,m_{a_k}) + log p(z_k|m_{a_k}) + log p(a_k)
             - log q(z_k|x,m_{a_k}) - log q(a_k|x,M).
 
-Cost: `encode` runs e and h once per memory slot (the D dummy slots once per batch, not per
-episode); `log_weights` gathers the encodings of the sampled slots and runs only the heads and
-the decoder once per sample. Samples are drawn from explicit keys, one per (episode, sample),
-so that a bound computed in chunks of samples draws exactly the samples of the unchunked one.
+Cost: `encode` runs h once per memory slot (the D dummy slots once per batch, not per episode):
+q(a|x,M) needs h of every slot. e, and the skips' terms in the decoder, are needed only for
+the sampled slots; with K >= T samples (evaluation) `encode` computes them once per slot and
+`log_weights` gathers them, with K < T (training: K = 4, T = 32) `log_weights` computes them for
+the K sampled slots only (`embed_every_slot`). The decoder runs once per sample. Samples are
+drawn from explicit keys, one per (episode, sample), so that a bound computed in chunks of
+samples draws exactly the samples of the unchunked one.
 """
 
 import math
@@ -31,19 +34,25 @@ from vma_jax import distributions
 from vma_jax import networks
 
 
+class SlotEncoding(NamedTuple):
+  """e and the decoder's skip terms of every slot. Dummies carry no batch axis."""
+
+  e_memory_BxTxE: jax.Array  # e(m_i), memory slots
+  terms_memory: networks.SkipTerms  # skip terms of m_i, each BxTx...
+  e_dummy_DxE: jax.Array  # e(dummy_d)
+  terms_dummy: networks.SkipTerms  # each Dx...
+
+
 class MemoryEncoding(NamedTuple):
   """What the model needs of (x, M), computed once and shared by all K samples.
 
-  Memory slots come first (0 .. T-1), dummy slots after them (T .. T+D-1). Dummy encodings
-  carry no batch axis: they are the same for every episode.
+  Memory slots come first (0 .. T-1), dummy slots after them (T .. T+D-1).
   """
 
   e_x_BxE: jax.Array  # e(x)
   address_logits_BxS: jax.Array  # <h(x), h(m_i)> for every slot i
-  e_memory_BxTxE: jax.Array  # e(m_i), memory slots
-  skips_memory: networks.Skips  # skips(m_i), each BxTx...
-  e_dummy_DxE: jax.Array  # e(dummy_d)
-  skips_dummy: networks.Skips  # each Dx...
+  memory_BxTxHxW: jax.Array  # M itself, for encoding only the sampled slots
+  slots: SlotEncoding | None  # every slot's encoding, or None: encode the sampled ones
 
 
 class LogWeights(NamedTuple):
@@ -57,7 +66,7 @@ class LogWeights(NamedTuple):
   logits_BxKxHxW: jax.Array  # Bernoulli logits of p(x|z_k,m_{a_k})
 
 
-def _gather_slots(memory_BxTx, dummy_Dx, a_BxK):
+def gather_slots(memory_BxTx, dummy_Dx, a_BxK):
   """value[b, k] = memory[b, a[b, k]] if a[b, k] < T else dummy[a[b, k] - T]."""
   num_memory = memory_BxTx.shape[1]
   dummy_BxKx = dummy_Dx[jnp.clip(a_BxK - num_memory, 0, dummy_Dx.shape[0] - 1)]
@@ -71,13 +80,10 @@ def _gather_slots(memory_BxTx, dummy_Dx, a_BxK):
   return jnp.where(is_memory, memory_BxKx, dummy_BxKx)
 
 
-def _select(encoding: MemoryEncoding, a_BxK):
-  """e(m_{a_k}) and skips(m_{a_k}) of the sampled slots."""
-  e_m_BxKxE = _gather_slots(encoding.e_memory_BxTxE, encoding.e_dummy_DxE, a_BxK)
-  skips_BxK = jax.tree.map(
-      lambda memory, dummy: _gather_slots(memory, dummy, a_BxK),
-      encoding.skips_memory, encoding.skips_dummy)
-  return e_m_BxKxE, skips_BxK
+def embed_every_slot(num_memory: int, num_samples: int) -> bool:
+  """Whether `encode` should compute e of every slot once (K >= T), or leave `log_weights` to
+  compute it for the K sampled slots only (K < T): whichever encodes fewer images."""
+  return num_samples >= num_memory
 
 
 class VMA(nn.Module):
@@ -111,17 +117,22 @@ class VMA(nn.Module):
     self.prior_mean = dense("prior_mean")  # mu_p
     self.prior_scale = dense("prior_scale")  # sigma_p (through softplus)
     self.memory_code = dense("memory_code")  # g (after a ReLU)
-    self.decoder = networks.Decoder(dtype=dtype)
+    self.decoder = networks.Decoder(image_size=self.image_size, dtype=dtype)
     self.dummies_DxHxW = self.param(
         "dummies", nn.initializers.zeros, (self.num_dummies, self.image_size, self.image_size))
 
   def __call__(self, x_BxHxW, memory_BxTxHxW, keys_BxK):
     """log-weights of K samples per episode; keys_BxK holds one key per (episode, sample)."""
-    encoding = self.encode(x_BxHxW, memory_BxTxHxW)
+    embed_slots = embed_every_slot(memory_BxTxHxW.shape[1], keys_BxK.shape[1])
+    encoding = self.encode(x_BxHxW, memory_BxTxHxW, embed_slots=embed_slots)
     return self.log_weights(x_BxHxW, encoding, keys_BxK)
 
-  def encode(self, x_BxHxW, memory_BxTxHxW) -> MemoryEncoding:
-    """e(x), h(x), and e, h, skips of every slot, each slot encoded exactly once."""
+  def encode(self, x_BxHxW, memory_BxTxHxW, embed_slots: bool = True) -> MemoryEncoding:
+    """e(x), h(x), h of every slot, and (if `embed_slots`) e and skip terms of every slot.
+
+    Each image goes through each encoder at most once. With `embed_slots=False`, e of the
+    memory is left to `log_weights`, which computes it for the sampled slots only.
+    """
     batch, num_memory = memory_BxTxHxW.shape[:2]
     if x_BxHxW.shape[-2:] != (self.image_size,) * 2:
       raise ValueError(f"expected {self.image_size}x{self.image_size} images, "
@@ -129,23 +140,44 @@ class VMA(nn.Module):
     # One encoder call for targets and memory items together: bigger, better-shaped convs.
     images_NxHxW = jnp.concatenate(
         [x_BxHxW, memory_BxTxHxW.reshape((-1,) + x_BxHxW.shape[1:])], axis=0)
-    e_NxE, skips_N = self.embed(images_NxHxW)
     h_NxM, _ = self.match(images_NxHxW)
-    e_dummy_DxE, skips_dummy = self.embed(self.dummies_DxHxW)
     h_dummy_DxM, _ = self.match(self.dummies_DxHxW)
-
     to_memory = lambda v_N: v_N[batch:].reshape((batch, num_memory) + v_N.shape[1:])
     h_x_BxM = h_NxM[:batch].astype(jnp.float32)
     logits_memory_BxT = jnp.einsum(
         "bm,btm->bt", h_x_BxM, to_memory(h_NxM).astype(jnp.float32))
     logits_dummy_BxD = jnp.einsum("bm,dm->bd", h_x_BxM, h_dummy_DxM.astype(jnp.float32))
+
+    slots = None
+    if embed_slots:
+      e_NxE, skips_N = self.embed(images_NxHxW)
+      e_x_BxE = e_NxE[:batch]
+      e_dummy_DxE, skips_dummy = self.embed(self.dummies_DxHxW)
+      terms_N = self.decoder.project_skips(jax.tree.map(lambda v: v[batch:], skips_N))
+      slots = SlotEncoding(
+          e_memory_BxTxE=to_memory(e_NxE),
+          terms_memory=jax.tree.map(
+              lambda v: v.reshape((batch, num_memory) + v.shape[1:]), terms_N),
+          e_dummy_DxE=e_dummy_DxE,
+          terms_dummy=self.decoder.project_skips(skips_dummy))
+    else:
+      e_x_BxE, _ = self.embed(x_BxHxW)
     return MemoryEncoding(
-        e_x_BxE=e_NxE[:batch],
+        e_x_BxE=e_x_BxE,
         address_logits_BxS=jnp.concatenate([logits_memory_BxT, logits_dummy_BxD], axis=1),
-        e_memory_BxTxE=to_memory(e_NxE),
-        skips_memory=jax.tree.map(to_memory, skips_N),
-        e_dummy_DxE=e_dummy_DxE,
-        skips_dummy=skips_dummy)
+        memory_BxTxHxW=memory_BxTxHxW,
+        slots=slots)
+
+  def _sampled_slots(self, memory_BxTxHxW, slots: SlotEncoding | None, a_BxK):
+    """e(m_{a_k}) and the skip terms of m_{a_k}: gathered from `slots`, or computed if None."""
+    if slots is not None:
+      gather = lambda memory, dummy: gather_slots(memory, dummy, a_BxK)
+      return (gather(slots.e_memory_BxTxE, slots.e_dummy_DxE),
+              jax.tree.map(gather, slots.terms_memory, slots.terms_dummy))
+    images_BxKxHxW = gather_slots(memory_BxTxHxW, self.dummies_DxHxW, a_BxK)
+    e_NxE, skips_N = self.embed(images_BxKxHxW.reshape((-1,) + images_BxKxHxW.shape[2:]))
+    unflatten = lambda v: v.reshape(a_BxK.shape + v.shape[1:])
+    return unflatten(e_NxE), jax.tree.map(unflatten, self.decoder.project_skips(skips_N))
 
   def log_weights(self, x_BxHxW, encoding: MemoryEncoding, keys_BxK) -> LogWeights:
     """Draws a_k ~ q(a|x,M), z_k ~ q(z|x,m_{a_k}) from keys_BxK and scores them."""
@@ -159,7 +191,7 @@ class VMA(nn.Module):
     a_BxK = a_BxK.astype(jnp.int32)
     log_q_a_BxK = jnp.take_along_axis(log_q_all_BxS, a_BxK, axis=1)
 
-    e_m_BxKxE, skips_BxK = _select(encoding, a_BxK)
+    e_m_BxKxE, terms_BxK = self._sampled_slots(encoding.memory_BxTxHxW, encoding.slots, a_BxK)
     e_x_BxKxE = jnp.broadcast_to(encoding.e_x_BxE[:, None], e_m_BxKxE.shape)
 
     q_input_BxKx2E = jnp.concatenate([e_x_BxKxE, e_m_BxKxE], axis=-1)
@@ -174,7 +206,7 @@ class VMA(nn.Module):
     log_qz_BxK = distributions.gaussian_log_prob(z_BxKxZ, q_mean_BxKxZ, q_std_BxKxZ)
     log_pz_BxK = distributions.gaussian_log_prob(z_BxKxZ, p_mean_BxKxZ, p_std_BxKxZ)
 
-    logits_BxKxHxW = self._decode(z_BxKxZ, e_m_BxKxE, skips_BxK)
+    logits_BxKxHxW = self._decode(z_BxKxZ, e_m_BxKxE, terms_BxK)
     log_px_BxK = distributions.bernoulli_log_prob(x_BxHxW[:, None], logits_BxKxHxW)
     log_pa = -math.log(num_slots)
     log_w_BxK = log_px_BxK + log_pz_BxK + log_pa - log_qz_BxK - log_q_a_BxK
@@ -182,24 +214,22 @@ class VMA(nn.Module):
         log_w_BxK=log_w_BxK, log_q_a_BxK=log_q_a_BxK, log_px_BxK=log_px_BxK,
         kl_z_BxK=log_qz_BxK - log_pz_BxK, a_BxK=a_BxK, logits_BxKxHxW=logits_BxKxHxW)
 
-  def _decode(self, z_BxKxZ, e_m_BxKxE, skips_BxK):
+  def _decode(self, z_BxKxZ, e_m_BxKxE, terms_BxK):
     """Bernoulli logits of p(x | z, m_a): one decoder pass over all B*K samples."""
     lead = z_BxKxZ.shape[:2]
     flat = lambda v: v.reshape((-1,) + v.shape[2:])
     code_BxKxZ = self.memory_code(nn.relu(e_m_BxKxE))
     h_NxD = jnp.concatenate([flat(z_BxKxZ), flat(code_BxKxZ).astype(z_BxKxZ.dtype)], axis=-1)
-    logits_NxHxW = self.decoder(h_NxD, jax.tree.map(flat, skips_BxK))
+    logits_NxHxW = self.decoder(h_NxD, jax.tree.map(flat, terms_BxK))
     return logits_NxHxW.reshape(lead + logits_NxHxW.shape[1:])
 
   def generate(self, memory_BxTxHxW, a_BxK, key):
     """Bernoulli means of x ~ p(x | z, m_a) with z ~ p(z | m_a), for given slots a_BxK."""
-    zeros_BxHxW = jnp.zeros(memory_BxTxHxW.shape[:1] + self.dummies_DxHxW.shape[1:])
-    encoding = self.encode(zeros_BxHxW, memory_BxTxHxW)
-    e_m_BxKxE, skips_BxK = _select(encoding, a_BxK)
+    e_m_BxKxE, terms_BxK = self._sampled_slots(memory_BxTxHxW, None, a_BxK)
     p_mean_BxKxZ = self.prior_mean(e_m_BxKxE).astype(jnp.float32)
     p_std_BxKxZ = jax.nn.softplus(self.prior_scale(e_m_BxKxE).astype(jnp.float32))
     z_BxKxZ = distributions.gaussian_sample(key, p_mean_BxKxZ, p_std_BxKxZ)
-    return jax.nn.sigmoid(self._decode(z_BxKxZ, e_m_BxKxE, skips_BxK))
+    return jax.nn.sigmoid(self._decode(z_BxKxZ, e_m_BxKxE, terms_BxK))
 
 
 def _split2(keys):

@@ -7,9 +7,11 @@ every 3x3 conv pads 1 on both sides; transposed convs are the adjoints of those 
 output padding where an even size is wanted.
 
 Speed: the decoder's stride-2 transposed convs are computed at stride 1 on the even/odd phases
-of their output (`UpConv3x3`), and the one-channel output layer as a matmul
-(`OneChannelConvTranspose`); each keeps the parameters and the function of the Flax layer it
-replaces (see docs/performance.md for what this gains on CPU).
+of their output (`UpConv3x3`), the one-channel output layer as a matmul
+(`OneChannelConvTranspose`), and the two layers that merge a skip split into the skip's term,
+computed once per memory slot, and the sample's term (`ConcatConvTranspose3x3`); each keeps the
+parameters and the function of the Flax layer it replaces (see docs/performance.md for what
+this gains on CPU).
 """
 
 from typing import Any, NamedTuple
@@ -146,6 +148,56 @@ class Encoder(nn.Module):
     return features_NxF, Skips(skip_a, skip_b)
 
 
+class SkipTerms(NamedTuple):
+  """The skips' terms in the decoder's two merge layers (`ConcatConvTranspose3x3.project`).
+
+  Linear in the skips of the retrieved slot m_a and independent of z: computed once per slot,
+  they are shared by every sample that addresses it.
+  """
+
+  a_NxH1xW1xC: jax.Array  # skips.a through tconv4's skip channels: 48 x 13 x 13 for 26x26
+  b_NxH2xW2xC: jax.Array  # skips.b through tconv2's skip channels: 64 x 7 x 7
+
+
+class ConcatConvTranspose3x3(nn.Module):
+  """A stride-1, pad-1 3x3 transposed conv of concat([y, skip]) as conv(y) + conv(skip).
+
+  Same parameters ('kernel' 3x3x(Cy+Cs)xCout, 'bias') and function as
+  nn.ConvTranspose(features, (3, 3), padding=((1, 1), (1, 1))) applied to the concatenation.
+  The kernel is split along its input channels, so the skip's term (`project`, no bias) can be
+  computed once per memory slot and added to the term of each sample (`__call__`).
+  """
+
+  y_features: int
+  skip_features: int
+  features: int
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.kernel = self.param(
+        "kernel", nn.initializers.lecun_normal(),
+        (3, 3, self.y_features + self.skip_features, self.features), jnp.float32)
+    self.bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+
+  def _conv(self, x_NxHxWxC, kernel):
+    x, kernel = nn.dtypes.promote_dtype(x_NxHxWxC, kernel, dtype=self.dtype)
+    return jax.lax.conv_transpose(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def project(self, skip_NxHxWxCs):
+    """The skip's term, without the bias."""
+    return self._conv(skip_NxHxWxCs, self.kernel[:, :, self.y_features:])
+
+  def __call__(self, y_NxHxWxCy, skip_term_NxHxWxC):
+    y = self._conv(y_NxHxWxCy, self.kernel[:, :, :self.y_features])
+    bias = jnp.asarray(self.bias, y.dtype).reshape(1, 1, 1, -1)  # no implicit rank promotion
+    return y + skip_term_NxHxWxC.astype(y.dtype) + bias
+
+
+def _conv_size(size, stride=2, kernel=3, pad=1):
+  return (size + 2 * pad - kernel) // stride + 1
+
+
 def _out_pad(size_in, size_out, stride=2, kernel=3, pad=1):
   out_pad = size_out - ((size_in - 1) * stride - 2 * pad + kernel)
   if not 0 <= out_pad < stride:
@@ -154,29 +206,57 @@ def _out_pad(size_in, size_out, stride=2, kernel=3, pad=1):
 
 
 class Decoder(nn.Module):
-  """([z, g(e(m_a))]_NxD, Skips of m_a) -> Bernoulli logits_NxHxW, with H = 2 * H1 (even)."""
+  """([z, g(e(m_a))]_NxD, SkipTerms of m_a) -> Bernoulli logits_NxHxW for HxW = image_size^2.
 
+  `project_skips` maps the encoder's skips of a slot to their terms in the two merge layers
+  (tconv2, tconv4), `__call__` decodes from those terms, and `decode` chains the two (the
+  decoder of a single sample). The split is exact: see `ConcatConvTranspose3x3`.
+  """
+
+  image_size: int = 26
   widths: tuple[int, int] = (48, 64)
   hidden: int = 256
   dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, h_NxD, skips: Skips):
+  def setup(self):
+    if self.image_size % 2:
+      raise ValueError(f"image_size must be even, got {self.image_size}")
     w1, w2 = self.widths
-    size_a = skips.a_NxH1xW1xC.shape[1]
-    size_b = skips.b_NxH2xW2xC.shape[1]
-    size_c = (size_b + 1) // 2  # the encoder's last stride-2 conv
-    y = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(h_NxD.astype(self.dtype)))
-    y = nn.relu(nn.Dense(size_c * size_c * w2, dtype=self.dtype, name="fc2")(y))
-    y = y.reshape(y.shape[0], size_c, size_c, w2)
-    y = nn.relu(_conv_transpose(w2, 3, 2, 1, _out_pad(size_c, size_b), self.dtype, "tconv1")(y))
-    y = jnp.concatenate([y, skips.b_NxH2xW2xC.astype(self.dtype)], axis=-1)
-    y = nn.relu(_conv_transpose(w2, 3, 1, 1, 0, self.dtype, "tconv2")(y))
-    y = nn.relu(_conv_transpose(w2, 3, 2, 1, _out_pad(size_b, size_a), self.dtype, "tconv3")(y))
-    y = jnp.concatenate([y, skips.a_NxH1xW1xC.astype(self.dtype)], axis=-1)
-    y = nn.relu(_conv_transpose(w1, 3, 1, 1, 0, self.dtype, "tconv4")(y))
+    size_a = _conv_size(self.image_size)  # the encoder's stride-2 convs: 26 -> 13 -> 7 -> 4
+    size_b = _conv_size(size_a)
+    size_c = _conv_size(size_b)
+    dense = lambda features, name: nn.Dense(features, dtype=self.dtype, name=name)
+    up = lambda features, size_in, size_out, name: UpConv3x3(
+        features, _out_pad(size_in, size_out), dtype=self.dtype, name=name)
+    self.shape_c = (size_c, size_c, w2)
+    self.fc1 = dense(self.hidden, "fc1")
+    self.fc2 = dense(size_c * size_c * w2, "fc2")
+    self.tconv1 = up(w2, size_c, size_b, "tconv1")
+    self.tconv2 = ConcatConvTranspose3x3(w2, w2, w2, dtype=self.dtype, name="tconv2")
+    self.tconv3 = up(w2, size_b, size_a, "tconv3")
+    self.tconv4 = ConcatConvTranspose3x3(w2, w1, w1, dtype=self.dtype, name="tconv4")
     # 13 -> 25, then the 2x2 layer adds a row and a column: the output is 2 * size_a.
-    y = nn.relu(_conv_transpose(w1, 3, 2, 1, 0, self.dtype, "tconv5")(y))
-    y = nn.relu(_conv_transpose(w1, 3, 1, 1, 0, self.dtype, "tconv6")(y))
-    y = _conv_transpose(1, 2, 1, 0, 0, self.dtype, "tconv7")(y)
+    self.tconv5 = up(w1, size_a, 2 * size_a - 1, "tconv5")
+    self.tconv6 = _conv_transpose(w1, 3, 1, 1, 0, self.dtype, "tconv6")
+    self.tconv7 = _conv_transpose(1, 2, 1, 0, 0, self.dtype, "tconv7")
+
+  def project_skips(self, skips: Skips) -> SkipTerms:
+    """The terms of a slot's skips in tconv4 (a) and tconv2 (b): one per slot, not per sample."""
+    return SkipTerms(self.tconv4.project(skips.a_NxH1xW1xC),
+                     self.tconv2.project(skips.b_NxH2xW2xC))
+
+  def __call__(self, h_NxD, terms: SkipTerms):
+    y = nn.relu(self.fc1(h_NxD.astype(self.dtype)))
+    y = nn.relu(self.fc2(y)).reshape((-1,) + self.shape_c)
+    y = nn.relu(self.tconv1(y))
+    y = nn.relu(self.tconv2(y, terms.b_NxH2xW2xC))
+    y = nn.relu(self.tconv3(y))
+    y = nn.relu(self.tconv4(y, terms.a_NxH1xW1xC))
+    y = nn.relu(self.tconv5(y))
+    y = nn.relu(self.tconv6(y))
+    y = self.tconv7(y)
     return y[..., 0].astype(jnp.float32)
+
+  def decode(self, h_NxD, skips: Skips):
+    """Logits from the encoder's skips of each row's slot (projects, then decodes)."""
+    return self(h_NxD, self.project_skips(skips))

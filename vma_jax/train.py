@@ -53,6 +53,14 @@ class NonFiniteLossError(RuntimeError):
 # State and step.
 
 
+BATCH_SIZE_FIELDS = ("train.batch_size", "validation.batch_size")
+
+
+def batch_sizes(config) -> list[int]:
+  """The batch sizes that training shards over the devices (for `sharding.use_cpu_cores`)."""
+  return [config[name] for name in BATCH_SIZE_FIELDS]
+
+
 def make_optimizer(optim_config) -> optax.GradientTransformation:
   """Adam (lr, b1, b2, eps), after global-norm clipping when grad_clip_norm > 0."""
   if optim_config.name != "adam":
@@ -72,6 +80,13 @@ def create_train_state(config, key) -> TrainState:
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
+def init_train_state(config, key, mesh: Mesh) -> TrainState:
+  """`create_train_state`, replicated over `mesh` as `make_train_step` returns it (so the
+  step is compiled once, not again on its second call)."""
+  replicated, _ = sharding.shardings(mesh)
+  return jax.jit(functools.partial(create_train_state, config), out_shardings=replicated)(key)
+
+
 def make_loss_fn(config, model: vma_model.VMA) -> Callable:
   """loss_fn(params, episodes, key) -> (loss, aux): loss = -mean_B vimco_surrogate."""
   num_samples = config.objective.num_samples
@@ -82,7 +97,10 @@ def make_loss_fn(config, model: vma_model.VMA) -> Callable:
     # One key per episode, then one per (episode, sample), as in evaluation.
     keys_BxK = vma_model.sample_keys(
         jax.random.split(key, x_BxHxW.shape[0]), 0, num_samples)
-    encoding = model.apply(params, x_BxHxW, memory_BxTxHxW, method=vma_model.VMA.encode)
+    # With K < T, e runs on the K sampled slots only, not on all T.
+    embed_slots = vma_model.embed_every_slot(memory_BxTxHxW.shape[1], num_samples)
+    encoding = model.apply(params, x_BxHxW, memory_BxTxHxW, embed_slots=embed_slots,
+                           method=vma_model.VMA.encode)
     weights = model.apply(params, x_BxHxW, encoding, keys_BxK,
                           method=vma_model.VMA.log_weights)
     surrogate_B = objective.vimco_surrogate(weights.log_w_BxK, weights.log_q_a_BxK, baseline)
@@ -186,16 +204,12 @@ def make_image_fn(config, model: vma_model.VMA, num_samples: int = 8):
         data, episode_key, target_index_B, max_classes=v.max_classes,
         memory_size=v.memory_size)
     memory_BxTxHxW = episodes.memory_BxTxHxW
-    encoding = model.apply(params, episodes.x_BxHxW, memory_BxTxHxW,
-                           method=vma_model.VMA.encode)
+    encoding = model.apply(params, episodes.x_BxHxW, memory_BxTxHxW, embed_slots=False,
+                           method=vma_model.VMA.encode)  # only the address logits are used
     logits_BxS = encoding.address_logits_BxS
     batch = logits_BxS.shape[0]
-    dummies_DxHxW = params["params"]["dummies"]
-    slots_BxSxHxW = jnp.concatenate(
-        [memory_BxTxHxW, jnp.broadcast_to(dummies_DxHxW[None], (batch,) + dummies_DxHxW.shape)],
-        axis=1)
-    retrieved_BxHxW = jnp.take_along_axis(
-        slots_BxSxHxW, jnp.argmax(logits_BxS, axis=1)[:, None, None, None], axis=1)[:, 0]
+    retrieved_BxHxW = vma_model.gather_slots(
+        memory_BxTxHxW, params["params"]["dummies"], jnp.argmax(logits_BxS, axis=1)[:, None])[:, 0]
     a_BxK = jax.random.categorical(address_key, logits_BxS[:, None, :],
                                    shape=(batch, num_samples))
     samples_BxKxHxW = model.apply(params, memory_BxTxHxW, a_BxK, generate_key,
@@ -244,8 +258,8 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
   num_steps = train_config.num_steps
   mesh = sharding.make_mesh()
   num_devices = mesh.devices.size
-  for name in ("train.batch_size", "validation.batch_size"):
-    sharding.check_batch_size(config[name], mesh, f"config.{name}")
+  for name, size in zip(BATCH_SIZE_FIELDS, batch_sizes(config)):
+    sharding.check_batch_size(size, mesh, f"config.{name}")
 
   manager = checkpoints.make_manager(workdir, max_to_keep=train_config.max_checkpoints)
   start_step = manager.latest_step()
@@ -280,8 +294,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
     logging.info("Resumed from step %d of %s", start_step, manager.directory)
   else:
     start_step = 0
-    state = jax.jit(functools.partial(create_train_state, config),
-                    out_shardings=replicated)(init_key)
+    state = init_train_state(config, init_key, mesh)
     writer.write_hparams(_flatten(checkpoints.to_dict(config)))
   # Only once the checkpoint has restored: a config it cannot continue leaves no trace.
   checkpoints.save_config(workdir, config)
