@@ -14,6 +14,7 @@ from absl import logging
 from vma_jax import checkpoints
 from vma_jax import data
 from vma_jax import evaluate
+from vma_jax import host
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quick", "The training run to evaluate.")
 _NUM_IMPORTANCE = flags.DEFINE_integer(
@@ -25,6 +26,9 @@ _NUM_TARGETS = flags.DEFINE_integer(
 _SEED = flags.DEFINE_integer("seed", None, "Fixes the episodes and samples (default 0).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Targets at once (default: config).")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Samples at once (default: config).")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", None, "On a CPU-only host, the JAX devices to split it into (default: one "
+    "per core, as many as divide the batch size); no effect on GPU or TPU.")
 
 
 def main(argv):
@@ -32,6 +36,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   try:
+    batch_size = _BATCH_SIZE.value or checkpoints.load_config(_WORKDIR.value).eval.batch_size
+    # Before JAX starts: the targets are sharded over one CPU device per core.
+    host.use_cpu_cores([batch_size], _CPU_DEVICES.value)
     results = evaluate.evaluate_workdir(
         _WORKDIR.value, cells=_CELLS.value, num_importance=_NUM_IMPORTANCE.value,
         num_targets=_NUM_TARGETS.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
@@ -42,4 +49,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host.reexec_with_malloc_tunables()  # before anything allocates: see vma_jax/host.py
   app.run(main)

@@ -8,6 +8,7 @@ can be overridden with --config.<field>=<value>; an unknown field is an error. S
 docs/training.md.
 """
 
+import os
 import sys
 
 from absl import app
@@ -18,20 +19,26 @@ from ml_collections import config_flags
 
 from vma_jax import checkpoints
 from vma_jax import data
+from vma_jax import host
 from vma_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.")
 config_flags.DEFINE_config_file(
     "config", None, "Training configuration file (configs/*.py).", lock_config=True)
+flags.DEFINE_integer(
+    "cpu_devices", None, "On a CPU-only host, the JAX devices to split it into (default: one "
+    "per core, as many as divide every batch size); no effect on GPU or TPU.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
-               jax.process_count(), jax.local_devices())
+  # Before JAX starts: the batch is sharded over one CPU device per core.
+  host.use_cpu_cores(train.batch_sizes(FLAGS.config), FLAGS.cpu_devices)
+  logging.info("JAX process %d/%d, local devices: %s; GLIBC_TUNABLES=%s", jax.process_index(),
+               jax.process_count(), jax.local_devices(), os.environ.get("GLIBC_TUNABLES"))
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (checkpoints.CheckpointError, data.DataError, train.NonFiniteLossError) as e:
@@ -40,4 +47,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host.reexec_with_malloc_tunables()  # before anything allocates: see vma_jax/host.py
   app.run(main)

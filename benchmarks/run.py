@@ -10,7 +10,9 @@ function is compiled, called `--warmup` times untimed, then `--repeats` times; t
 the median, min and max wall time, the sizes, the device, the model GFLOP/s (FLOPs counted by
 hand, benchmarks/flops.py), XLA's own FLOP and memory figures of the compiled step, and the
 GFLOP/s of a float32 matrix product timed in the same process (the roofline reference).
-Environment variables (XLA_FLAGS, MALLOC_*, LD_PRELOAD) pass to the benchmark processes.
+On a CPU-only host the batch is sharded over one JAX device per core, as train.py and
+evaluate.py do (`--cpu-devices 1` for a single device). Environment variables (XLA_FLAGS,
+MALLOC_*, LD_PRELOAD) pass to the benchmark processes.
 
 Benchmarks:
   train_small      training step, B=32 episodes, T=8 memory images, K=4 samples
@@ -102,11 +104,13 @@ def run_child(name, args):
     if getattr(args, field) is not None:
       sizes[field] = getattr(args, field)
   repeats = args.repeats or repeats
+  from vma_jax import host  # pylint: disable=g-import-not-at-top
+  host.use_cpu_cores([sizes["batch"]], args.cpu_devices)  # as train.py and evaluate.py do
   device = jax.devices()[0]
 
   if kind == "train":
     work = workloads.train_workload(sizes["batch"], sizes["memory"], sizes["samples"],
-                                    dtype=args.dtype, step_impl=args.step)
+                                    dtype=args.dtype)
   else:
     work = workloads.eval_workload(sizes["batch"], sizes["memory"], sizes["samples"],
                                    chunk_size=args.chunk_size, dtype=args.dtype)
@@ -175,9 +179,9 @@ def _run_script(name, args):
 
 def _child_argv(name, args, out):
   argv = [sys.executable, os.path.abspath(__file__), "--child", name, "--out", out,
-          "--warmup", str(args.warmup), "--dtype", args.dtype, "--step", args.step,
+          "--warmup", str(args.warmup), "--dtype", args.dtype,
           "--matmul-n", str(args.matmul_n)]
-  for field in ("batch", "memory", "samples", "repeats", "chunk_size"):
+  for field in ("batch", "memory", "samples", "repeats", "chunk_size", "cpu_devices"):
     value = getattr(args, field)
     if value is not None:
       argv += [f"--{field.replace('_', '-')}", str(value)]
@@ -194,15 +198,12 @@ def main(argv=None):
   parser.add_argument("--memory", type=int, help="override T")
   parser.add_argument("--samples", type=int, help="override K")
   parser.add_argument("--repeats", type=int, help="timed calls (default per benchmark)")
-  parser.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling "
-                      "(2: a step whose output state has other shardings than its first "
-                      "input recompiles on its second call)")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
   parser.add_argument("--chunk-size", type=int, help="samples per chunk of the bound "
                       "(default config.eval.chunk_size)")
   parser.add_argument("--dtype", default="float32", help="config.model.dtype")
-  parser.add_argument("--step", default="auto", choices=("auto", "project", "local"),
-                      help="training step: vma_jax.train's (project), the benchmark's own "
-                      "equivalent (local), or the project's when it exists (auto)")
+  parser.add_argument("--cpu-devices", type=int, help="JAX devices a CPU-only host is split "
+                      "into (default: one per core, as many as divide B; 1: one device)")
   parser.add_argument("--matmul-n", type=int, default=2048, help="size of the reference matmul")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -232,7 +233,7 @@ def main(argv=None):
     elif "gflops_per_s" not in e:
       print(f"[{e['name']}] median {e.get('median_s')} s per call", flush=True)
     else:
-      print(f"[{name}] {e['device']} B={e.get('batch')} T={e.get('memory')} "
+      print(f"[{name}] {e['device']} x{e['num_devices']} B={e.get('batch')} T={e.get('memory')} "
             f"K={e.get('samples')}: median {e['median_s']:.3f} s (min {e['min_s']:.3f}, max "
             f"{e['max_s']:.3f}, {e['repeats']} repeats), {e['gflops_per_s']:.1f} GFLOP/s vs "
             f"matmul {e['matmul_gflops_per_s']:.1f}, peak RSS {e['peak_rss_mb']:.0f} MB",

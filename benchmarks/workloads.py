@@ -8,16 +8,16 @@ executable for XLA's own cost and memory analyses.
 
 import dataclasses
 import math
+import types
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 
 from benchmarks import flops as flops_lib
 from configs import default as default_config
 from vma_jax import model as vma_model
-from vma_jax import objective
 
 
 @dataclasses.dataclass
@@ -51,66 +51,18 @@ def _episodes(key, batch, memory, image_size):
       x_index_B=jnp.arange(batch, dtype=jnp.int32))
 
 
-def _local_train_step(config):
-  """The training step built from the public pieces: used until vma_jax.train provides one."""
-  vma = vma_model.make_model(config)
-  optimizer = optax.adam(config.optim.lr, b1=config.optim.b1, b2=config.optim.b2,
-                         eps=config.optim.eps)
-  num_samples = config.objective.num_samples
-
-  def init(key, x_BxHxW, memory_BxTxHxW, *unused_labels):
-    keys = vma_model.sample_keys(jax.random.split(key, x_BxHxW.shape[0]), 0, num_samples)
-    params = vma.init(key, x_BxHxW, memory_BxTxHxW, keys)
-    return params, optimizer.init(params)
-
-  def train_step(state, episodes, key):
-    params, opt_state = state
-    x_BxHxW, memory_BxTxHxW = episodes.x_BxHxW, episodes.memory_BxTxHxW
-    keys_BxK = vma_model.sample_keys(jax.random.split(key, x_BxHxW.shape[0]), 0, num_samples)
-
-    def loss_fn(params):
-      lw = vma.apply(params, x_BxHxW, memory_BxTxHxW, keys_BxK)
-      bound_B = objective.vimco_surrogate(lw.log_w_BxK, lw.log_q_a_BxK,
-                                          config.objective.baseline)
-      return -jnp.mean(bound_B)
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return (params, opt_state), {"loss": loss}
-
-  return init, jax.jit(train_step, donate_argnums=0)
-
-
-def _project_train_step(config):
-  """vma_jax.train's own step, if the module provides it; None otherwise."""
-  try:
-    from vma_jax import train  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  if not (hasattr(train, "make_train_step") and hasattr(train, "create_train_state")):
-    return None
-  return train
-
-
-def train_workload(batch, memory, samples, dtype="float32", seed=0, step_impl="auto"):
-  """One jitted training step (forward, VIMCO gradient, Adam update) with donated state."""
+def train_workload(batch, memory, samples, dtype="float32", seed=0):
+  """`vma_jax.train.make_train_step` (forward, VIMCO gradient, Adam, donated state)."""
+  from vma_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vma_jax import train  # pylint: disable=g-import-not-at-top
   config = _config(batch, memory, samples, dtype)
   key = jax.random.key(seed)
-  episodes = jax.device_put(_episodes(key, batch, memory, config.data.image_size))
-  train = _project_train_step(config) if step_impl in ("auto", "project") else None
-  if step_impl == "project" and train is None:
-    raise RuntimeError("vma_jax.train.make_train_step is not available")
-
-  if train is not None:
-    state = train.create_train_state(config, key)
-    step = train.make_train_step(config)
-    step_fn = "vma_jax.train.make_train_step"
-  else:
-    init, step = _local_train_step(config)
-    state = init(key, *episodes)
-    step_fn = "benchmarks.workloads._local_train_step"
-
+  mesh = sharding.make_mesh()
+  _, batch_sharding = sharding.shardings(mesh)
+  episodes = jax.device_put(_episodes(key, batch, memory, config.data.image_size),
+                            batch_sharding)
+  state = train.init_train_state(config, key, mesh)
+  step = train.make_train_step(config, mesh=mesh)
   compiled = step.lower(state, episodes, key).compile()
   holder = {"state": state, "i": 0}
 
@@ -120,29 +72,40 @@ def train_workload(batch, memory, samples, dtype="float32", seed=0, step_impl="a
     holder["state"] = state
     jax.block_until_ready((state, metrics))
 
-  return Workload(run, flops_lib.train_step_flops(batch, memory, samples), compiled, step_fn)
+  return Workload(run, flops_lib.train_step_flops(batch, memory, samples), compiled,
+                  "vma_jax.train.make_train_step")
 
 
-def eval_workload(targets, memory, samples, chunk_size=None, dtype="float32", seed=0):
-  """The streaming L_K bound of `targets` episodes, K = samples, in chunks of samples."""
+def eval_workload(targets, memory, samples, chunk_size=None, dtype="float32", seed=0,
+                  max_classes=2, num_classes=659, per_class=20):
+  """`vma_jax.evaluate.make_cell_bound_fn`: L_K of `targets` cell episodes (C, T), K samples.
+
+  The episodes are drawn from a random binary stand-in for the test split (659 classes x 20
+  images), on the device; targets are sharded over all local devices as in evaluation.
+  """
+  from vma_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from vma_jax import episodes as episodes_lib  # pylint: disable=g-import-not-at-top
+  from vma_jax import sharding  # pylint: disable=g-import-not-at-top
   config = _config(targets, memory, samples, dtype)
-  if chunk_size is None:
-    chunk_size = config.eval.chunk_size
-  vma = vma_model.make_model(config)
+  chunk_size = config.eval.chunk_size if chunk_size is None else chunk_size
+  size = config.data.image_size
   key = jax.random.key(seed)
-  episodes = jax.device_put(_episodes(key, targets, memory, config.data.image_size))
-  x_BxHxW, memory_BxTxHxW = episodes.x_BxHxW, episodes.memory_BxTxHxW
-  keys = vma_model.sample_keys(jax.random.split(key, targets), 0, 2)
-  params = vma.init(key, x_BxHxW, memory_BxTxHxW, keys)
-  episode_keys_B = jax.random.split(jax.random.fold_in(key, 1), targets)
-
-  @jax.jit
-  def bound(params, x_BxHxW, memory_BxTxHxW, episode_keys_B):
-    return objective.streaming_bound(vma.apply, params, x_BxHxW, memory_BxTxHxW,
-                                     episode_keys_B, num_samples=samples,
-                                     chunk_size=chunk_size)
-
-  args = (params, x_BxHxW, memory_BxTxHxW, episode_keys_B)
+  images_NxHxW = jax.random.bernoulli(key, 0.2, (num_classes * per_class, size, size))
+  split = types.SimpleNamespace(images_NxHxW=np.asarray(images_NxHxW, np.uint8),
+                                labels_N=np.repeat(np.arange(num_classes), per_class))
+  mesh = sharding.make_mesh()
+  replicated, batch_sharding = sharding.shardings(mesh)
+  data = jax.device_put(episodes_lib.EpisodeData.from_split(split), replicated)
+  vma = vma_model.make_model(config)
+  params = vma.init(key, jnp.zeros((1, size, size)), jnp.zeros((1, memory, size, size)),
+                    vma_model.sample_keys(jax.random.split(key, 1), 0, 2))
+  params = jax.device_put(params, replicated)
+  bound = evaluate.make_cell_bound_fn(
+      vma, max_classes=max_classes, memory_size=memory, num_importance=samples,
+      chunk_size=chunk_size, mesh=mesh)
+  targets_B = jax.device_put(jnp.arange(targets, dtype=jnp.int32), batch_sharding)
+  cell_key = evaluate.cell_key(seed, max_classes, memory)
+  args = (params, data, cell_key, targets_B)
   compiled = bound.lower(*args).compile()
 
   def run():
@@ -151,7 +114,7 @@ def eval_workload(targets, memory, samples, chunk_size=None, dtype="float32", se
   num_chunks = math.ceil(samples / min(chunk_size, samples))
   padded = num_chunks * min(chunk_size, samples)
   model_flops = flops_lib.forward_flops(targets, memory, padded)
-  return Workload(run, model_flops, compiled, "objective.streaming_bound")
+  return Workload(run, model_flops, compiled, "evaluate.make_cell_bound_fn")
 
 
 def matmul_workload(n=2048, dtype="float32"):

@@ -48,8 +48,7 @@ def _compare():
   results = {}
   for name, mesh_devices in (("single", devices[:1]), ("sharded", devices)):
     mesh = sharding.make_mesh(mesh_devices)
-    state = jax.device_put(train.create_train_state(config, jax.random.key(0)),
-                           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    state = train.init_train_state(config, jax.random.key(0), mesh)
     sample = train.make_episode_sampler(config, mesh)
     train_step = train.make_train_step(config, mesh=mesh)
     for step in range(2):

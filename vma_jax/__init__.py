@@ -10,6 +10,7 @@ Modules, bottom to top (imports flow upwards only):
                   and the per-sample log-weights log w_k.
   objective       the K-sample bound L_K, VIMCO surrogate, streaming large-K bound, KL(q(a)||p(a)).
   sharding        the device mesh: batches sharded, parameters replicated.
+  host            CPU host settings made before JAX starts: one device per core, allocator.
   checkpoints     Orbax checkpoints and saved configs of a workdir.
   summaries       metrics.jsonl and PNG grids of few-shot generations.
   evaluate        the Table 1 grid of few-shot bounds (also the validation bound of training).
