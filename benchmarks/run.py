@@ -10,9 +10,10 @@ function is compiled, called `--warmup` times untimed, then `--repeats` times; t
 the median, min and max wall time, the sizes, the device, the model GFLOP/s (FLOPs counted by
 hand, benchmarks/flops.py), XLA's own FLOP and memory figures of the compiled step, and the
 GFLOP/s of a float32 matrix product timed in the same process (the roofline reference).
-On a CPU-only host the batch is sharded over one JAX device per core, as train.py and
-evaluate.py do (`--cpu-devices 1` for a single device). Environment variables (XLA_FLAGS,
-MALLOC_*, LD_PRELOAD) pass to the benchmark processes.
+As train.py and evaluate.py do, a CPU-only host is split into one JAX device per core, the
+batch sharded over them (`--cpu-devices 1`: one device), and the processes run with glibc's
+allocator tunables of vma_jax/host.py (set GLIBC_TUNABLES, even to "", to choose otherwise).
+Environment variables (XLA_FLAGS, GLIBC_TUNABLES, LD_PRELOAD) pass to the benchmark processes.
 
 Benchmarks:
   train_small      training step, B=32 episodes, T=8 memory images, K=4 samples
@@ -133,6 +134,7 @@ def run_child(name, args):
       matmul_n=args.matmul_n, matmul_gflops_per_s=mm_gflops,
       roofline_fraction=(work.model_flops / median / 1e9) / mm_gflops,
       xla_flags=os.environ.get("XLA_FLAGS", ""),
+      glibc_tunables=os.environ.get("GLIBC_TUNABLES"), ld_preload=os.environ.get("LD_PRELOAD"),
       **_xla_figures(work.compiled))
   if kind == "eval":
     entry["chunk_size"] = args.chunk_size
@@ -244,4 +246,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  from vma_jax import host  # pylint: disable=g-import-not-at-top
+  host.reexec_with_malloc_tunables()  # as train.py and evaluate.py; inherited by each entry
   main()
