@@ -142,7 +142,8 @@ class VMA(nn.Module):
         [x_BxHxW, memory_BxTxHxW.reshape((-1,) + x_BxHxW.shape[1:])], axis=0)
     h_NxM, _ = self.match(images_NxHxW)
     h_dummy_DxM, _ = self.match(self.dummies_DxHxW)
-    to_memory = lambda v_N: v_N[batch:].reshape((batch, num_memory) + v_N.shape[1:])
+    as_memory = lambda v_BTx: v_BTx.reshape((batch, num_memory) + v_BTx.shape[1:])
+    to_memory = lambda v_N: as_memory(v_N[batch:])  # rows after the B targets
     h_x_BxM = h_NxM[:batch].astype(jnp.float32)
     logits_memory_BxT = jnp.einsum(
         "bm,btm->bt", h_x_BxM, to_memory(h_NxM).astype(jnp.float32))
@@ -153,11 +154,10 @@ class VMA(nn.Module):
       e_NxE, skips_N = self.embed(images_NxHxW)
       e_x_BxE = e_NxE[:batch]
       e_dummy_DxE, skips_dummy = self.embed(self.dummies_DxHxW)
-      terms_N = self.decoder.project_skips(jax.tree.map(lambda v: v[batch:], skips_N))
+      terms_BT = self.decoder.project_skips(jax.tree.map(lambda v: v[batch:], skips_N))
       slots = SlotEncoding(
           e_memory_BxTxE=to_memory(e_NxE),
-          terms_memory=jax.tree.map(
-              lambda v: v.reshape((batch, num_memory) + v.shape[1:]), terms_N),
+          terms_memory=jax.tree.map(as_memory, terms_BT),
           e_dummy_DxE=e_dummy_DxE,
           terms_dummy=self.decoder.project_skips(skips_dummy))
     else:
@@ -181,13 +181,12 @@ class VMA(nn.Module):
 
   def log_weights(self, x_BxHxW, encoding: MemoryEncoding, keys_BxK) -> LogWeights:
     """Draws a_k ~ q(a|x,M), z_k ~ q(z|x,m_{a_k}) from keys_BxK and scores them."""
-    batch, num_samples = keys_BxK.shape
     key_a_BxK, key_z_BxK = _split2(keys_BxK)
     log_q_all_BxS = distributions.categorical_log_probs(encoding.address_logits_BxS)
     num_slots = log_q_all_BxS.shape[-1]
-    a_BxK = jax.vmap(jax.vmap(lambda key, logits: jax.random.categorical(key, logits)),
-                     in_axes=(0, 0))(key_a_BxK, jnp.broadcast_to(
-                         log_q_all_BxS[:, None], (batch, num_samples, num_slots)))
+    # Over episodes, then over samples sharing their episode's logits (no BxKxS copy).
+    a_BxK = jax.vmap(jax.vmap(jax.random.categorical, in_axes=(0, None)))(
+        key_a_BxK, log_q_all_BxS)
     a_BxK = a_BxK.astype(jnp.int32)
     log_q_a_BxK = jnp.take_along_axis(log_q_all_BxS, a_BxK, axis=1)
 
