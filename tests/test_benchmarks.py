@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/run.py: one tiny training step, the JSON entry it writes."""
+"""Smoke tests of benchmarks/run.py (one tiny training step, its JSON entry) and conv_grads.py."""
 
 import json
 import os
@@ -26,6 +26,20 @@ def test_run_writes_required_keys(tmp_path):
   assert entry["min_s"] <= entry["median_s"] <= entry["max_s"]
   assert entry["gflops_per_s"] > 0 and entry["matmul_gflops_per_s"] > 0
   assert entry["peak_rss_mb"] > 0
+
+
+def test_conv_grads_times_every_encoder_layer_and_agrees_with_xla(tmp_path):
+  out = tmp_path / "conv.json"
+  subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "conv_grads.py"), "--images", "2",
+       "--repeats", "1", "--out", str(out)],
+      check=True, cwd=ROOT, timeout=600)
+  rows = json.loads(out.read_text())["rows"]
+  assert len(rows) == 6
+  for row in rows:
+    assert row["forward_s"] > 0 and row["xla_kernel_grad_s"] > 0
+    assert row["matmul_kernel_grad_s"] > 0
+    assert row["max_abs_diff"] < 1e-3 * row["images"] * 26 * 26
 
 
 def test_hand_counted_flops_match_the_issue_figures():

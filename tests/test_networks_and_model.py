@@ -140,6 +140,53 @@ def test_concat_conv_transpose_is_the_flax_layer_on_the_concatenation():
                              rtol=1e-5, atol=1e-5)
 
 
+def _same_as_flax(layer, reference, x_NxHxWxC, rng):
+  """`layer` has the parameters of `reference` and computes its function on them."""
+  params = reference.init(jax.random.key(0), x_NxHxWxC)
+  assert jax.tree.map(jnp.shape, layer.init(jax.random.key(0), x_NxHxWxC)) == jax.tree.map(
+      jnp.shape, params)
+  params = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+  np.testing.assert_allclose(layer.apply(params, x_NxHxWxC), reference.apply(params, x_NxHxWxC),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_is_flax_conv(stride):
+  """The encoder's Conv: nn.Conv's parameters, initial values and function."""
+  rng = np.random.default_rng(0)
+  x_NxHxWxC = jnp.asarray(rng.normal(size=(2, 9, 9, 3)), jnp.float32)
+  layer = networks.Conv(4, strides=(stride, stride))
+  reference = nn.Conv(4, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)))
+  key = jax.random.key(1)
+  assert jax.tree.map(np.array_equal, layer.init(key, x_NxHxWxC), reference.init(key, x_NxHxWxC))
+  _same_as_flax(layer, reference, x_NxHxWxC, rng)
+
+
+def test_stride_1_conv_transpose_is_conv_with_the_same_kernel():
+  """tconv6: nn.ConvTranspose(3x3, padding 1) == Conv(padding 1) on the same parameters."""
+  rng = np.random.default_rng(1)
+  x_NxHxWxC = jnp.asarray(rng.normal(size=(2, 8, 8, 5)), jnp.float32)
+  _same_as_flax(networks.Conv(4), nn.ConvTranspose(4, (3, 3), padding=((1, 1), (1, 1))),
+                x_NxHxWxC, rng)
+
+
+@pytest.mark.parametrize("size, out_pad", [(4, 0), (7, 0), (13, 0), (4, 1)])
+def test_up_conv_is_the_flax_stride_2_conv_transpose(size, out_pad):
+  """UpConv3x3 == nn.ConvTranspose(3x3, stride 2, padding (1, 1 + out_pad)): n -> 2n-1+out_pad."""
+  rng = np.random.default_rng(2)
+  x_NxHxWxC = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
+  reference = nn.ConvTranspose(4, (3, 3), strides=(2, 2), padding=((1, 1 + out_pad),) * 2)
+  _same_as_flax(networks.UpConv3x3(4, out_pad), reference, x_NxHxWxC, rng)
+
+
+def test_one_channel_conv_transpose_is_the_flax_layer():
+  """tconv7: OneChannelConvTranspose(2, (1, 1)) == nn.ConvTranspose(1, (2, 2), padding 1)."""
+  rng = np.random.default_rng(3)
+  x_NxHxWxC = jnp.asarray(rng.normal(size=(2, 25, 25, 6)), jnp.float32)
+  _same_as_flax(networks.OneChannelConvTranspose(2, (1, 1)),
+                nn.ConvTranspose(1, (2, 2), padding=((1, 1), (1, 1))), x_NxHxWxC, rng)
+
+
 def test_log_weight_shapes_for_28x28_images():
   """The full model runs (in shape) on 28x28 episodes."""
   model = vma_model.VMA(image_size=28)

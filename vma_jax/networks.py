@@ -9,9 +9,10 @@ output padding where an even size is wanted.
 Speed: the decoder's stride-2 transposed convs are computed at stride 1 on the even/odd phases
 of their output (`UpConv3x3`), the one-channel output layer as a matmul
 (`OneChannelConvTranspose`), and the two layers that merge a skip split into the skip's term,
-computed once per memory slot, and the sample's term (`ConcatConvTranspose3x3`); each keeps the
-parameters and the function of the Flax layer it replaces (see docs/performance.md for what
-this gains on CPU).
+computed once per memory slot, and the sample's term (`ConcatConvTranspose3x3`); the other convs
+go through `convolution.conv2d`, whose kernel gradient runs as matrix products on CPU (`Conv`
+for the 3x3 layers). Each keeps the parameters and the function of the Flax layer it replaces
+(see docs/performance.md for what this gains on CPU).
 """
 
 from typing import Any, NamedTuple
@@ -19,6 +20,8 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from vma_jax import convolution
 
 Dtype = Any
 
@@ -30,22 +33,33 @@ class Skips(NamedTuple):
   b_NxH2xW2xC: jax.Array  # after the 5th conv: 64 x 7 x 7
 
 
+class Conv(nn.Module):
+  """nn.Conv(features, kernel_size, strides, padding) with explicit padding, as `conv2d`.
+
+  Same parameters ('kernel' KhxKwxCinxCout, 'bias'), initial values and function as the Flax
+  layer; the kernel's gradient runs as matrix products (`convolution.conv2d`). A stride-1
+  transposed conv with padding (lo, hi) is this conv with the same kernel and padding (lo, hi).
+  """
+
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+  strides: tuple[int, int] = (1, 1)
+  padding: tuple[tuple[int, int], tuple[int, int]] = ((1, 1), (1, 1))
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_NxHxWxC):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (*self.kernel_size, x_NxHxWxC.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x_NxHxWxC, kernel, bias, dtype=self.dtype)
+    y = convolution.conv2d(x, kernel, self.strides, self.padding)
+    return y + bias.reshape(1, 1, 1, -1)  # no implicit rank promotion
+
+
 def _conv(features, stride, dtype, name):
-  return nn.Conv(
-      features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), dtype=dtype,
-      name=name)
-
-
-def _conv_transpose(features, kernel, stride, pad, out_pad, dtype, name):
-  """PyTorch's ConvTranspose2d(kernel, stride, padding=pad, output_padding=out_pad)."""
-  if (kernel, stride, pad) == (3, 2, 1):
-    return UpConv3x3(features, out_pad, dtype=dtype, name=name)
-  lo, hi = kernel - 1 - pad, kernel - 1 - pad + out_pad
-  if features == 1 and stride == 1:
-    return OneChannelConvTranspose(kernel, (lo, hi), dtype=dtype, name=name)
-  return nn.ConvTranspose(
-      features, (kernel, kernel), strides=(stride, stride), padding=((lo, hi), (lo, hi)),
-      dtype=dtype, name=name)
+  """The encoder's 3x3 conv with padding 1 (PyTorch's Conv2d(3, stride, padding=1))."""
+  return Conv(features, strides=(stride, stride), dtype=dtype, name=name)
 
 
 # Which 3x3 tap feeds output phase p (0 = even, 1 = odd) from input offset d (0 or +1):
@@ -106,7 +120,6 @@ class UpConv3x3(nn.Module):
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x_NxHxWxC, kernel, bias, dtype=self.dtype)
     n, h, w, _ = x.shape
-    dn = ("NHWC", "HWIO", "NHWC")
     x_pad = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))  # x[m + 1] = 0 past the edge
     zero = jnp.zeros_like(kernel[0, 0])
     tap = lambda p, d: _PHASE_TAP.get((p, d))
@@ -116,7 +129,7 @@ class UpConv3x3(nn.Module):
         for pc in (0, 1)], axis=1) for pr in (0, 1)], axis=1) for dc in (0, 1)])
                    for dr in (0, 1)])  # 2 x 2 x Cin x 2 x 2 x Cout
     k = k.reshape(2, 2, cin, 4 * self.features)
-    y = jax.lax.conv_general_dilated(x_pad, k, (1, 1), "VALID", dimension_numbers=dn)
+    y = convolution.conv2d(x_pad, k, (1, 1), ((0, 0), (0, 0)))
     y = y.reshape(n, h, w, 2, 2, self.features)
     # N x H x W x pr x pc x C -> N x 2H x 2W x C, then crop the odd row/column past the edge.
     y = y.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, self.features)
@@ -181,8 +194,8 @@ class ConcatConvTranspose3x3(nn.Module):
 
   def _conv(self, x_NxHxWxC, kernel):
     x, kernel = nn.dtypes.promote_dtype(x_NxHxWxC, kernel, dtype=self.dtype)
-    return jax.lax.conv_transpose(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    # A stride-1 transposed conv with pad (1, 1) is the conv with the same kernel and pads.
+    return convolution.conv2d(x, kernel, (1, 1), ((1, 1), (1, 1)))
 
   def project(self, skip_NxHxWxCs):
     """The skip's term, without the bias."""
@@ -237,8 +250,9 @@ class Decoder(nn.Module):
     self.tconv4 = ConcatConvTranspose3x3(w2, w1, w1, dtype=self.dtype, name="tconv4")
     # 13 -> 25, then the 2x2 layer adds a row and a column: the output is 2 * size_a.
     self.tconv5 = up(w1, size_a, 2 * size_a - 1, "tconv5")
-    self.tconv6 = _conv_transpose(w1, 3, 1, 1, 0, self.dtype, "tconv6")
-    self.tconv7 = _conv_transpose(1, 2, 1, 0, 0, self.dtype, "tconv7")
+    # ConvTranspose2d(3, padding=1) and ConvTranspose2d(2): stride 1, input padded by k-1-p.
+    self.tconv6 = Conv(w1, padding=((1, 1), (1, 1)), dtype=self.dtype, name="tconv6")
+    self.tconv7 = OneChannelConvTranspose(2, (1, 1), dtype=self.dtype, name="tconv7")
 
   def project_skips(self, skips: Skips) -> SkipTerms:
     """The terms of a slot's skips in tconv4 (a) and tconv2 (b): one per slot, not per sample."""

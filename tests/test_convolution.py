@@ -1,0 +1,111 @@
+"""`convolution.conv2d`: XLA's convolution, with the kernel gradient as matrix products on CPU.
+
+Reference: `jax.lax.conv_general_dilated` and its own gradients, on random inputs, for the
+layer shapes of the model (3x3 stride 1 and 2, the 2x2 kernel of the up-sampling layers, one
+and many input channels) and a few odd ones (asymmetric padding, unequal strides).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vma_jax import convolution
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+# (input N x H x W x C, kernel kh x kw, output channels, strides, padding)
+CASES = [
+    ((3, 9, 9, 1), (3, 3), 5, (1, 1), ((1, 1), (1, 1))),  # few channels: im2col
+    ((3, 9, 9, 20), (3, 3), 6, (1, 1), ((1, 1), (1, 1))),  # one product per tap
+    ((2, 10, 10, 20), (3, 3), 4, (2, 2), ((1, 1), (1, 1))),  # stride 2, even input
+    ((2, 9, 9, 16), (3, 3), 4, (2, 2), ((1, 1), (1, 1))),  # stride 2, odd input
+    ((2, 7, 7, 24), (2, 2), 8, (1, 1), ((0, 1), (0, 1))),  # the up-sampling layers' 2x2
+    ((2, 8, 11, 3), (3, 2), 5, (2, 1), ((0, 2), (1, 0))),  # unequal everything
+]
+
+
+def _reference(x, kernel, strides, padding):
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=DN)
+
+
+def _inputs(x_shape, kernel_hw, features, strides, padding, seed=0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(*kernel_hw, x_shape[-1], features)), jnp.float32)
+  dy = jnp.asarray(rng.normal(size=_reference(x, kernel, strides, padding).shape), jnp.float32)
+  return x, kernel, dy
+
+
+@pytest.mark.parametrize("x_shape, kernel_hw, features, strides, padding", CASES)
+def test_kernel_grad_is_the_convolution_kernel_gradient(x_shape, kernel_hw, features, strides,
+                                                        padding):
+  x, kernel, dy = _inputs(x_shape, kernel_hw, features, strides, padding)
+  _, vjp = jax.vjp(lambda k: _reference(x, k, strides, padding), kernel)
+  expected = vjp(dy)[0]
+  got = jax.jit(convolution.kernel_grad, static_argnums=(2, 3, 4))(
+      x, dy, kernel.shape, strides, padding)
+  assert got.shape == kernel.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("min_rows", [0, 1 << 30], ids=["matmul", "xla"])
+@pytest.mark.parametrize("x_shape, kernel_hw, features, strides, padding", CASES)
+def test_conv2d_function_and_gradients_are_xlas(x_shape, kernel_hw, features, strides, padding,
+                                                min_rows, monkeypatch):
+  monkeypatch.setattr(convolution, "_MIN_ROWS", min_rows)
+  x, kernel, dy = _inputs(x_shape, kernel_hw, features, strides, padding)
+  y, vjp = jax.vjp(lambda x, k: convolution.conv2d(x, k, strides, padding), x, kernel)
+  y_ref, vjp_ref = jax.vjp(lambda x, k: _reference(x, k, strides, padding), x, kernel)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-5)
+  for got, expected in zip(vjp(dy), vjp_ref(dy)):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def _lowered_kernel_grad(x_shape, platform):
+  """The StableHLO of conv2d's kernel gradient (no other dots or convolutions) for `platform`."""
+  x, kernel, dy = _inputs(x_shape, (3, 3), 8, (1, 1), ((1, 1), (1, 1)))
+  grad_fn = jax.jit(jax.grad(
+      lambda k: jnp.sum(dy * convolution.conv2d(x, k, (1, 1), ((1, 1), (1, 1))))))
+  return grad_fn.trace(kernel).lower(lowering_platforms=(platform,)).as_text()
+
+
+def test_kernel_gradient_is_a_matrix_product_on_cpu_above_the_threshold(monkeypatch):
+  """CPU, >= `_MIN_ROWS` output pixels: dots; fewer, or on GPU and TPU: XLA's convolution."""
+  monkeypatch.setattr(convolution, "_MIN_ROWS", 2 * 10 * 10)
+  cpu_above = _lowered_kernel_grad((2, 10, 10, 16), "cpu")
+  assert "dot_general" in cpu_above and "convolution" not in cpu_above
+  for platform, x_shape in [("cpu", (1, 10, 10, 16)), ("cuda", (2, 10, 10, 16)),
+                            ("tpu", (2, 10, 10, 16))]:
+    lowered = _lowered_kernel_grad(x_shape, platform)
+    assert "dot_general" not in lowered and "convolution" in lowered, platform
+
+
+def test_default_threshold_sends_the_training_encoders_layers_to_matmuls():
+  """At the recipe's size the encoder's big layers are over the threshold, its small not."""
+  h_images = 256 * (1 + 32) + 2
+  assert h_images * 13 * 13 >= convolution._MIN_ROWS  # conv2, conv3: 1.4 M rows
+  assert 32 * (1 + 8) * 13 * 13 < convolution._MIN_ROWS  # train_small's conv2: 49 k rows
+
+
+def test_bfloat16_kernel_gradient_keeps_the_kernel_dtype(monkeypatch):
+  monkeypatch.setattr(convolution, "_MIN_ROWS", 0)
+  x, kernel, dy = _inputs((2, 9, 9, 20), (3, 3), 6, (1, 1), ((1, 1), (1, 1)))
+  x, kernel, dy = (a.astype(jnp.bfloat16) for a in (x, kernel, dy))
+  _, vjp = jax.vjp(lambda x, k: convolution.conv2d(x, k, (1, 1), ((1, 1), (1, 1))), x, kernel)
+  dx, dkernel = vjp(dy)
+  assert dx.dtype == dkernel.dtype == jnp.bfloat16
+  _, vjp_ref = jax.vjp(lambda k: _reference(x.astype(jnp.float32), k, (1, 1), ((1, 1), (1, 1))),
+                       kernel.astype(jnp.float32))
+  expected = vjp_ref(dy.astype(jnp.float32))[0]
+  np.testing.assert_allclose(dkernel.astype(jnp.float32), expected,
+                             rtol=2e-2, atol=2e-2 * float(jnp.max(jnp.abs(expected))))
+
+
+@pytest.mark.parametrize("strides, padding", [
+    ((0, 1), ((1, 1), (1, 1))), ((1, 1), ((-1, 1), (1, 1))), ((1,), ((1, 1), (1, 1))),
+    ((1, 1), ((1, 1),))])
+def test_bad_strides_or_padding_are_rejected(strides, padding):
+  x, kernel, _ = _inputs((1, 5, 5, 2), (3, 3), 2, (1, 1), ((1, 1), (1, 1)))
+  with pytest.raises(ValueError, match="positive strides"):
+    convolution.conv2d(x, kernel, strides, padding)
