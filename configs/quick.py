@@ -9,7 +9,7 @@ samples, Adam at lr 3e-4. Produces runs/quick/ with checkpoints, metrics.jsonl, 
 summaries and PNG grids of few-shot generations (images/). The training bound -L_4 falls
 from about 470 nats (untrained) to about 132 nats; the validation bound (-L_10 on 256 test
 targets of cell C=1, T=5) is logged at steps 150 and 300 (about 135 and 130 nats). Time: about
-8 minutes on a 2-core CPU, ~0.7 steps/s (docs/training.md has the measured run).
+3.5 minutes on a 2-core CPU, ~2 steps/s (docs/results.md has the measured runs).
 
 The evaluation reports ELBO@1000 at cell C=1, T=5 on 256 test targets spread over all 659
 classes (docs/results.md has the measured figure and its time).
