@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from scipy import special, stats  # noqa: E402
 
+from vma_jax import convolution  # noqa: E402
 from vma_jax import model as vma_model  # noqa: E402
 from vma_jax import networks  # noqa: E402
 
@@ -259,6 +260,30 @@ def test_sampled_slot_encoding_equals_every_slot_encoding(num_memory, num_sample
     g_sampled = functools.reduce(lambda tree, k: tree[k.key], path, grads_sampled)
     scale = float(jnp.max(jnp.abs(g_all))) + 1e-6
     np.testing.assert_allclose(g_sampled, g_all, atol=1e-4 * scale,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_matmul_kernel_gradients_give_the_models_xla_gradients(monkeypatch):
+  """Every conv's kernel gradient as matrix products (the recipe's path on CPU) or XLA's:
+  the same gradient of log w and log q for every parameter of both encoders and the decoder."""
+  model = vma_model.VMA()
+  variables = init_variables(model, seed=4)
+  x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes(2, 3, 2)
+
+  def grads(min_rows):
+    monkeypatch.setattr(convolution, "_MIN_ROWS", min_rows)
+
+    def surrogate(variables):
+      weights = model.apply(variables, x_BxHxW, memory_BxTxHxW, keys_BxK)
+      return jnp.sum(weights.log_w_BxK) + jnp.sum(weights.log_q_a_BxK)
+
+    return jax.jit(jax.grad(surrogate))(variables)
+
+  grads_xla, grads_matmul = grads(1 << 30), grads(0)
+  for path, g_xla in jax.tree_util.tree_flatten_with_path(grads_xla)[0]:
+    g_matmul = functools.reduce(lambda tree, k: tree[k.key], path, grads_matmul)
+    scale = float(jnp.max(jnp.abs(g_xla))) + 1e-6
+    np.testing.assert_allclose(g_matmul, g_xla, atol=1e-4 * scale,
                                err_msg=jax.tree_util.keystr(path))
 
 
