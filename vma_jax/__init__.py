@@ -3,6 +3,7 @@
 Modules, bottom to top (imports flow upwards only):
 
   distributions   log-densities: diagonal Gaussian, Bernoulli, categorical.
+  convolution     conv2d: XLA's conv, its kernel gradient as matrix products on CPU.
   networks        the conv encoder (e, h) and the skip-connected decoder.
   data            Omniglot through TFDS (offline from local archives), numpy cache.
   episodes        jittable few-shot episode sampling on device arrays.
