@@ -66,14 +66,15 @@ def kernel_grad(x_NxHxWxC, dy_NxHoxWoxO, kernel_shape, strides, padding):
   """The kernel gradient of `conv2d` as matrix products: dkernel_KhxKwxCxO in float32."""
   kh, kw, c, o = kernel_shape
   (sh, sw), (ho, wo) = strides, dy_NxHoxWoxO.shape[1:3]
-  xpad = jnp.pad(x_NxHxWxC, ((0, 0), *padding, (0, 0)))
-  window = (xpad.shape[0], sh * (ho - 1) + 1, sw * (wo - 1) + 1, c)
+  xpad_NxHpxWpxC = jnp.pad(x_NxHxWxC, ((0, 0), *padding, (0, 0)))
+  window = (xpad_NxHpxWpxC.shape[0], sh * (ho - 1) + 1, sw * (wo - 1) + 1, c)
   dy_MxO = dy_NxHoxWoxO.reshape(-1, o)
   matmul = lambda a_MxP, b_MxO: jnp.matmul(a_MxP.T, b_MxO, preferred_element_type=jnp.float32)
 
   def tap(i, j):
     """The input pixels that tap (i, j) multiplies: M x C."""
-    return jax.lax.dynamic_slice(xpad, (0, i, j, 0), window)[:, ::sh, ::sw].reshape(-1, c)
+    window_NxHwxWwxC = jax.lax.dynamic_slice(xpad_NxHpxWpxC, (0, i, j, 0), window)
+    return window_NxHwxWwxC[:, ::sh, ::sw].reshape(-1, c)
 
   if c < _MIN_CHANNELS_PER_TAP:
     patches_MxP = jnp.concatenate([tap(i, j) for i in range(kh) for j in range(kw)], axis=-1)
@@ -95,16 +96,16 @@ def _conv2d_bwd(strides, padding, residuals, dy_NxHoxWoxO):
     return jax.linear_transpose(of_kernel, kernel_KhxKwxCxO)(dy)[0]
 
   def matmul_kernel_grad(x, dy):
-    dkernel = kernel_grad(x, dy, kernel_KhxKwxCxO.shape, strides, padding)
-    return dkernel.astype(kernel_KhxKwxCxO.dtype)
+    dkernel_f32 = kernel_grad(x, dy, kernel_KhxKwxCxO.shape, strides, padding)
+    return dkernel_f32.astype(kernel_KhxKwxCxO.dtype)
 
   rows = dy_NxHoxWoxO.shape[0] * dy_NxHoxWoxO.shape[1] * dy_NxHoxWoxO.shape[2]
   if rows < _MIN_ROWS:
-    dkernel = xla_kernel_grad(x_NxHxWxC, dy_NxHoxWoxO)
+    dkernel_KhxKwxCxO = xla_kernel_grad(x_NxHxWxC, dy_NxHoxWoxO)
   else:
-    dkernel = jax.lax.platform_dependent(x_NxHxWxC, dy_NxHoxWoxO, cpu=matmul_kernel_grad,
-                                         default=xla_kernel_grad)
-  return dx_NxHxWxC, dkernel
+    dkernel_KhxKwxCxO = jax.lax.platform_dependent(
+        x_NxHxWxC, dy_NxHoxWoxO, cpu=matmul_kernel_grad, default=xla_kernel_grad)
+  return dx_NxHxWxC, dkernel_KhxKwxCxO
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
