@@ -5,7 +5,10 @@
 
 One JAX device; for each of the encoder's six 3x3 convs (26x26 inputs) it prints the median
 time and GFLOP/s of the forward conv, of XLA's kernel gradient (the transpose of the conv in
-its kernel) and of the kernel gradient as matrix products, and their largest difference.
+its kernel) and of the kernel gradient as matrix products, and their largest difference. Like
+the entry points it runs with the allocator tunables of vma_jax/host.py (set GLIBC_TUNABLES,
+even to "", to choose otherwise): without them every call's output is faulted in page by page,
+which at these sizes costs as much as the convolution.
 """
 
 import argparse
@@ -24,6 +27,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vma_jax import convolution  # noqa: E402  pylint: disable=g-import-not-at-top
+from vma_jax import host  # noqa: E402  pylint: disable=g-import-not-at-top
 
 # (input size, input channels, output channels, stride): the encoder's conv1 ... conv6.
 LAYERS = [(26, 1, 48, 1), (26, 48, 48, 2), (13, 48, 48, 1), (13, 48, 64, 2), (7, 64, 64, 1),
@@ -66,17 +70,20 @@ def main():
            "forward_s": _median_s(conv, x, kernel, repeats=args.repeats),
            "xla_kernel_grad_s": _median_s(xla_grad, x, dy, kernel, repeats=args.repeats),
            "matmul_kernel_grad_s": _median_s(matmul_grad, x, dy, repeats=args.repeats),
-           "max_abs_diff": float(jnp.max(jnp.abs(xla_grad(x, dy, kernel) - matmul_grad(x, dy))))}
+           "max_abs_diff": float(jnp.max(jnp.abs(xla_grad(x, dy, kernel) - matmul_grad(x, dy)))),
+           "max_abs_xla": float(jnp.max(jnp.abs(xla_grad(x, dy, kernel))))}
     rows.append(row)
     rate = lambda s: flops / s / 1e9
     print(f"{row['layer']:>18}  {row['gflop']:6.2f} GFLOP  forward {rate(row['forward_s']):5.1f}"
           f"  XLA kernel grad {rate(row['xla_kernel_grad_s']):5.1f}  as matmuls "
           f"{rate(row['matmul_kernel_grad_s']):5.1f} GFLOP/s  (max |diff| "
-          f"{row['max_abs_diff']:.1e})", flush=True)
+          f"{row['max_abs_diff'] / row['max_abs_xla']:.1e} of max |XLA's|)", flush=True)
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"device": str(jax.devices()[0]), "rows": rows}, f, indent=1)
+      json.dump({"device": str(jax.devices()[0]), "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+                 "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
+  host.reexec_with_malloc_tunables()
   main()

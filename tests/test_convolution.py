@@ -49,6 +49,20 @@ def test_kernel_grad_is_the_convolution_kernel_gradient(x_shape, kernel_hw, feat
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("groups, chunk_rows", [
+    (1, 1), (2, 1), (3, 50), (4, 100), (5, 1 << 20), (12, 1)],
+                         ids=["1x12", "2x6", "3x2", "4x1", "5_does_not_divide", "12x1"])
+def test_kernel_grad_in_groups_and_chunks(groups, chunk_rows):
+  """12 images, 5x5 outputs: G groups of 12 / G images, in chunks of <= chunk_rows pixels."""
+  x, kernel, dy = _inputs((12, 9, 9, 16), (3, 3), 4, (2, 2), ((1, 1), (1, 1)), seed=1)
+  _, vjp = jax.vjp(lambda k: _reference(x, k, (2, 2), ((1, 1), (1, 1))), kernel)
+  got = jax.jit(convolution.kernel_grad, static_argnums=(2, 3, 4),
+                static_argnames=("groups", "chunk_rows"))(
+                    x, dy, kernel.shape, (2, 2), ((1, 1), (1, 1)), groups=groups,
+                    chunk_rows=chunk_rows)
+  np.testing.assert_allclose(got, vjp(dy)[0], rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("min_rows", [0, 1 << 30], ids=["matmul", "xla"])
 @pytest.mark.parametrize("x_shape, kernel_hw, features, strides, padding", CASES)
 def test_conv2d_function_and_gradients_are_xlas(x_shape, kernel_hw, features, strides, padding,
@@ -82,10 +96,9 @@ def test_kernel_gradient_is_a_matrix_product_on_cpu_above_the_threshold(monkeypa
 
 
 def test_default_threshold_sends_the_training_encoders_layers_to_matmuls():
-  """At the recipe's size the encoder's big layers are over the threshold, its small not."""
-  h_images = 256 * (1 + 32) + 2
-  assert h_images * 13 * 13 >= convolution._MIN_ROWS  # conv2, conv3: 1.4 M rows
-  assert 32 * (1 + 8) * 13 * 13 < convolution._MIN_ROWS  # train_small's conv2: 49 k rows
+  """Even train_small's large encoder layers are over the threshold; the dummy slots' not."""
+  assert 32 * (1 + 8) * 13 * 13 >= convolution._MIN_ROWS  # train_small's conv2: 49 k rows
+  assert 2 * 13 * 13 < convolution._MIN_ROWS  # the 2 dummies' conv2
 
 
 def test_bfloat16_kernel_gradient_keeps_the_kernel_dtype(monkeypatch):

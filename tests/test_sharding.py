@@ -24,6 +24,7 @@ def test_sharded_step_and_bound_match_single_device():
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
   assert "sharded step matches" in result.stdout
   assert "sharded bound matches" in result.stdout
+  assert "kernel gradient reduces across devices once" in result.stdout
 
 
 def _compare():
@@ -106,6 +107,29 @@ def _compare():
                                         targets_N, batch_size=16)
   np.testing.assert_allclose(bounds["sharded"], bounds["single"], rtol=1e-5)
   print("sharded bound matches the single-device bound")
+  _check_kernel_gradient_collectives(sharding.make_mesh(devices), convolution)
+
+
+def _check_kernel_gradient_collectives(mesh, convolution):
+  """A conv's kernel gradient on a sharded batch: one all-reduce, after the chunk loop."""
+  import re  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  x = jnp.ones((128, 13, 13, 48))  # 21,632 output pixels: over `_MIN_ROWS`
+  kernel = jnp.ones((3, 3, 48, 48))
+  loss = lambda k, x: jnp.sum(convolution.conv2d(x, k, (1, 1), ((1, 1), (1, 1))) ** 2)
+  batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  grad_fn = jax.jit(jax.grad(loss), in_shardings=(replicated, batch), out_shardings=replicated)
+  hlo = grad_fn.lower(kernel, x).compile().as_text()
+  computations = re.split(r"\n(?=\S)", hlo)
+  loop_bodies = [c for c in computations if " while(" not in c and "ENTRY" not in c]
+  entry = next(c for c in computations if c.startswith("ENTRY"))
+  collective = re.compile(r" (all-reduce|all-gather|all-to-all|collective-permute)(-start)?\(")
+  assert " while(" in hlo, "the kernel gradient is not a loop over chunks"
+  assert not any(collective.search(c) for c in loop_bodies), "a collective inside a loop"
+  assert len(collective.findall(entry)) == 1, collective.findall(entry)
+  print("kernel gradient reduces across devices once")
 
 
 if __name__ == "__main__":

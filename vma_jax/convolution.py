@@ -5,12 +5,13 @@ the same function, the same input gradient (XLA's own). Its kernel gradient is
 
     dkernel[i, j] = sum_{n, u, v} xpad[n, s*u + i, s*v + j, :]^T dy[n, u, v, :],
 
-a contraction over the M = N*Ho*Wo output pixels that XLA:CPU runs as a convolution at about a
-quarter of the speed of a matrix product. On CPU, where M is large, it is computed here as
-matrix products instead: one per tap (C x M by M x O) when the input has many channels, or one
-product of the im2col patches (M x kh*kw*C) when it has few, where a product per tap would be
-too thin. Elsewhere (GPU, TPU, or small M) it is XLA's. Both give the same gradient up to float
-rounding; docs/performance.md has the measurements behind the two thresholds below.
+a contraction over the M = N*Ho*Wo output pixels that XLA:CPU runs as a convolution at a
+fraction of the speed of a matrix product. On CPU, where M is large, it is computed here as a
+product of the im2col patches (M x kh*kw*C) with dy (M x O) instead, accumulated over chunks of
+about a thousand pixels whose patches stay in cache: a loop whose every step is one small, fast
+product, rather than a large product over copies of x shifted once per tap. Elsewhere (GPU, TPU,
+or small M) it is XLA's. Both give the same gradient up to float rounding; docs/performance.md
+has the measurements behind the constants below.
 """
 
 import functools
@@ -20,12 +21,14 @@ import jax
 import jax.numpy as jnp
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-# Fewer output pixels (N*Ho*Wo, over the whole batch) than this: XLA's kernel gradient. In
-# whole training steps on 2 cores the products cost more than they saved below ~50k pixels.
-_MIN_ROWS = 1 << 16
-# Fewer input channels than this: one im2col product rather than one product per tap (a
-# 1-channel input ran 5.7x faster as im2col; 48 or 64 channels 0.85-1.7x as fast per tap).
-_MIN_CHANNELS_PER_TAP = 16
+# Fewer output pixels (N*Ho*Wo, over the whole batch) than this: XLA's kernel gradient, which
+# is as fast on small layers.
+_MIN_ROWS = 1 << 14
+# Output pixels per chunk and group: the patches of one chunk (~2 MB) stay in cache.
+_CHUNK_ROWS = 1024
+# Fewer input channels than this: one product over all M rows (a 1-channel input's patches are
+# 9 columns wide, too thin for the chunks to pay).
+_MIN_CHANNELS_PER_CHUNK = 16
 
 Padding = Sequence[tuple[int, int]]
 
@@ -62,28 +65,58 @@ def _conv2d_fwd(x_NxHxWxC, kernel_KhxKwxCxO, strides, padding):
   return y, (x_NxHxWxC, kernel_KhxKwxCxO)
 
 
-def kernel_grad(x_NxHxWxC, dy_NxHoxWoxO, kernel_shape, strides, padding):
-  """The kernel gradient of `conv2d` as matrix products: dkernel_KhxKwxCxO in float32."""
+def _largest_divisor_at_most(n: int, bound: int) -> int:
+  return max(d for d in range(1, max(min(n, bound), 1) + 1) if n % d == 0)
+
+
+def kernel_grad(x_NxHxWxC, dy_NxHoxWoxO, kernel_shape, strides, padding, *,
+                groups: int | None = None, chunk_rows: int = _CHUNK_ROWS):
+  """The kernel gradient of `conv2d` as matrix products: dkernel_KhxKwxCxO in float32.
+
+  The N images are split into G contiguous groups (default: one per device, when that divides
+  N; else G = 1), each group into chunks of I images with I * Ho * Wo <= `chunk_rows`; step t
+  of a loop adds patches_t^T dy_t of chunk t of every group to that group's sum. With the batch
+  sharded over the devices, each device sums its own group, and no device waits for another
+  inside the loop (with G = 1, XLA would reduce the partial sums across devices at every step).
+  """
   kh, kw, c, o = kernel_shape
+  n = x_NxHxWxC.shape[0]
   (sh, sw), (ho, wo) = strides, dy_NxHoxWoxO.shape[1:3]
-  xpad_NxHpxWpxC = jnp.pad(x_NxHxWxC, ((0, 0), *padding, (0, 0)))
-  window = (xpad_NxHpxWpxC.shape[0], sh * (ho - 1) + 1, sw * (wo - 1) + 1, c)
-  dy_MxO = dy_NxHoxWoxO.reshape(-1, o)
-  matmul = lambda a_MxP, b_MxO: jnp.matmul(a_MxP.T, b_MxO, preferred_element_type=jnp.float32)
+  width = kh * kw * c
 
-  def tap(i, j):
-    """The input pixels that tap (i, j) multiplies: M x C."""
-    window_NxHwxWwxC = jax.lax.dynamic_slice(xpad_NxHpxWpxC, (0, i, j, 0), window)
-    return window_NxHwxWwxC[:, ::sh, ::sw].reshape(-1, c)
+  def patches(x_NxHxWxC):
+    """Row (n, u, v) holds the kh * kw * C inputs that output pixel (u, v) of image n sees."""
+    xpad_NxHpxWpxC = jnp.pad(x_NxHxWxC, ((0, 0), *padding, (0, 0)))
+    taps = [xpad_NxHpxWpxC[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+            for i in range(kh) for j in range(kw)]
+    return jnp.concatenate(taps, axis=-1)  # N x Ho x Wo x kh*kw*C
 
-  if c < _MIN_CHANNELS_PER_TAP:
-    patches_MxP = jnp.concatenate([tap(i, j) for i in range(kh) for j in range(kw)], axis=-1)
-    return matmul(patches_MxP, dy_MxO).reshape(kh, kw, c, o)
-  # A loop over the taps makes one shifted copy of x at a time, once dy exists; unrolled, XLA
-  # makes all kh * kw copies early (in the forward pass) and keeps them to the backward.
-  dkernel_TxCxO = jax.lax.map(lambda t: matmul(tap(t // kw, t % kw), dy_MxO),
-                              jnp.arange(kh * kw))
-  return dkernel_TxCxO.reshape(kh, kw, c, o)
+  if c < _MIN_CHANNELS_PER_CHUNK:
+    patches_MxP = patches(x_NxHxWxC).reshape(-1, width)
+    return jnp.matmul(patches_MxP.T, dy_NxHoxWoxO.reshape(-1, o),
+                      preferred_element_type=jnp.float32).reshape(kh, kw, c, o)
+
+  groups = jax.device_count() if groups is None else groups
+  groups = groups if n % groups == 0 else 1
+  images = _largest_divisor_at_most(n // groups, chunk_rows // (ho * wo))
+  steps = n // (groups * images)
+  # Image (g * I + i) * steps + t is image i of chunk t in group g: a contiguous block of
+  # images per group, as a batch sharded over the devices is laid out.
+  x_GxIxSxHxWxC = x_NxHxWxC.reshape(groups, images, steps, *x_NxHxWxC.shape[1:])
+  dy_GxIxSxHoxWoxO = dy_NxHoxWoxO.reshape(groups, images, steps, ho, wo, o)
+
+  def add_chunk(dkernel_GxPxO, t):
+    x_GIxHxWxC = jax.lax.dynamic_index_in_dim(x_GxIxSxHxWxC, t, 2, keepdims=False).reshape(
+        groups * images, *x_NxHxWxC.shape[1:])
+    patches_GxMxP = patches(x_GIxHxWxC).reshape(groups, -1, width)
+    dy_GxMxO = jax.lax.dynamic_index_in_dim(dy_GxIxSxHoxWoxO, t, 2, keepdims=False).reshape(
+        groups, -1, o)
+    return dkernel_GxPxO + jnp.einsum("gmp,gmo->gpo", patches_GxMxP, dy_GxMxO,
+                                      preferred_element_type=jnp.float32), None
+
+  dkernel_GxPxO, _ = jax.lax.scan(add_chunk, jnp.zeros((groups, width, o), jnp.float32),
+                                  jnp.arange(steps))
+  return dkernel_GxPxO.sum(0).reshape(kh, kw, c, o)
 
 
 def _conv2d_bwd(strides, padding, residuals, dy_NxHoxWoxO):
