@@ -138,13 +138,18 @@ class VMA(nn.Module):
       raise ValueError(f"expected {self.image_size}x{self.image_size} images, "
                        f"got x of shape {x_BxHxW.shape}")
     # One encoder call for targets and memory items together: bigger, better-shaped convs.
-    images_NxHxW = jnp.concatenate(
-        [x_BxHxW, memory_BxTxHxW.reshape((-1,) + x_BxHxW.shape[1:])], axis=0)
+    # Episode-major rows (each target followed by its memory), so that a batch sharded over
+    # devices by episode stays split the same way: no data moves between devices.
+    images_NxHxW = jnp.concatenate([x_BxHxW[:, None], memory_BxTxHxW], axis=1).reshape(
+        (-1,) + x_BxHxW.shape[1:])
+    per_episode = lambda v_N: v_N.reshape((batch, 1 + num_memory) + v_N.shape[1:])
+    of_targets = lambda v_N: per_episode(v_N)[:, 0]
+    to_memory = lambda v_N: per_episode(v_N)[:, 1:]
     h_NxM, _ = self.match(images_NxHxW)
     h_dummy_DxM, _ = self.match(self.dummies_DxHxW)
+    flatten = lambda v_BxTx: v_BxTx.reshape((-1,) + v_BxTx.shape[2:])
     as_memory = lambda v_BTx: v_BTx.reshape((batch, num_memory) + v_BTx.shape[1:])
-    to_memory = lambda v_N: as_memory(v_N[batch:])  # rows after the B targets
-    h_x_BxM = h_NxM[:batch].astype(jnp.float32)
+    h_x_BxM = of_targets(h_NxM).astype(jnp.float32)
     logits_memory_BxT = jnp.einsum(
         "bm,btm->bt", h_x_BxM, to_memory(h_NxM).astype(jnp.float32))
     logits_dummy_BxD = jnp.einsum("bm,dm->bd", h_x_BxM, h_dummy_DxM.astype(jnp.float32))
@@ -152,9 +157,10 @@ class VMA(nn.Module):
     slots = None
     if embed_slots:
       e_NxE, skips_N = self.embed(images_NxHxW)
-      e_x_BxE = e_NxE[:batch]
+      e_x_BxE = of_targets(e_NxE)
       e_dummy_DxE, skips_dummy = self.embed(self.dummies_DxHxW)
-      terms_BT = self.decoder.project_skips(jax.tree.map(lambda v: v[batch:], skips_N))
+      terms_BT = self.decoder.project_skips(
+          jax.tree.map(lambda v: flatten(to_memory(v)), skips_N))
       slots = SlotEncoding(
           e_memory_BxTxE=to_memory(e_NxE),
           terms_memory=jax.tree.map(as_memory, terms_BT),
