@@ -80,8 +80,8 @@ def main():
           f"{row['max_abs_diff'] / row['max_abs_xla']:.1e} of max |XLA's|)", flush=True)
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"device": str(jax.devices()[0]), "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
-                 "rows": rows}, f, indent=1)
+      json.dump({"device": str(jax.devices()[0]),
+                 "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ DN = ("NHWC", "HWIO", "NHWC")
 # (input N x H x W x C, kernel kh x kw, output channels, strides, padding)
 CASES = [
     ((3, 9, 9, 1), (3, 3), 5, (1, 1), ((1, 1), (1, 1))),  # few channels: im2col
-    ((3, 9, 9, 20), (3, 3), 6, (1, 1), ((1, 1), (1, 1))),  # one product per tap
+    ((3, 9, 9, 20), (3, 3), 6, (1, 1), ((1, 1), (1, 1))),  # many channels: chunks
     ((2, 10, 10, 20), (3, 3), 4, (2, 2), ((1, 1), (1, 1))),  # stride 2, even input
     ((2, 9, 9, 16), (3, 3), 4, (2, 2), ((1, 1), (1, 1))),  # stride 2, odd input
     ((2, 7, 7, 24), (2, 2), 8, (1, 1), ((0, 1), (0, 1))),  # the up-sampling layers' 2x2

@@ -2,9 +2,9 @@
 
 Layouts are NHWC. For 26x26 images the spatial sizes are 26 -> 13 -> 7 -> 4 in the encoder and
 4 -> 7 -> 13 -> 25 -> 26 in the decoder; any even size whose encoder bottleneck is 4x4
-(26, 28, 30, 32) works the same way (the parameter count does not change). Padding matches the reference (PyTorch) layers exactly:
-every 3x3 conv pads 1 on both sides; transposed convs are the adjoints of those convs, with an
-output padding where an even size is wanted.
+(26, 28, 30, 32) works the same way (the parameter count does not change). Padding matches
+the reference (PyTorch) layers exactly: every 3x3 conv pads 1 on both sides; transposed convs
+are the adjoints of those convs, with an output padding where an even size is wanted.
 
 Speed: the decoder's stride-2 transposed convs are computed at stride 1 on the even/odd phases
 of their output (`UpConv3x3`), the one-channel output layer as a matmul
