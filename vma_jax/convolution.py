@@ -84,9 +84,9 @@ def kernel_grad(x_NxHxWxC, dy_NxHoxWoxO, kernel_shape, strides, padding, *,
   (sh, sw), (ho, wo) = strides, dy_NxHoxWoxO.shape[1:3]
   width = kh * kw * c
 
-  def patches(x_NxHxWxC):
+  def patches(images_NxHxWxC):
     """Row (n, u, v) holds the kh * kw * C inputs that output pixel (u, v) of image n sees."""
-    xpad_NxHpxWpxC = jnp.pad(x_NxHxWxC, ((0, 0), *padding, (0, 0)))
+    xpad_NxHpxWpxC = jnp.pad(images_NxHxWxC, ((0, 0), *padding, (0, 0)))
     taps = [xpad_NxHpxWpxC[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
             for i in range(kh) for j in range(kw)]
     return jnp.concatenate(taps, axis=-1)  # N x Ho x Wo x kh*kw*C
