@@ -201,6 +201,45 @@ def test_restore_params_errors(tmp_path):
     checkpoints.save_config(str(tmp_path), small_config(model__embed_dim=32))
 
 
+def test_checkpoint_logs_keep_warnings_and_drop_orbax_info(tmp_path):
+  """Saving and restoring log no Orbax INFO lines (and not that a read-only restore is
+  read-only); other modules' INFO lines and Orbax's other warnings still pass."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  records = []
+
+  class Keep(logging.Handler):
+
+    def emit(self, record):
+      records.append(record)
+
+  logger = logging.getLogger("absl")
+  handler, level = Keep(), absl_logging.get_verbosity()
+  logger.addHandler(handler)
+  absl_logging.set_verbosity(absl_logging.INFO)
+  try:
+    config = small_config()
+    params = checkpoints.init_params(config, jax.random.key(0))
+    checkpoints.save_config(str(tmp_path), config)
+    manager = checkpoints.make_manager(str(tmp_path))
+    checkpoints.save(manager, 1, params, train.make_optimizer(config.optim).init(params),
+                     config)
+    manager.wait_until_finished()
+    manager.close()
+    restored, step, _ = checkpoints.restore_params(str(tmp_path))
+    absl_logging.info("a line of ours")
+    orbax_file = os.path.join(os.path.dirname(checkpoints.ocp.__file__), "checkpoint_manager.py")
+    logger.handle(logger.makeRecord("absl", logging.WARNING, orbax_file, 1, "disk full", (),
+                                    None))
+  finally:
+    logger.removeHandler(handler)
+    absl_logging.set_verbosity(level)
+  assert step == 1
+  np.testing.assert_array_equal(jax.tree.leaves(restored)[0], jax.tree.leaves(params)[0])
+  from_orbax = [r for r in records if f"{os.sep}orbax{os.sep}" in r.pathname]
+  assert [r.getMessage() for r in from_orbax] == ["disk full"]
+  assert "a line of ours" in [r.getMessage() for r in records]
+
 def _train_command(workdir, num_steps):
   return [sys.executable, __file__, str(workdir), str(num_steps)]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from typing import Any
 
@@ -139,6 +140,21 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                           "the config file the run was started with.") from e
 
 
+class _OrbaxNoise(logging.Filter):
+  """Drops Orbax's INFO lines (tens per save or restore, under the entry points' INFO level)
+  and its warning that a manager opened read-only is read-only; its other warnings pass."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    if record.levelno < logging.WARNING:
+      return False
+    return not record.getMessage().startswith("Given directory is read only")
+
+
+_ORBAX_NOISE = _OrbaxNoise()
+
+
 def make_manager(workdir: str, *, max_to_keep: int | None = None,
                  read_only: bool = False) -> ocp.CheckpointManager:
   """Orbax CheckpointManager over `workdir/checkpoints` (asynchronous saves)."""
@@ -147,9 +163,11 @@ def make_manager(workdir: str, *, max_to_keep: int | None = None,
     raise CheckpointError(
         f"{directory} does not exist: no checkpoint to restore. Train first "
         f"(python train.py --config=configs/<name>.py --workdir={workdir}).")
+  logging.getLogger("absl").addFilter(_ORBAX_NOISE)  # idempotent
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-      enable_async_checkpointing=not read_only)
+      max_to_keep=None if read_only else max_to_keep, create=not read_only,
+      read_only=read_only, enable_async_checkpointing=not read_only,
+      save_interval_steps=0 if read_only else 1)
   return ocp.CheckpointManager(directory, options=options)
 
 
