@@ -2,7 +2,9 @@
 
     python evaluate.py --workdir=runs/default --num_importance=1000
 
-Writes workdir/eval/results.{json,csv,md} and prints the Markdown table.
+Writes workdir/eval/results.{json,csv,md} and prints the Markdown table. With --dtype other
+than the run's (e.g. bfloat16 on a GPU, after `benchmarks/precision.py` has shown the bounds
+move by less than 0.1 nat), it writes workdir/eval_<dtype>/ instead.
 """
 
 import sys
@@ -26,6 +28,9 @@ _NUM_TARGETS = flags.DEFINE_integer(
 _SEED = flags.DEFINE_integer("seed", None, "Fixes the episodes and samples (default 0).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Targets at once (default: config).")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Samples at once (default: config).")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", None, evaluate.DTYPES,
+    "The networks' computation dtype (default: the run's config.model.dtype).")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", None, "On a CPU-only host, the JAX devices to split it into (default: one "
     "per core, as many as divide the batch size); no effect on GPU or TPU.")
@@ -42,7 +47,7 @@ def main(argv):
     results = evaluate.evaluate_workdir(
         _WORKDIR.value, cells=_CELLS.value, num_importance=_NUM_IMPORTANCE.value,
         num_targets=_NUM_TARGETS.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
-        chunk_size=_CHUNK_SIZE.value)
+        chunk_size=_CHUNK_SIZE.value, dtype=_DTYPE.value)
   except (checkpoints.CheckpointError, data.DataError, ValueError) as e:
     sys.exit(f"evaluate.py: {e}")
   print(evaluate.results_markdown(results))

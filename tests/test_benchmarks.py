@@ -1,9 +1,12 @@
-"""Smoke tests of benchmarks/run.py (one tiny training step, its JSON entry) and conv_grads.py."""
+"""Smoke tests of the benchmark scripts: run.py (one tiny training step), conv_grads.py,
+precision.py."""
 
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ("name", "device", "median_s", "min_s", "max_s", "peak_rss_mb", "gflops_per_s",
@@ -53,3 +56,42 @@ def test_hand_counted_flops_match_the_issue_figures():
   per_sample = flops.decoder_flops() - flops.skip_terms_flops() + flops.heads_flops()
   extra = flops.forward_flops(16, 19, 2000) - flops.forward_flops(16, 19, 1000)
   assert extra == 16 * 1000 * per_sample
+
+
+@pytest.mark.slow
+def test_precision_script_reports_each_cell_and_fails_beyond_the_tolerance(
+    tmp_path, archive_dir, omniglot_data_dir, omniglot_test):
+  """benchmarks/precision.py on a saved checkpoint: one entry per cell, exit 1 when |gap| is
+  not below --tolerance (0 nat here), exit 0 within it; nothing written to the workdir."""
+  import jax
+  import optax
+  from configs import default as default_config
+  from vma_jax import checkpoints
+  config = default_config.get_config()
+  config.data.archive_dir, config.data.data_dir = archive_dir, omniglot_data_dir
+  params = checkpoints.init_params(config, jax.random.key(2))
+  workdir = str(tmp_path / "run")
+  checkpoints.save_config(workdir, config)
+  manager = checkpoints.make_manager(workdir)
+  checkpoints.save(manager, 1, params, optax.adam(1e-4).init(params), config)
+  manager.wait_until_finished()
+  manager.close()
+  command = [sys.executable, os.path.join(ROOT, "benchmarks", "precision.py"),
+             f"--workdir={workdir}", "--cells=1:1,2:2", "--num_targets=4",
+             "--num_importance=3", "--batch_size=2", "--chunk_size=3", "--cpu_devices=1"]
+
+  out = tmp_path / "gap.json"
+  strict = subprocess.run(command + ["--tolerance=0", f"--out={out}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+  assert strict.returncode == 1, strict.stderr
+  assert "NOT within 0.0 nat" in strict.stdout
+  entries = json.loads(out.read_text())
+  assert [(e["max_classes"], e["memory_size"]) for e in entries] == [(1, 1), (2, 2)]
+  for e in entries:
+    assert (e["dtype"], e["reference_dtype"], e["num_targets"]) == ("bfloat16", "float32", 4)
+    assert 0 < e["max_abs_target_gap"] < 2.0 and e["seconds"] > 0
+  loose = subprocess.run(command + ["--tolerance=5"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+  assert loose.returncode == 0, loose.stderr
+  assert "within 5.0 nat" in loose.stdout
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json"]

@@ -150,5 +150,51 @@ def test_evaluate_workdir_end_to_end(tmp_path, archive_dir, omniglot_data_dir, o
     # An untrained model on 26x26 images: about 676 * log 2 = 469 nats.
     assert 300 < r.bound < 700 and r.num_targets == 6 and r.num_importance == 8
   saved = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
-  assert saved["meta"]["step"] == 3
+  assert saved["meta"]["step"] == 3 and saved["meta"]["dtype"] == "float32"
   assert os.path.exists(tmp_path / "run" / "eval" / "results.md")
+
+  # Another precision writes beside the run's own results, never over them.
+  low = evaluate.evaluate_workdir(workdir, cells="1:1", num_importance=8, num_targets=6,
+                                  batch_size=4, chunk_size=8, dtype="bfloat16")
+  assert abs(low[0].bound - results[0].bound) < 1.0
+  assert json.loads((tmp_path / "run" / "eval" / "results.json").read_text()) == saved
+  low_saved = json.loads((tmp_path / "run" / "eval_bfloat16" / "results.json").read_text())
+  assert low_saved["meta"]["dtype"] == "bfloat16" and len(low_saved["results"]) == 1
+
+  gaps = evaluate.compare_precision(workdir, dtype="bfloat16", cells="1:1", num_importance=8,
+                                    num_targets=6, batch_size=4, chunk_size=8)
+  assert gaps[0].reference_bound == pytest.approx(results[0].bound, abs=1e-9)
+  assert gaps[0].bound == pytest.approx(low[0].bound, abs=1e-9)
+  assert sorted(os.listdir(tmp_path / "run")) == sorted(["checkpoints", "config.json", "eval",
+                                                         "eval_bfloat16"])
+
+
+def test_precision_gaps_are_paired(small_model_and_params):
+  """Same dtype twice: no gap at all. bfloat16: a small gap, the mean of per-target gaps."""
+  config, model, params = small_model_and_params
+  split = _synthetic_split()
+  settings = dict(num_importance=6, num_targets=8, batch_size=4, chunk_size=3, seed=0)
+  same = evaluate.precision_gaps(config, params, split, [(1, 2), (2, 3)], dtype="float32",
+                                 **settings)
+  for gap in same:
+    assert gap.gap == 0.0 and gap.max_abs_target_gap == 0.0
+    assert gap.bound == gap.reference_bound and gap.num_targets == 8
+  direct = evaluate.evaluate_grid(model, params, split, [(1, 2), (2, 3)], **settings)
+  assert [g.reference_bound for g in same] == pytest.approx([r.bound for r in direct],
+                                                            abs=1e-9)
+
+  low = evaluate.precision_gaps(config, params, split, [(1, 2)], dtype="bfloat16", **settings)
+  gap = low[0]
+  assert gap.dtype == "bfloat16" and gap.reference_dtype == "float32"
+  assert gap.gap == pytest.approx(gap.bound - gap.reference_bound, abs=1e-9)
+  assert 0.0 < gap.max_abs_target_gap < 2.0  # bfloat16 changes every bound, a little
+  assert abs(gap.gap) <= gap.max_abs_target_gap
+  assert np.isfinite(gap.gap_stderr) and gap.gap_stderr > 0
+
+
+def test_unknown_dtype_is_a_clear_error(small_model_and_params):
+  config, _, params = small_model_and_params
+  with pytest.raises(ValueError, match="unknown dtype 'float8'.*bfloat16"):
+    evaluate.precision_gaps(config, params, _synthetic_split(), [(1, 1)], dtype="float8",
+                            num_importance=2, num_targets=2, batch_size=2, chunk_size=2,
+                            seed=0)

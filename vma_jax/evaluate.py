@@ -123,10 +123,13 @@ def cell_key(seed: int, max_classes: int, memory_size: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), max_classes), memory_size)
 
 
-def evaluate_cell(model: vma_model.VMA, params, data, *, max_classes: int, memory_size: int,
-                  num_importance: int, targets: np.ndarray, batch_size: int, chunk_size: int,
-                  seed: int, mesh=None) -> CellResult:
-  """-L_K over `targets` on cell (C, T) = (max_classes, memory_size): mean and stderr."""
+def cell_neg_bounds(model: vma_model.VMA, params, data, *, max_classes: int, memory_size: int,
+                    num_importance: int, targets: np.ndarray, batch_size: int, chunk_size: int,
+                    seed: int, mesh=None) -> tuple[np.ndarray, float]:
+  """-L_K of every target in `targets` on cell (C, T) (nats, float64), and the seconds taken.
+
+  The seconds include compiling the cell's bound function.
+  """
   mesh = sharding.make_mesh() if mesh is None else mesh
   sharding.check_batch_size(batch_size, mesh)
   bound_fn = make_cell_bound_fn(model, max_classes=max_classes, memory_size=memory_size,
@@ -135,23 +138,45 @@ def evaluate_cell(model: vma_model.VMA, params, data, *, max_classes: int, memor
   start_time = time.perf_counter()
   neg_bound_N = -cell_bounds(bound_fn, params, data, cell_key(seed, max_classes, memory_size),
                              targets, batch_size)
+  seconds = time.perf_counter() - start_time
   if not np.all(np.isfinite(neg_bound_N)):
     raise FloatingPointError(
         f"non-finite bound in cell C={max_classes}, T={memory_size}: the checkpoint's "
         "parameters may be corrupt")
-  num = len(neg_bound_N)
-  stderr = float(neg_bound_N.std(ddof=1) / math.sqrt(num)) if num > 1 else float("nan")
-  return CellResult(max_classes, memory_size, float(neg_bound_N.mean()), stderr,
-                    num_importance, num, time.perf_counter() - start_time)
+  return neg_bound_N, seconds
+
+
+def _mean_and_stderr(values_N: np.ndarray) -> tuple[float, float]:
+  num = len(values_N)
+  stderr = float(values_N.std(ddof=1) / math.sqrt(num)) if num > 1 else float("nan")
+  return float(values_N.mean()), stderr
+
+
+def evaluate_cell(model: vma_model.VMA, params, data, *, max_classes: int, memory_size: int,
+                  num_importance: int, targets: np.ndarray, batch_size: int, chunk_size: int,
+                  seed: int, mesh=None) -> CellResult:
+  """-L_K over `targets` on cell (C, T) = (max_classes, memory_size): mean and stderr."""
+  neg_bound_N, seconds = cell_neg_bounds(
+      model, params, data, max_classes=max_classes, memory_size=memory_size,
+      num_importance=num_importance, targets=targets, batch_size=batch_size,
+      chunk_size=chunk_size, seed=seed, mesh=mesh)
+  bound, stderr = _mean_and_stderr(neg_bound_N)
+  return CellResult(max_classes, memory_size, bound, stderr, num_importance, len(neg_bound_N),
+                    seconds)
+
+
+def _on_devices(split: "vma_data.OmniglotSplit", num_targets: int):
+  """(mesh over all local devices, the split's images replicated on it, target indices)."""
+  mesh = sharding.make_mesh()
+  data = jax.device_put(vma_episodes.EpisodeData.from_split(split), sharding.shardings(mesh)[0])
+  return mesh, data, target_indices(len(split.labels_N), num_targets)
 
 
 def evaluate_grid(model: vma_model.VMA, params, split: "vma_data.OmniglotSplit",
                   cells: Sequence[tuple[int, int]], *, num_importance: int, num_targets: int,
                   batch_size: int, chunk_size: int, seed: int) -> list[CellResult]:
   """Every cell of `cells` on `split`, each target once per cell."""
-  mesh = sharding.make_mesh()
-  data = jax.device_put(vma_episodes.EpisodeData.from_split(split), sharding.shardings(mesh)[0])
-  targets = target_indices(len(split.labels_N), num_targets)
+  mesh, data, targets = _on_devices(split, num_targets)
   results = []
   for max_classes, memory_size in cells:
     result = evaluate_cell(
@@ -207,9 +232,37 @@ def write_results(results: Sequence[CellResult], out_dir: str, meta: dict) -> di
   return paths
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _with_dtype(config, dtype: str | None):
+  """The run's config, computing in `dtype` (None: the run's own config.model.dtype)."""
+  if dtype is None:
+    return config
+  if dtype not in DTYPES:
+    raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+  config = config.copy_and_resolve_references()
+  config.model.dtype = dtype
+  return config
+
+
+def _eval_settings(config, *, cells, num_importance, num_targets, seed, batch_size,
+                   chunk_size) -> dict:
+  """The evaluation settings: arguments given, else the run's config.eval values."""
+  pick = lambda value, default: default if value is None else value
+  return dict(
+      cells=parse_cells(config.eval.cells if cells == "config" else cells),
+      num_importance=pick(num_importance, config.eval.num_importance),
+      num_targets=pick(num_targets, config.eval.num_targets),
+      seed=pick(seed, config.eval.seed),
+      batch_size=pick(batch_size, config.eval.batch_size),
+      chunk_size=pick(chunk_size, config.eval.chunk_size))
+
+
 def evaluate_workdir(workdir: str, *, cells: str = GRID, num_importance: int | None = None,
                      num_targets: int | None = None, seed: int | None = None,
                      batch_size: int | None = None, chunk_size: int | None = None,
+                     dtype: str | None = None,
                      data_config: ml_collections.ConfigDict | None = None) -> list[CellResult]:
   """Restores the latest checkpoint of a training run and evaluates it on the test split.
 
@@ -223,24 +276,105 @@ def evaluate_workdir(workdir: str, *, cells: str = GRID, num_importance: int | N
       (13,180).
     seed: fixes the episodes and samples of every cell.
     batch_size, chunk_size: targets and samples processed at once.
+    dtype: the networks' computation dtype (default: the run's config.model.dtype); check a
+      lower precision first with `compare_precision`.
     data_config: overrides the run's config.data (e.g. another archive_dir).
   Returns:
-    One CellResult per cell; also written to workdir/eval/results.{json,csv,md}.
+    One CellResult per cell; also written to workdir/eval/results.{json,csv,md}, or to
+    workdir/eval_<dtype>/ for a dtype other than the run's (so that a lower-precision
+    evaluation never replaces the run's own results).
   """
   params, step, config = checkpoints.restore_params(workdir)
-  pick = lambda value, default: default if value is None else value
-  num_importance = pick(num_importance, config.eval.num_importance)
-  num_targets = pick(num_targets, config.eval.num_targets)
-  seed = pick(seed, config.eval.seed)
-  if cells == "config":
-    cells = config.eval.cells
+  run_dtype = config.model.dtype
+  config = _with_dtype(config, dtype)
+  settings = _eval_settings(config, cells=cells, num_importance=num_importance,
+                            num_targets=num_targets, seed=seed, batch_size=batch_size,
+                            chunk_size=chunk_size)
   split = vma_data.load_splits(data_config or config.data)["test"]
-  results = evaluate_grid(
-      vma_model.make_model(config), params, split, parse_cells(cells),
-      num_importance=num_importance, num_targets=num_targets,
-      batch_size=pick(batch_size, config.eval.batch_size),
-      chunk_size=pick(chunk_size, config.eval.chunk_size), seed=seed)
-  meta = dict(workdir=os.path.abspath(workdir), step=int(step), seed=seed,
-              device=str(jax.devices()[0].device_kind), num_devices=jax.device_count())
-  write_results(results, os.path.join(workdir, "eval"), meta)
+  results = evaluate_grid(vma_model.make_model(config), params, split, **settings)
+  meta = dict(workdir=os.path.abspath(workdir), step=int(step), seed=settings["seed"],
+              dtype=config.model.dtype, device=str(jax.devices()[0].device_kind),
+              num_devices=jax.device_count())
+  out_dir = "eval" if config.model.dtype == run_dtype else f"eval_{config.model.dtype}"
+  write_results(results, os.path.join(workdir, out_dir), meta)
   return results
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionGap:
+  """-L_K of one cell in two computation dtypes, on the same episodes and samples.
+
+  `gap` is the mean over targets of the paired difference (-L_K in `dtype`) - (-L_K in
+  `reference_dtype`), i.e. bound - reference_bound; `gap_stderr` its standard error.
+  """
+
+  max_classes: int
+  memory_size: int
+  reference_dtype: str
+  dtype: str
+  reference_bound: float
+  bound: float
+  gap: float
+  gap_stderr: float
+  max_abs_target_gap: float
+  reference_seconds: float
+  seconds: float
+  num_importance: int
+  num_targets: int
+
+
+def precision_gaps(config, params, split, cells: Sequence[tuple[int, int]], *, dtype: str,
+                   reference_dtype: str = "float32", num_importance: int, num_targets: int,
+                   batch_size: int, chunk_size: int, seed: int) -> list[PrecisionGap]:
+  """Each cell's -L_K with the networks computing in `dtype` and in `reference_dtype`.
+
+  Both use the same parameters, episodes and sample keys (they depend only on the seed, the
+  cell and the target), so the per-target differences are paired: they measure the effect of
+  the precision alone. Each dtype's seconds include compiling its bound function.
+  """
+  mesh, data, targets = _on_devices(split, num_targets)
+  models = {d: vma_model.make_model(_with_dtype(config, d)) for d in (reference_dtype, dtype)}
+  gaps = []
+  for max_classes, memory_size in cells:
+    neg_bounds, seconds = {}, {}
+    for d, model in models.items():
+      neg_bounds[d], seconds[d] = cell_neg_bounds(
+          model, params, data, max_classes=max_classes, memory_size=memory_size,
+          num_importance=num_importance, targets=targets, batch_size=batch_size,
+          chunk_size=chunk_size, seed=seed, mesh=mesh)
+    gap_N = neg_bounds[dtype] - neg_bounds[reference_dtype]
+    gap, gap_stderr = _mean_and_stderr(gap_N)
+    gaps.append(PrecisionGap(
+        max_classes, memory_size, reference_dtype, dtype,
+        reference_bound=float(neg_bounds[reference_dtype].mean()),
+        bound=float(neg_bounds[dtype].mean()), gap=gap, gap_stderr=gap_stderr,
+        max_abs_target_gap=float(np.abs(gap_N).max()),
+        reference_seconds=seconds[reference_dtype], seconds=seconds[dtype],
+        num_importance=num_importance, num_targets=len(gap_N)))
+    logging.info("C=%d T=%2d  -L_%d: %s %.3f, %s %.3f, gap %+.3f +- %.3f nats", max_classes,
+                 memory_size, num_importance, reference_dtype, gaps[-1].reference_bound,
+                 dtype, gaps[-1].bound, gap, gap_stderr)
+  return gaps
+
+
+def compare_precision(workdir: str, *, dtype: str = "bfloat16",
+                      reference_dtype: str = "float32", cells: str = GRID,
+                      num_importance: int | None = None, num_targets: int | None = None,
+                      seed: int | None = None, batch_size: int | None = None,
+                      chunk_size: int | None = None,
+                      data_config: ml_collections.ConfigDict | None = None
+                      ) -> list[PrecisionGap]:
+  """`precision_gaps` of the latest checkpoint of a training run, on the test split.
+
+  Arguments left None take the run's `config.eval` values, as in `evaluate_workdir`. Nothing
+  is written to the workdir.
+  """
+  params, _, config = checkpoints.restore_params(workdir)
+  for d in (dtype, reference_dtype):
+    _with_dtype(config, d)  # a clear error for an unknown dtype, before loading any data
+  settings = _eval_settings(config, cells=cells, num_importance=num_importance,
+                            num_targets=num_targets, seed=seed, batch_size=batch_size,
+                            chunk_size=chunk_size)
+  split = vma_data.load_splits(data_config or config.data)["test"]
+  return precision_gaps(config, params, split, dtype=dtype, reference_dtype=reference_dtype,
+                        **settings)
