@@ -45,6 +45,22 @@ def test_conv_grads_times_every_encoder_layer_and_agrees_with_xla(tmp_path):
     assert row["max_abs_diff"] < 1e-5 * row["max_abs_xla"]
 
 
+def test_step_parts_times_each_part_and_each_conv(tmp_path):
+  out = tmp_path / "parts.json"
+  subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "step_parts.py"), "--batch", "2",
+       "--memory", "2", "--samples", "3", "--repeats", "1", "--out", str(out)],
+      check=True, cwd=ROOT, timeout=600)
+  result = json.loads(out.read_text())
+  assert (result["batch"], result["memory"], result["samples"]) == (2, 2, 3)
+  rows = result["rows"]
+  assert [(r["part"], r["rows"]) for r in rows[:3]] == [("h", 6), ("e", 8), ("decoder", 6)]
+  for r in rows[:3]:
+    assert 0 < r["forward_s"] and 0 < r["forward_backward_s"] and r["forward_gflop"] > 0
+  assert len(rows) == 3 + 6 and all(r["rows"] == 6 for r in rows[3:])
+  for r in rows[3:]:
+    assert min(r["forward_s"], r["input_grad_s"], r["kernel_grad_s"]) > 0
+
 def test_hand_counted_flops_match_the_issue_figures():
   """22 MFLOP per encoded image, 62 per decoded sample; a recipe step ~280 GFLOP forward."""
   from benchmarks import flops
