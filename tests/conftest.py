@@ -26,7 +26,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def find_archive_dir() -> str | None:
   """The folder with the four Omniglot zips, or None."""
-  candidate = os.environ.get("VMA_OMNIGLOT_DIR") or str(REPO_ROOT.parent / "shared" / "data" / "omniglot")
+  candidate = (os.environ.get("VMA_OMNIGLOT_DIR")
+               or str(REPO_ROOT.parent / "shared" / "data" / "omniglot"))
   return candidate if os.path.isfile(os.path.join(candidate, "images_background.zip")) else None
 
 
@@ -34,7 +35,8 @@ def find_archive_dir() -> str | None:
 def archive_dir() -> str:
   found = find_archive_dir()
   if found is None:
-    pytest.skip("Omniglot archives not found: set VMA_OMNIGLOT_DIR or provide ../shared/data/omniglot")
+    pytest.skip("Omniglot archives not found: set VMA_OMNIGLOT_DIR or provide "
+                "../shared/data/omniglot")
   return found
 
 

@@ -145,7 +145,8 @@ def test_second_load_is_fast_and_does_not_import_tensorflow(omniglot_train, omni
   code = (
       "import time, sys, json; t = time.perf_counter();"
       "from vma_jax import data;"
-      f"s = data.load_omniglot('train', data_dir={omniglot_data_dir!r}, archive_dir='/nonexistent');"
+      f"s = data.load_omniglot('train', data_dir={omniglot_data_dir!r}, "
+      "archive_dir='/nonexistent');"
       "print(json.dumps({'seconds': time.perf_counter() - t, 'n': s.num_images,"
       " 'tf': 'tensorflow' in sys.modules, 'tfds': 'tensorflow_datasets' in sys.modules}))"
   )
@@ -324,7 +325,8 @@ def test_cache_write_is_atomic(tmp_path, monkeypatch):
 
   monkeypatch.setattr(np, "savez", failing_savez)
   with pytest.raises(KeyboardInterrupt):
-    data._write_cache(path, np.zeros((1, 2, 2), np.uint8), np.zeros(1, np.int32), np.zeros(1, np.int32))  # pylint: disable=protected-access
+    data._write_cache(  # pylint: disable=protected-access
+        path, np.zeros((1, 2, 2), np.uint8), np.zeros(1, np.int32), np.zeros(1, np.int32))
   assert os.listdir(os.path.dirname(path)) == []
 
 
@@ -379,7 +381,8 @@ def test_mock_tfds_structured_examples(tmp_path, monkeypatch):
   expected = data.resize_nearest((images[..., 0] == 0).astype(np.uint8), 28)
   order = np.lexsort((np.arange(100), labels))  # by class; drawers differ in pixels only
   got = {(int(l), x.tobytes()) for l, x in zip(split.labels_N, split.images_NxHxW)}
-  want = {(int(np.searchsorted(np.unique(labels), l)), x.tobytes()) for l, x in zip(labels[order], expected[order])}
+  want = {(int(np.searchsorted(np.unique(labels), l)), x.tobytes())
+          for l, x in zip(labels[order], expected[order])}
   assert got == want
   # The cache is found the second time, TFDS untouched.
   again = data.load_omniglot("test", image_size=28, data_dir=str(tmp_path))

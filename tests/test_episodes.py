@@ -142,7 +142,8 @@ def test_train_on_small1(omniglot_small1):
 def test_train_targets_uniform_and_slots_shuffled(synthetic):
   _, data = synthetic
   sample = jax.jit(
-      lambda key: episodes.sample_train_episodes(data, key, batch_size=500, memory_size=8, per_class=2)
+      lambda key: episodes.sample_train_episodes(data, key, batch_size=500, memory_size=8,
+                                                 per_class=2)
   )
   batches = [sample(jax.random.key(i)) for i in range(20)]
   x_index = np.concatenate([np.asarray(b.x_index_B) for b in batches])
@@ -181,7 +182,8 @@ def test_train_impossible_settings(synthetic, memory_size, per_class, match):
 # Cell episodes.
 
 
-@pytest.mark.parametrize("max_classes,memory_size", [(1, 1), (1, 19), (2, 1), (2, 2), (2, 19), (5, 10)])
+@pytest.mark.parametrize("max_classes,memory_size",
+                         [(1, 1), (1, 19), (2, 1), (2, 2), (2, 19), (5, 10)])
 def test_cell_composition_synthetic(synthetic, max_classes, memory_size):
   split, data = synthetic
   targets = np.arange(600)
@@ -208,20 +210,24 @@ def test_cell_independent_of_batch_size(synthetic):
   ]
   for field in episodes.Episodes._fields:
     np.testing.assert_array_equal(
-        np.asarray(getattr(whole, field)), np.concatenate([np.asarray(getattr(p, field)) for p in parts])
-    )
+        np.asarray(getattr(whole, field)),
+        np.concatenate([np.asarray(getattr(p, field)) for p in parts]))
   # Reversed targets give the same episode for each target.
-  backwards = episodes.sample_cell_episodes(data, key, targets[::-1], max_classes=2, memory_size=10)
-  np.testing.assert_array_equal(np.asarray(backwards.memory_BxTxHxW)[::-1], np.asarray(whole.memory_BxTxHxW))
-  other = episodes.sample_cell_episodes(data, jax.random.key(9), targets, max_classes=2, memory_size=10)
-  assert not np.array_equal(np.asarray(other.memory_labels_BxT), np.asarray(whole.memory_labels_BxT))
+  backwards = episodes.sample_cell_episodes(data, key, targets[::-1], max_classes=2,
+                                            memory_size=10)
+  np.testing.assert_array_equal(np.asarray(backwards.memory_BxTxHxW)[::-1],
+                                np.asarray(whole.memory_BxTxHxW))
+  other = episodes.sample_cell_episodes(data, jax.random.key(9), targets, max_classes=2,
+                                        memory_size=10)
+  assert not np.array_equal(np.asarray(other.memory_labels_BxT),
+                            np.asarray(whole.memory_labels_BxT))
 
 
 def _cell_labels_over_split(data, key, max_classes, memory_size, batch_size=2048):
   """Every image of the split as the target once: (x_index_N, x_label_N, memory_labels_NxT)."""
   sample = jax.jit(
-      lambda t: episodes.sample_cell_episodes(data, key, t, max_classes=max_classes, memory_size=memory_size)
-  )
+      lambda t: episodes.sample_cell_episodes(data, key, t, max_classes=max_classes,
+                                              memory_size=memory_size))
   n = data.num_images
   out = []
   for start in range(0, n, batch_size):

@@ -478,8 +478,10 @@ def main(argv: list[str] | None = None) -> int:
   )
   parser.add_argument("--image_size", type=int, default=26)
   parser.add_argument("--archive_dir", default="", help=f"default: ${ARCHIVE_ENV}")
-  parser.add_argument("--data_dir", default="", help="default: $TFDS_DATA_DIR or ~/tensorflow_datasets")
-  parser.add_argument("--splits", default="train,test", help="comma-separated, of " + ",".join(SPLITS))
+  parser.add_argument("--data_dir", default="",
+                      help="default: $TFDS_DATA_DIR or ~/tensorflow_datasets")
+  parser.add_argument("--splits", default="train,test",
+                      help="comma-separated, of " + ",".join(SPLITS))
   args = parser.parse_args(argv)
   try:
     splits = {
