@@ -6,7 +6,8 @@ figure is the mean over targets of -L_K, in nats per image (positive, lower is b
 L_K the K-sample importance-weighted bound computed in chunks (`objective.streaming_bound`).
 
 Episodes and samples depend only on (seed, C, T, target index), never on the batch size or on
-the chunking, so a figure is reproducible on any device count.
+the chunking, so a figure is reproducible on any device count, and the bounds of two
+computation dtypes on the same checkpoint differ by the precision alone (`precision_gaps`).
 """
 
 import csv
