@@ -300,7 +300,39 @@ def test_progress_and_metrics_log(tmp_path):
                                  np.ones((2, 5, 5)), np.zeros((2, 4, 5, 5)))
   assert grid.shape == (2 * 6 + 1, 11 * 6 + 1)
   summaries.write_png(str(tmp_path / "g.png"), grid)
-  assert (tmp_path / "g.png").stat().st_size > 0
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(tmp_path / "g.png") as png:  # an independent decoder
+    assert png.mode == "L" and png.size == (2 * grid.shape[1], 2 * grid.shape[0])
+    expected = np.kron(np.round(np.clip(grid, 0, 1) * 255), np.ones((2, 2)))
+    np.testing.assert_array_equal(np.asarray(png), expected.astype(np.uint8))
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (7, 13), dtype=np.uint8)
+  (tmp_path / "r.png").write_bytes(summaries.png_bytes(pixels))
+  with Image.open(tmp_path / "r.png") as png:
+    np.testing.assert_array_equal(np.asarray(png), pixels)
+
+
+def test_training_without_tensorflow_clu_or_pil(tmp_path):
+  """On a host without TensorFlow, CLU or PIL (a bare accelerator host), a run still trains,
+  checkpoints, and writes metrics.jsonl and the PNG grids; only TensorBoard files are missing."""
+  workdir = tmp_path / "run"
+  code = (
+      "import sys\n"
+      "for name in ('tensorflow', 'clu', 'PIL', 'tensorboard'):\n"
+      "  sys.modules[name] = None  # as if not installed\n"
+      f"sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})\n"
+      "import test_train as t\n"
+      f"t.train.train_and_evaluate(t.small_config(train__image_every=2), {str(workdir)!r},\n"
+      "                            splits=t.mock_splits())\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "No TensorBoard summaries" in result.stderr
+  assert [r["step"] for r in summaries.read_metrics(str(workdir / "metrics.jsonl"))] == [1, 2]
+  assert [p.name for p in (workdir / "images").iterdir()] == ["few_shot_00000002.png"]
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if _is_checkpoint(p)) == [
+      "1", "2"]
+  assert not list(workdir.glob("events.out.tfevents*"))
 
 
 if __name__ == "__main__":

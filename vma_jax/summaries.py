@@ -1,8 +1,11 @@
-"""What a training run writes besides TensorBoard: the JSON-lines metrics log and image grids.
+"""What a training run writes: metric writers, the JSON-lines metrics log and image grids.
 
-`MetricsLog` appends one JSON object per logged step to `workdir/metrics.jsonl` and never
-truncates it: a resumed run appends after the lines of the killed one, so a step logged
-after the last checkpoint may appear twice (readers keep the last line of a step).
+`create_writer` is CLU's default writer (TensorBoard summaries and log lines), or, where CLU or
+the TensorFlow its summary writer needs is not installed (a bare accelerator host, a TPU
+runtime without TensorFlow), a writer that only logs: the metrics log and the PNG grids below
+need neither. `MetricsLog` appends one JSON object per logged step to `workdir/metrics.jsonl`
+and never truncates it: a resumed run appends after the lines of the killed one, so a step
+logged after the last checkpoint may appear twice (readers keep the last line of a step).
 """
 
 from __future__ import annotations
@@ -10,8 +13,51 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
+from typing import Any, Callable, Mapping
+import zlib
 
+from absl import logging
 import numpy as np
+
+
+class LoggingWriter:
+  """The part of CLU's MetricWriter interface that training uses, as log lines only."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
+
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    del step, images  # the PNG grids in workdir/images/ hold them
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    logging.info("hparams: %s", dict(hparams))
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+def create_writer(workdir: str, *, just_logging: bool = False):
+  """CLU's default writer in `workdir`, or a `LoggingWriter` where CLU or TensorFlow is absent."""
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:  # CLU's summary writer imports TensorFlow
+    logging.warning("No TensorBoard summaries (%s); metrics.jsonl and the PNG grids are "
+                    "written as usual.", e)
+    return LoggingWriter()
+  return metric_writers.create_default_writer(workdir, just_logging=just_logging)
+
+
+def progress_reporter(num_steps: int, writer) -> Callable[[int], Any]:
+  """CLU's ReportProgress (steps/s and uptime to `writer`), or a no-op without CLU."""
+  try:
+    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return lambda step: None
+  return periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
 
 
 class MetricsLog:
@@ -72,13 +118,27 @@ def few_shot_grid(memory_BxTxHxW, x_BxHxW, retrieved_BxHxW, samples_BxKxHxW) -> 
   return image_grid(row_BxCxHxW)
 
 
+def png_bytes(pixels_HxW: np.ndarray) -> bytes:
+  """An 8-bit greyscale PNG of uint8 pixels (no image library needed)."""
+  height, width = pixels_HxW.shape
+
+  def chunk(kind: bytes, body: bytes) -> bytes:
+    return (struct.pack(">I", len(body)) + kind + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+  # Each scanline starts with its filter type, 0 (none).
+  rows = np.concatenate([np.zeros((height, 1), np.uint8), pixels_HxW.astype(np.uint8)], axis=1)
+  header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, greyscale
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+          + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
+
+
 def write_png(path: str, image_HxW: np.ndarray, scale: int = 2) -> None:
   """Writes a [0, 1] grey image as an 8-bit PNG, each pixel repeated `scale` times."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
   pixels = np.round(np.clip(image_HxW, 0.0, 1.0) * 255).astype(np.uint8)
   pixels = np.kron(pixels, np.ones((scale, scale), np.uint8))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}"
-  Image.fromarray(pixels, mode="L").save(tmp, format="PNG")
+  with open(tmp, "wb") as f:
+    f.write(png_bytes(pixels))
   os.replace(tmp, path)

@@ -11,7 +11,8 @@ jitted over a Mesh of all local devices (axis "data"): the batch is sharded, the
 and optimiser state are replicated.
 
 Workdir: config.json, checkpoints/ (see `vma_jax.checkpoints`), metrics.jsonl (one JSON object
-per logged step), TensorBoard event files, images/ (PNG grids of few-shot generations).
+per logged step), TensorBoard event files (where CLU and TensorFlow are installed, see
+`summaries.create_writer`), images/ (PNG grids of few-shot generations).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import time
 from typing import Any, Callable
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
@@ -272,7 +271,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
                       ", ".join(differences))
 
   is_chief = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  writer = summaries.create_writer(workdir, just_logging=not is_chief)
   metrics_log = summaries.MetricsLog(os.path.join(workdir, METRICS_FILE))
 
   if splits is None:
@@ -312,7 +311,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
   valid_targets_N = evaluate.target_indices(len(splits["test"].labels_N), v.num_targets)
   image_targets_B = evaluate.target_indices(len(splits["test"].labels_N), 8)
 
-  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  report_progress = summaries.progress_reporter(num_steps, writer)
   pending: list[tuple[int, dict]] = []  # per-step metrics (on device) since the last log
   last_checkpoint = manager.latest_step()
   log_time, log_step = time.monotonic(), start_step
