@@ -15,17 +15,16 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import jax
 
 jax.config.update("jax_num_cpu_devices", 1)
 
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import timing  # noqa: E402  pylint: disable=g-import-not-at-top
 from vma_jax import convolution  # noqa: E402  pylint: disable=g-import-not-at-top
 from vma_jax import host  # noqa: E402  pylint: disable=g-import-not-at-top
 
@@ -39,16 +38,6 @@ def xla_conv(x_NxHxWxC, kernel_KhxKwxCxO, strides):
   """XLA's own convolution (what `convolution.conv2d` computes, with XLA's gradients)."""
   return jax.lax.conv_general_dilated(x_NxHxWxC, kernel_KhxKwxCxO, strides, PADDING,
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _median_s(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def main():
@@ -73,9 +62,9 @@ def main():
     flops = 2.0 * dy.size * 9 * cin
     row = {"layer": f"{size}x{size}x{cin}->{cout}/s{stride}", "images": args.images,
            "gflop": flops / 1e9,
-           "forward_s": _median_s(conv, x, kernel, repeats=args.repeats),
-           "xla_kernel_grad_s": _median_s(xla_grad, x, dy, kernel, repeats=args.repeats),
-           "matmul_kernel_grad_s": _median_s(matmul_grad, x, dy, repeats=args.repeats),
+           "forward_s": timing.median_s(conv, x, kernel, repeats=args.repeats),
+           "xla_kernel_grad_s": timing.median_s(xla_grad, x, dy, kernel, repeats=args.repeats),
+           "matmul_kernel_grad_s": timing.median_s(matmul_grad, x, dy, repeats=args.repeats),
            "max_abs_diff": float(jnp.max(jnp.abs(xla_grad(x, dy, kernel) - matmul_grad(x, dy)))),
            "max_abs_xla": float(jnp.max(jnp.abs(xla_grad(x, dy, kernel))))}
     rows.append(row)

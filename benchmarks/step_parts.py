@@ -21,9 +21,7 @@ after one untimed call; GFLOP/s from the FLOPs of benchmarks/flops.py.
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
@@ -34,17 +32,6 @@ from vma_jax import host  # pylint: disable=g-import-not-at-top
 # (input size, input channels, output channels, stride): the encoder's conv1 ... conv6.
 LAYERS = [(26, 1, 48, 1), (26, 48, 48, 2), (13, 48, 48, 1), (13, 48, 64, 2), (7, 64, 64, 1),
           (7, 64, 64, 2)]
-
-
-def _median_s(fn, *args, repeats):
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def main(argv=None):
@@ -61,6 +48,7 @@ def main(argv=None):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from benchmarks import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  from benchmarks import timing  # pylint: disable=g-import-not-at-top
   from configs import default as default_config  # pylint: disable=g-import-not-at-top
   from vma_jax import convolution  # pylint: disable=g-import-not-at-top
   from vma_jax import networks  # pylint: disable=g-import-not-at-top
@@ -81,8 +69,8 @@ def main(argv=None):
         module.init(key, *jax.tree.map(lambda v: v[:2], inputs), method=method), replicated)
     loss = lambda p, *xs: squares(module.apply(p, *xs, method=method))
     row = {"part": name, "rows": int(jax.tree.leaves(inputs)[0].shape[0]),
-           "forward_s": _median_s(jax.jit(loss), params, *inputs, repeats=args.repeats),
-           "forward_backward_s": _median_s(jax.jit(jax.grad(loss)), params, *inputs,
+           "forward_s": timing.median_s(jax.jit(loss), params, *inputs, repeats=args.repeats),
+           "forward_backward_s": timing.median_s(jax.jit(jax.grad(loss)), params, *inputs,
                                            repeats=args.repeats),
            "forward_gflop": model_flops / 1e9}
     rows.append(row)
@@ -114,9 +102,9 @@ def main(argv=None):
     gflop = 2.0 * dy.size * 9 * cin / 1e9
     row = {"part": f"conv {in_size}x{in_size}x{cin}->{cout}/s{stride}", "rows": h_rows,
            "forward_gflop": gflop,
-           "forward_s": _median_s(jax.jit(conv), x, kernel, repeats=args.repeats),
-           "input_grad_s": _median_s(input_grad, x, kernel, dy, repeats=args.repeats),
-           "kernel_grad_s": _median_s(kernel_grad, x, kernel, dy, repeats=args.repeats)}
+           "forward_s": timing.median_s(jax.jit(conv), x, kernel, repeats=args.repeats),
+           "input_grad_s": timing.median_s(input_grad, x, kernel, dy, repeats=args.repeats),
+           "kernel_grad_s": timing.median_s(kernel_grad, x, kernel, dy, repeats=args.repeats)}
     rows.append(row)
     rate = lambda s, g=gflop: g / s
     print(f"{row['part']:>22}  {gflop:6.1f} GFLOP  forward {rate(row['forward_s']):5.1f}  "

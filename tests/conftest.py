@@ -64,3 +64,23 @@ def omniglot_test(archive_dir, omniglot_data_dir):
 @pytest.fixture(scope="session")
 def omniglot_small1(archive_dir, omniglot_data_dir):
   return _load("small1", archive_dir, omniglot_data_dir)
+
+
+@pytest.fixture
+def untrained_run(tmp_path, archive_dir, omniglot_data_dir, omniglot_test) -> str:
+  """A workdir with one checkpoint (step 3) of the recipe's untrained model, its data config
+  pointing at the session's prepared Omniglot."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from vma_jax import checkpoints  # pylint: disable=g-import-not-at-top
+
+  config = default.get_config()
+  config.data.archive_dir, config.data.data_dir = archive_dir, omniglot_data_dir
+  params = checkpoints.init_params(config, jax.random.key(1))
+  workdir = str(tmp_path / "run")
+  checkpoints.save_config(workdir, config)
+  manager = checkpoints.make_manager(workdir)
+  checkpoints.save(manager, 3, params, optax.adam(1e-4).init(params), config)
+  manager.wait_until_finished()
+  manager.close()
+  return workdir

@@ -76,22 +76,10 @@ def test_hand_counted_flops_match_the_issue_figures():
 
 @pytest.mark.slow
 def test_precision_script_reports_each_cell_and_fails_beyond_the_tolerance(
-    tmp_path, archive_dir, omniglot_data_dir, omniglot_test):
+    tmp_path, untrained_run):
   """benchmarks/precision.py on a saved checkpoint: one entry per cell, exit 1 when |gap| is
   not below --tolerance (0 nat here), exit 0 within it; nothing written to the workdir."""
-  import jax
-  import optax
-  from configs import default as default_config
-  from vma_jax import checkpoints
-  config = default_config.get_config()
-  config.data.archive_dir, config.data.data_dir = archive_dir, omniglot_data_dir
-  params = checkpoints.init_params(config, jax.random.key(2))
-  workdir = str(tmp_path / "run")
-  checkpoints.save_config(workdir, config)
-  manager = checkpoints.make_manager(workdir)
-  checkpoints.save(manager, 1, params, optax.adam(1e-4).init(params), config)
-  manager.wait_until_finished()
-  manager.close()
+  workdir = untrained_run
   command = [sys.executable, os.path.join(ROOT, "benchmarks", "precision.py"),
              f"--workdir={workdir}", "--cells=1:1,2:2", "--num_targets=4",
              "--num_importance=3", "--batch_size=2", "--chunk_size=3", "--cpu_devices=1"]

@@ -12,7 +12,6 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from vma_jax import checkpoints
@@ -131,17 +130,9 @@ def test_evaluate_command_without_checkpoint_is_a_clear_error(tmp_path):
   assert "Traceback" not in result.stderr
 
 
-def test_evaluate_workdir_end_to_end(tmp_path, archive_dir, omniglot_data_dir, omniglot_test):
+def test_evaluate_workdir_end_to_end(tmp_path, untrained_run):
   """A saved checkpoint of the recipe's model, evaluated on real test episodes."""
-  config = _default_config()
-  config.data.archive_dir, config.data.data_dir = archive_dir, omniglot_data_dir
-  params = checkpoints.init_params(config, jax.random.key(1))
-  workdir = str(tmp_path / "run")
-  checkpoints.save_config(workdir, config)
-  manager = checkpoints.make_manager(workdir)
-  checkpoints.save(manager, 3, params, optax.adam(1e-4).init(params), config)
-  manager.wait_until_finished()
-  manager.close()
+  workdir = untrained_run
 
   results = evaluate.evaluate_workdir(workdir, cells="1:1,2:3", num_importance=8,
                                       num_targets=6, batch_size=4, chunk_size=8)

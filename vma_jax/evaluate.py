@@ -20,7 +20,6 @@ from typing import Iterable, Sequence
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
