@@ -130,9 +130,9 @@ def test_evaluate_command_without_checkpoint_is_a_clear_error(tmp_path):
   assert "Traceback" not in result.stderr
 
 
-def test_evaluate_workdir_end_to_end(tmp_path, untrained_run):
+def test_evaluate_workdir_end_to_end(untrained_run):
   """A saved checkpoint of the recipe's model, evaluated on real test episodes."""
-  workdir = untrained_run
+  workdir, run = untrained_run, pathlib.Path(untrained_run)
 
   results = evaluate.evaluate_workdir(workdir, cells="1:1,2:3", num_importance=8,
                                       num_targets=6, batch_size=4, chunk_size=8)
@@ -140,23 +140,23 @@ def test_evaluate_workdir_end_to_end(tmp_path, untrained_run):
   for r in results:
     # An untrained model on 26x26 images: about 676 * log 2 = 469 nats.
     assert 300 < r.bound < 700 and r.num_targets == 6 and r.num_importance == 8
-  saved = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+  saved = json.loads((run / "eval" / "results.json").read_text())
   assert saved["meta"]["step"] == 3 and saved["meta"]["dtype"] == "float32"
-  assert os.path.exists(tmp_path / "run" / "eval" / "results.md")
+  assert os.path.exists(run / "eval" / "results.md")
 
   # Another precision writes beside the run's own results, never over them.
   low = evaluate.evaluate_workdir(workdir, cells="1:1", num_importance=8, num_targets=6,
                                   batch_size=4, chunk_size=8, dtype="bfloat16")
   assert abs(low[0].bound - results[0].bound) < 1.0
-  assert json.loads((tmp_path / "run" / "eval" / "results.json").read_text()) == saved
-  low_saved = json.loads((tmp_path / "run" / "eval_bfloat16" / "results.json").read_text())
+  assert json.loads((run / "eval" / "results.json").read_text()) == saved
+  low_saved = json.loads((run / "eval_bfloat16" / "results.json").read_text())
   assert low_saved["meta"]["dtype"] == "bfloat16" and len(low_saved["results"]) == 1
 
   gaps = evaluate.compare_precision(workdir, dtype="bfloat16", cells="1:1", num_importance=8,
                                     num_targets=6, batch_size=4, chunk_size=8)
   assert gaps[0].reference_bound == pytest.approx(results[0].bound, abs=1e-9)
   assert gaps[0].bound == pytest.approx(low[0].bound, abs=1e-9)
-  assert sorted(os.listdir(tmp_path / "run")) == sorted(["checkpoints", "config.json", "eval",
+  assert sorted(os.listdir(run)) == sorted(["checkpoints", "config.json", "eval",
                                                          "eval_bfloat16"])
 
 

@@ -9,6 +9,7 @@ be set before JAX starts). Run as a script it does the comparison itself.
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -119,14 +120,12 @@ def _compare():
 
 
 def _collectives(hlo):
-  import re  # pylint: disable=g-import-not-at-top
   return re.findall(r" (all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)"
                     r"(?:-start)?\(", hlo)
 
 
 def _check_kernel_gradient_collectives(mesh, convolution):
   """A conv's kernel gradient on a sharded batch: one all-reduce, after the chunk loop."""
-  import re  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   x = jnp.ones((128, 13, 13, 48))  # 21,632 output pixels: over `_MIN_ROWS`

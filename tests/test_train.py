@@ -240,6 +240,7 @@ def test_checkpoint_logs_keep_warnings_and_drop_orbax_info(tmp_path):
   assert [r.getMessage() for r in from_orbax] == ["disk full"]
   assert "a line of ours" in [r.getMessage() for r in records]
 
+
 def _train_command(workdir, num_steps):
   return [sys.executable, __file__, str(workdir), str(num_steps)]
 
