@@ -22,9 +22,12 @@ def get_config():
   # preparation from the four archives) and data_dir to $TFDS_DATA_DIR, then ~/tensorflow_datasets.
   config.data = ml_collections.ConfigDict(dict(archive_dir="", data_dir="", image_size=26))
 
-  # vma_jax.model.VMA fields (the image size comes from config.data).
+  # vma_jax.model.VMA fields (the image size comes from config.data). param_init: the layers'
+  # initial values, "torch" (PyTorch's defaults, as the reference) or "flax" (lecun_normal
+  # kernels, zero biases).
   config.model = ml_collections.ConfigDict(
-      dict(latent_dim=64, embed_dim=128, match_dim=200, num_dummies=2, dtype="float32"))
+      dict(latent_dim=64, embed_dim=128, match_dim=200, num_dummies=2, param_init="torch",
+           dtype="float32"))
 
   # Training episodes. composition "classes": memory_size images, per_class of each class (the
   # target's class plus memory_size // per_class - 1 others). composition "cell": the

@@ -153,14 +153,115 @@ def _same_as_flax(layer, reference, x_NxHxWxC, rng):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_conv_is_flax_conv(stride):
-  """The encoder's Conv: nn.Conv's parameters, initial values and function."""
+  """The encoder's Conv: nn.Conv's parameters and function (and its initial values with
+  param_init="flax")."""
   rng = np.random.default_rng(0)
   x_NxHxWxC = jnp.asarray(rng.normal(size=(2, 9, 9, 3)), jnp.float32)
-  layer = networks.Conv(4, strides=(stride, stride))
+  layer = networks.Conv(4, strides=(stride, stride), param_init="flax")
   reference = nn.Conv(4, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)))
   key = jax.random.key(1)
-  assert jax.tree.map(np.array_equal, layer.init(key, x_NxHxWxC), reference.init(key, x_NxHxWxC))
+  same = jax.tree.map(np.array_equal, layer.init(key, x_NxHxWxC), reference.init(key, x_NxHxWxC))
+  assert jax.tree.leaves(same) and all(jax.tree.leaves(same))
   _same_as_flax(layer, reference, x_NxHxWxC, rng)
+
+
+def test_dense_is_flax_dense():
+  """Dense: nn.Dense's parameters and function, on rank-2 and rank-3 inputs (and its initial
+  values with param_init="flax")."""
+  rng = np.random.default_rng(4)
+  x_BxKxD = jnp.asarray(rng.normal(size=(2, 3, 5)), jnp.float32)
+  layer, reference = networks.Dense(4, param_init="flax"), nn.Dense(4)
+  key = jax.random.key(1)
+  same = jax.tree.map(np.array_equal, layer.init(key, x_BxKxD), reference.init(key, x_BxKxD))
+  assert jax.tree.leaves(same) and all(jax.tree.leaves(same))
+  _same_as_flax(layer, reference, x_BxKxD, rng)
+  _same_as_flax(layer, reference, x_BxKxD[0], rng)
+
+
+class _SpecEncoder(nn.Module):
+  """model.md's encoder from stock Flax layers: conv3x3 1->48, ReLU; conv3x3 48->48 stride 2,
+  ReLU; conv3x3 48->48, ReLU [skip A]; conv3x3 48->64 stride 2, ReLU; conv3x3 64->64, ReLU
+  [skip B]; conv3x3 64->64 stride 2, ReLU; flatten; dense 100, ReLU; dense out. Pad 1."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, x_NxHxW):
+    conv = lambda c, s, name: nn.Conv(c, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)),
+                                      name=name)
+    y = nn.relu(conv(48, 1, "conv1")(x_NxHxW[..., None]))
+    y = nn.relu(conv(48, 2, "conv2")(y))
+    skip_a = y = nn.relu(conv(48, 1, "conv3")(y))
+    y = nn.relu(conv(64, 2, "conv4")(y))
+    skip_b = y = nn.relu(conv(64, 1, "conv5")(y))
+    y = nn.relu(conv(64, 2, "conv6")(y))
+    y = nn.relu(nn.Dense(100, name="fc1")(y.reshape(y.shape[0], -1)))
+    return nn.Dense(self.features, name="fc2")(y), (skip_a, skip_b)
+
+
+class _SpecDecoder(nn.Module):
+  """model.md's decoder from stock Flax layers, each transposed conv as PyTorch's
+  ConvTranspose2d(k, stride, padding p, output_padding o): padding (k-1-p, k-1-p+o).
+
+  dense 256, ReLU; dense 1024 -> 64x4x4 (no ReLU); tconv 3x3 s2 -> 7x7, ReLU; concat skip B;
+  tconv 3x3 128->64, ReLU; tconv 3x3 s2 -> 13x13, ReLU; concat skip A; tconv 3x3 112->48,
+  ReLU; tconv 3x3 s2 -> 25x25, ReLU; tconv 3x3 48->48, ReLU; tconv 2x2 48->1 (pad 0) -> 26x26.
+  """
+
+  @nn.compact
+  def __call__(self, h_NxD, skip_a, skip_b):
+    tconv = lambda c, k, s, p, name: nn.ConvTranspose(
+        c, (k, k), strides=(s, s), padding=((k - 1 - p, k - 1 - p),) * 2, name=name)
+    y = nn.relu(nn.Dense(256, name="fc1")(h_NxD))
+    y = nn.Dense(1024, name="fc2")(y).reshape(-1, 4, 4, 64)
+    y = nn.relu(tconv(64, 3, 2, 1, "tconv1")(y))
+    y = nn.relu(tconv(64, 3, 1, 1, "tconv2")(jnp.concatenate([y, skip_b], axis=-1)))
+    y = nn.relu(tconv(64, 3, 2, 1, "tconv3")(y))
+    y = nn.relu(tconv(48, 3, 1, 1, "tconv4")(jnp.concatenate([y, skip_a], axis=-1)))
+    y = nn.relu(tconv(48, 3, 2, 1, "tconv5")(y))
+    y = nn.relu(tconv(48, 3, 1, 1, "tconv6")(y))
+    return tconv(1, 2, 1, 0, "tconv7")(y)[..., 0]
+
+
+def _random_like(tree, rng, scale):
+  return jax.tree.map(
+      lambda p: jnp.asarray(rng.normal(scale=scale, size=p.shape), jnp.float32), tree)
+
+
+def test_encoder_is_model_md_encoder():
+  """e and h compute model.md's encoder on the same parameters (features and both skips)."""
+  rng = np.random.default_rng(5)
+  x_NxHxW = jnp.asarray(rng.integers(0, 2, (3, 26, 26)), jnp.float32)
+  encoder, spec = networks.Encoder(128), _SpecEncoder(128)
+  params = jax.eval_shape(spec.init, jax.random.key(0), x_NxHxW)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+      jnp.shape, jax.eval_shape(encoder.init, jax.random.key(0), x_NxHxW))
+  params = _random_like(params, rng, 0.2)
+  features_NxF, skips = encoder.apply(params, x_NxHxW)
+  want_features, (want_a, want_b) = spec.apply(params, x_NxHxW)
+  np.testing.assert_allclose(features_NxF, want_features, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(skips.a_NxH1xW1xC, want_a, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(skips.b_NxH2xW2xC, want_b, rtol=1e-4, atol=1e-4)
+
+
+def test_decoder_is_model_md_decoder():
+  """The decoder (with its skip terms split off and its phase-split transposed convs)
+  computes model.md's decoder on the same parameters: a missing or extra ReLU, a wrong
+  padding or a swapped skip shows up here."""
+  rng = np.random.default_rng(6)
+  h_NxD = jnp.asarray(rng.normal(size=(3, 128)), jnp.float32)
+  skips = networks.Skips(jnp.asarray(rng.random((3, 13, 13, 48)), jnp.float32),
+                         jnp.asarray(rng.random((3, 7, 7, 64)), jnp.float32))
+  decoder, spec = networks.Decoder(), _SpecDecoder()
+  params = jax.eval_shape(spec.init, jax.random.key(0), h_NxD, *skips)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, jax.eval_shape(
+      functools.partial(decoder.init, method="decode"), jax.random.key(0), h_NxD, skips))
+  params = _random_like(params, rng, 0.1)
+  logits_NxHxW = decoder.apply(params, h_NxD, skips, method="decode")
+  want_NxHxW = spec.apply(params, h_NxD, *skips)
+  assert want_NxHxW.shape == (3, 26, 26)
+  np.testing.assert_allclose(logits_NxHxW, want_NxHxW, rtol=1e-4,
+                             atol=1e-4 * float(jnp.max(jnp.abs(want_NxHxW))))
 
 
 def test_stride_1_conv_transpose_is_conv_with_the_same_kernel():

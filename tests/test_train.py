@@ -174,6 +174,28 @@ def test_resume_with_other_model_is_an_error(tmp_path):
   assert not (tmp_path / "config.1.json").exists()
 
 
+def test_checkpoint_of_an_earlier_model_is_refused(tmp_path):
+  """A run saved without model.param_init (by versions whose decoder had a ReLU after fc2:
+  the same shapes, another function) is neither evaluated nor resumed, and stays intact."""
+  config = small_config()
+  old_config = checkpoints.to_dict(config)
+  del old_config["model"]["param_init"]
+  params = checkpoints.init_params(config, jax.random.key(0))
+  checkpoints.save_config(str(tmp_path), old_config)
+  manager = checkpoints.make_manager(str(tmp_path))
+  checkpoints.save(manager, 1, params, train.make_optimizer(config.optim).init(params),
+                   old_config)
+  manager.wait_until_finished()
+  manager.close()
+  with pytest.raises(checkpoints.CheckpointError, match="earlier version .* new --workdir"):
+    checkpoints.restore_params(str(tmp_path))
+  with pytest.raises(checkpoints.CheckpointError, match="ReLU after its fc2"):
+    train.train_and_evaluate(small_config(train__num_steps=2), str(tmp_path),
+                             splits=mock_splits())
+  assert "param_init" not in checkpoints.load_config(str(tmp_path)).model
+  assert sorted(os.listdir(tmp_path / checkpoints.CHECKPOINT_DIR)) == ["1"]
+
+
 def test_nonfinite_state_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   splits = mock_splits()
   train.train_and_evaluate(small_config(train__num_steps=2), str(tmp_path), splits=splits)

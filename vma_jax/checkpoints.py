@@ -83,12 +83,27 @@ def _differences(old: dict, new: dict, prefix: str) -> list[str]:
   return names
 
 
+def check_model_revision(saved_config, *, source: str) -> None:
+  """Raises CheckpointError if `saved_config` was written for an earlier form of the model.
+
+  Configs without `model.param_init` come from versions whose decoder applied a ReLU to its
+  fc2 output (model.md has none there): the same parameter shapes, another function, so
+  their parameters would load and give other bounds.
+  """
+  if _get(to_dict(saved_config), "model.param_init") is None:
+    raise CheckpointError(
+        f"{source} was written by an earlier version of vma_jax, whose decoder had a ReLU "
+        "after its fc2 layer; this version's decoder has none (as model.md), so those "
+        "parameters would compute another model. Train again in a new --workdir.")
+
+
 def check_compatible(saved_config, config, *, source: str) -> list[str]:
   """Raises CheckpointError if `config` asks for other parameter shapes than `saved_config`.
 
   Returns the names of the fields that differ without changing the parameters' shapes (a
   longer run, another learning rate), for the caller to report.
   """
+  check_model_revision(saved_config, source=source)
   saved, new = to_dict(saved_config), to_dict(config)
   differences = config_differences(saved, new)
   clashes = [name for name in differences
@@ -237,6 +252,7 @@ def restore_params(workdir: str, step: int | None = None):
       raise CheckpointError(f"no checkpoint at step {step} in {manager.directory}; "
                             f"available steps: {sorted(steps)}.")
     config = saved_config(manager, step)
+    check_model_revision(config, source=os.path.join(manager.directory, str(step)))
     abstract = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
     params = restore(manager, step, params=abstract)["params"]
   finally:

@@ -95,6 +95,8 @@ class VMA(nn.Module):
     embed_dim: E, the output size of the shared encoder e.
     match_dim: the output size of the address (matching) encoder h.
     num_dummies: D, learned image-shaped slots appended to every memory (initialised to 0).
+    param_init: the layers' initial values, "torch" (the reference's PyTorch defaults) or
+      "flax" (see `vma_jax.initializers`).
     dtype: computation dtype of the networks; parameters and log-densities stay float32.
   """
 
@@ -103,21 +105,25 @@ class VMA(nn.Module):
   embed_dim: int = 128
   match_dim: int = 200
   num_dummies: int = 2
+  param_init: str = "torch"
   dtype: Any = "float32"
 
   def setup(self):
     if self.image_size % 2:
       raise ValueError(f"image_size must be even, got {self.image_size}")
     dtype = jnp.dtype(self.dtype)
-    dense = lambda name: nn.Dense(self.latent_dim, dtype=dtype, name=name)
-    self.embed = networks.Encoder(self.embed_dim, dtype=dtype)  # e
-    self.match = networks.Encoder(self.match_dim, dtype=dtype)  # h
+    param_init = self.param_init
+    dense = lambda name: networks.Dense(self.latent_dim, param_init=param_init, dtype=dtype,
+                                        name=name)
+    self.embed = networks.Encoder(self.embed_dim, param_init=param_init, dtype=dtype)  # e
+    self.match = networks.Encoder(self.match_dim, param_init=param_init, dtype=dtype)  # h
     self.posterior_mean = dense("posterior_mean")  # mu_q
     self.posterior_scale = dense("posterior_scale")  # sigma_q (through softplus)
     self.prior_mean = dense("prior_mean")  # mu_p
     self.prior_scale = dense("prior_scale")  # sigma_p (through softplus)
     self.memory_code = dense("memory_code")  # g (after a ReLU)
-    self.decoder = networks.Decoder(image_size=self.image_size, dtype=dtype)
+    self.decoder = networks.Decoder(image_size=self.image_size, param_init=param_init,
+                                    dtype=dtype)
     self.dummies_DxHxW = self.param(
         "dummies", nn.initializers.zeros, (self.num_dummies, self.image_size, self.image_size))
 

@@ -13,8 +13,12 @@ computed once per memory slot, and the sample's term (`ConcatConvTranspose3x3`);
 go through `convolution.conv2d`, whose kernel gradient runs as matrix products on CPU (`Conv`
 for the 3x3 layers). Each keeps the parameters and the function of the Flax layer it replaces
 (see docs/performance.md for what this gains on CPU).
+
+Initial values: `param_init` = "torch" (the reference's PyTorch defaults, each layer's fan-in
+counted as PyTorch counts it for the layer it stands for) or "flax"; see `initializers`.
 """
 
+import math
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -22,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from vma_jax import convolution
+from vma_jax import initializers
 
 Dtype = Any
 
@@ -36,30 +41,53 @@ class Skips(NamedTuple):
 class Conv(nn.Module):
   """nn.Conv(features, kernel_size, strides, padding) with explicit padding, as `conv2d`.
 
-  Same parameters ('kernel' KhxKwxCinxCout, 'bias'), initial values and function as the Flax
-  layer; the kernel's gradient runs as matrix products (`convolution.conv2d`). A stride-1
-  transposed conv with padding (lo, hi) is this conv with the same kernel and padding (lo, hi).
+  Same parameters ('kernel' KhxKwxCinxCout, 'bias') and function as the Flax layer (and its
+  initial values with param_init="flax"); the kernel's gradient runs as matrix products
+  (`convolution.conv2d`). A stride-1 transposed conv with padding (lo, hi) is this conv with
+  the same kernel and padding (lo, hi): `transposed=True` marks that use, whose PyTorch fan-in
+  counts output channels.
   """
 
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   strides: tuple[int, int] = (1, 1)
   padding: tuple[tuple[int, int], tuple[int, int]] = ((1, 1), (1, 1))
+  param_init: str = "torch"
+  transposed: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x_NxHxWxC):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (*self.kernel_size, x_NxHxWxC.shape[-1], self.features), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    cin = x_NxHxWxC.shape[-1]
+    kernel_init, bias_init = initializers.layer_init(
+        self.param_init, math.prod(self.kernel_size) * (self.features if self.transposed else cin))
+    kernel = self.param("kernel", kernel_init, (*self.kernel_size, cin, self.features),
+                        jnp.float32)
+    bias = self.param("bias", bias_init, (self.features,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x_NxHxWxC, kernel, bias, dtype=self.dtype)
     y = convolution.conv2d(x, kernel, self.strides, self.padding)
     return y + bias.reshape(1, 1, 1, -1)  # no implicit rank promotion
 
 
-def _conv(features, stride, dtype, name):
-  """The encoder's 3x3 conv with padding 1 (PyTorch's Conv2d(3, stride, padding=1))."""
-  return Conv(features, strides=(stride, stride), dtype=dtype, name=name)
+class Dense(nn.Module):
+  """nn.Dense(features): same parameters ('kernel' DinxDout, 'bias') and function.
+
+  Its initialisers see the input size, which PyTorch's bias init needs (with
+  param_init="flax" the initial values are nn.Dense's).
+  """
+
+  features: int
+  param_init: str = "torch"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_NxD):
+    kernel_init, bias_init = initializers.layer_init(self.param_init, x_NxD.shape[-1])
+    kernel = self.param("kernel", kernel_init, (x_NxD.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", bias_init, (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x_NxD, kernel, bias, dtype=self.dtype)
+    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    return y + bias.reshape((1,) * (y.ndim - 1) + (-1,))  # no implicit rank promotion
 
 
 # Which 3x3 tap feeds output phase p (0 = even, 1 = odd) from input offset d (0 or +1):
@@ -78,13 +106,15 @@ class OneChannelConvTranspose(nn.Module):
 
   kernel_size: int
   pad: tuple[int, int]
+  param_init: str = "torch"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x_NxHxWxC):
     k, cin = self.kernel_size, x_NxHxWxC.shape[-1]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, cin, 1), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros_init(), (1,), jnp.float32)
+    kernel_init, bias_init = initializers.layer_init(self.param_init, k * k)  # one output channel
+    kernel = self.param("kernel", kernel_init, (k, k, cin, 1), jnp.float32)
+    bias = self.param("bias", bias_init, (1,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x_NxHxWxC, kernel, bias, dtype=self.dtype)
     n, h, w, _ = x.shape
     lo, hi = self.pad
@@ -110,14 +140,15 @@ class UpConv3x3(nn.Module):
 
   features: int
   out_pad: int = 0
+  param_init: str = "torch"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x_NxHxWxC):
     cin = x_NxHxWxC.shape[-1]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, cin, self.features),
-                        jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    kernel_init, bias_init = initializers.layer_init(self.param_init, 9 * self.features)
+    kernel = self.param("kernel", kernel_init, (3, 3, cin, self.features), jnp.float32)
+    bias = self.param("bias", bias_init, (self.features,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x_NxHxWxC, kernel, bias, dtype=self.dtype)
     n, h, w, _ = x.shape
     x_pad = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))  # x[m + 1] = 0 past the edge
@@ -143,21 +174,27 @@ class Encoder(nn.Module):
   features: int
   widths: tuple[int, int] = (48, 64)
   hidden: int = 100
+  param_init: str = "torch"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x_NxHxW):
     w1, w2 = self.widths
+    param_init, dtype = self.param_init, self.dtype
+    # PyTorch's Conv2d(3, stride, padding=1).
+    conv = lambda features, stride, name: Conv(
+        features, strides=(stride, stride), param_init=param_init, dtype=dtype, name=name)
+    dense = lambda features, name: Dense(features, param_init=param_init, dtype=dtype, name=name)
     y = x_NxHxW[..., None].astype(self.dtype)
-    y = nn.relu(_conv(w1, 1, self.dtype, "conv1")(y))
-    y = nn.relu(_conv(w1, 2, self.dtype, "conv2")(y))
-    skip_a = y = nn.relu(_conv(w1, 1, self.dtype, "conv3")(y))
-    y = nn.relu(_conv(w2, 2, self.dtype, "conv4")(y))
-    skip_b = y = nn.relu(_conv(w2, 1, self.dtype, "conv5")(y))
-    y = nn.relu(_conv(w2, 2, self.dtype, "conv6")(y))
+    y = nn.relu(conv(w1, 1, "conv1")(y))
+    y = nn.relu(conv(w1, 2, "conv2")(y))
+    skip_a = y = nn.relu(conv(w1, 1, "conv3")(y))
+    y = nn.relu(conv(w2, 2, "conv4")(y))
+    skip_b = y = nn.relu(conv(w2, 1, "conv5")(y))
+    y = nn.relu(conv(w2, 2, "conv6")(y))
     y = y.reshape(y.shape[0], -1)
-    y = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(y))
-    features_NxF = nn.Dense(self.features, dtype=self.dtype, name="fc2")(y)
+    y = nn.relu(dense(self.hidden, "fc1")(y))
+    features_NxF = dense(self.features, "fc2")(y)
     return features_NxF, Skips(skip_a, skip_b)
 
 
@@ -184,13 +221,15 @@ class ConcatConvTranspose3x3(nn.Module):
   y_features: int
   skip_features: int
   features: int
+  param_init: str = "torch"
   dtype: Dtype = jnp.float32
 
   def setup(self):
+    kernel_init, bias_init = initializers.layer_init(self.param_init, 9 * self.features)
     self.kernel = self.param(
-        "kernel", nn.initializers.lecun_normal(),
-        (3, 3, self.y_features + self.skip_features, self.features), jnp.float32)
-    self.bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        "kernel", kernel_init, (3, 3, self.y_features + self.skip_features, self.features),
+        jnp.float32)
+    self.bias = self.param("bias", bias_init, (self.features,), jnp.float32)
 
   def _conv(self, x_NxHxWxC, kernel):
     x, kernel = nn.dtypes.promote_dtype(x_NxHxWxC, kernel, dtype=self.dtype)
@@ -229,6 +268,7 @@ class Decoder(nn.Module):
   image_size: int = 26
   widths: tuple[int, int] = (48, 64)
   hidden: int = 256
+  param_init: str = "torch"
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -238,21 +278,26 @@ class Decoder(nn.Module):
     size_a = _conv_size(self.image_size)  # the encoder's stride-2 convs: 26 -> 13 -> 7 -> 4
     size_b = _conv_size(size_a)
     size_c = _conv_size(size_b)
-    dense = lambda features, name: nn.Dense(features, dtype=self.dtype, name=name)
+    param_init, dtype = self.param_init, self.dtype
+    dense = lambda features, name: Dense(features, param_init=param_init, dtype=dtype, name=name)
     up = lambda features, size_in, size_out, name: UpConv3x3(
-        features, _out_pad(size_in, size_out), dtype=self.dtype, name=name)
+        features, _out_pad(size_in, size_out), param_init=param_init, dtype=dtype, name=name)
+    merge = lambda y_features, skip_features, features, name: ConcatConvTranspose3x3(
+        y_features, skip_features, features, param_init=param_init, dtype=dtype, name=name)
     self.shape_c = (size_c, size_c, w2)
     self.fc1 = dense(self.hidden, "fc1")
     self.fc2 = dense(size_c * size_c * w2, "fc2")
     self.tconv1 = up(w2, size_c, size_b, "tconv1")
-    self.tconv2 = ConcatConvTranspose3x3(w2, w2, w2, dtype=self.dtype, name="tconv2")
+    self.tconv2 = merge(w2, w2, w2, "tconv2")
     self.tconv3 = up(w2, size_b, size_a, "tconv3")
-    self.tconv4 = ConcatConvTranspose3x3(w2, w1, w1, dtype=self.dtype, name="tconv4")
+    self.tconv4 = merge(w2, w1, w1, "tconv4")
     # 13 -> 25, then the 2x2 layer adds a row and a column: the output is 2 * size_a.
     self.tconv5 = up(w1, size_a, 2 * size_a - 1, "tconv5")
     # ConvTranspose2d(3, padding=1) and ConvTranspose2d(2): stride 1, input padded by k-1-p.
-    self.tconv6 = Conv(w1, padding=((1, 1), (1, 1)), dtype=self.dtype, name="tconv6")
-    self.tconv7 = OneChannelConvTranspose(2, (1, 1), dtype=self.dtype, name="tconv7")
+    self.tconv6 = Conv(w1, padding=((1, 1), (1, 1)), param_init=param_init, transposed=True,
+                       dtype=dtype, name="tconv6")
+    self.tconv7 = OneChannelConvTranspose(2, (1, 1), param_init=param_init, dtype=dtype,
+                                          name="tconv7")
 
   def project_skips(self, skips: Skips) -> SkipTerms:
     """The terms of a slot's skips in tconv4 (a) and tconv2 (b): one per slot, not per sample."""
@@ -261,7 +306,7 @@ class Decoder(nn.Module):
 
   def __call__(self, h_NxD, terms: SkipTerms):
     y = nn.relu(self.fc1(h_NxD.astype(self.dtype)))
-    y = nn.relu(self.fc2(y)).reshape((-1,) + self.shape_c)
+    y = self.fc2(y).reshape((-1,) + self.shape_c)  # no ReLU here (model.md)
     y = nn.relu(self.tconv1(y))
     y = nn.relu(self.tconv2(y, terms.b_NxH2xW2xC))
     y = nn.relu(self.tconv3(y))

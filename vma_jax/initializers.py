@@ -1,0 +1,41 @@
+"""Initial values of the networks' layers: PyTorch's defaults (the reference's) or Flax's.
+
+The reference implementation builds every layer from PyTorch modules with their default
+initialisation; the paper does not say, so that is the default here (`config.model.param_init`):
+
+  "torch"  kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default for
+           nn.Linear, nn.Conv2d and nn.ConvTranspose2d (kaiming_uniform(a=sqrt(5)) for the
+           weight). fan_in is the input size of a dense layer, Cin*k*k of a conv, and
+           Cout*k*k of a transposed conv: PyTorch reads fan-in off the weight's second axis,
+           which holds a transposed conv's output channels.
+  "flax"   Flax's defaults: kernel ~ lecun_normal (variance 1/fan_in, fan_in the product of
+           the kernel's axes but the last), bias = 0.
+
+The learned dummy slots start at zero under either (model.md).
+"""
+
+import functools
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+INITS = ("torch", "flax")
+
+Initializer = Callable[..., jax.Array]
+
+
+def layer_init(init: str, fan_in: int) -> tuple[Initializer, Initializer]:
+  """(kernel_init, bias_init) of a layer whose PyTorch counterpart has this fan-in."""
+  if init == "torch":
+    uniform = functools.partial(_uniform, bound=1.0 / math.sqrt(fan_in))
+    return uniform, uniform
+  if init == "flax":
+    return nn.initializers.lecun_normal(), nn.initializers.zeros_init()
+  raise ValueError(f"unknown init {init!r}: config.model.param_init must be one of {INITS}")
+
+
+def _uniform(key, shape, dtype=jnp.float32, *, bound: float) -> jax.Array:
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
