@@ -174,19 +174,27 @@ def test_resume_with_other_model_is_an_error(tmp_path):
   assert not (tmp_path / "config.1.json").exists()
 
 
+def save_initial_checkpoint(workdir, config, saved_config=None, step=1):
+  """Writes `workdir/config.json` and a checkpoint at `step` of `config`'s fresh parameters,
+  both with `saved_config` (default: `config`) as their config; returns the parameters."""
+  saved_config = config if saved_config is None else saved_config
+  params = checkpoints.init_params(config, jax.random.key(0))
+  checkpoints.save_config(workdir, saved_config)
+  manager = checkpoints.make_manager(workdir)
+  checkpoints.save(manager, step, params, train.make_optimizer(config.optim).init(params),
+                   saved_config)
+  manager.wait_until_finished()
+  manager.close()
+  return params
+
+
 def test_checkpoint_of_an_earlier_model_is_refused(tmp_path):
   """A run saved without model.param_init (by versions whose decoder had a ReLU after fc2:
   the same shapes, another function) is neither evaluated nor resumed, and stays intact."""
   config = small_config()
   old_config = checkpoints.to_dict(config)
   del old_config["model"]["param_init"]
-  params = checkpoints.init_params(config, jax.random.key(0))
-  checkpoints.save_config(str(tmp_path), old_config)
-  manager = checkpoints.make_manager(str(tmp_path))
-  checkpoints.save(manager, 1, params, train.make_optimizer(config.optim).init(params),
-                   old_config)
-  manager.wait_until_finished()
-  manager.close()
+  save_initial_checkpoint(str(tmp_path), config, saved_config=old_config)
   with pytest.raises(checkpoints.CheckpointError, match="earlier version .* new --workdir"):
     checkpoints.restore_params(str(tmp_path))
   with pytest.raises(checkpoints.CheckpointError, match="ReLU after its fc2"):
@@ -240,14 +248,7 @@ def test_checkpoint_logs_keep_warnings_and_drop_orbax_info(tmp_path):
   logger.addHandler(handler)
   absl_logging.set_verbosity(absl_logging.INFO)
   try:
-    config = small_config()
-    params = checkpoints.init_params(config, jax.random.key(0))
-    checkpoints.save_config(str(tmp_path), config)
-    manager = checkpoints.make_manager(str(tmp_path))
-    checkpoints.save(manager, 1, params, train.make_optimizer(config.optim).init(params),
-                     config)
-    manager.wait_until_finished()
-    manager.close()
+    params = save_initial_checkpoint(str(tmp_path), small_config())
     restored, step, _ = checkpoints.restore_params(str(tmp_path))
     absl_logging.info("a line of ours")
     orbax_file = os.path.join(os.path.dirname(checkpoints.ocp.__file__), "checkpoint_manager.py")
