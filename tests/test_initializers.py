@@ -18,6 +18,7 @@ import pytest
 from vma_jax import initializers
 from vma_jax import model as vma_model
 from vma_jax import networks
+from vma_jax import objective
 
 
 def _linear(n_in, n_out):
@@ -113,6 +114,26 @@ def test_the_two_inits_differ_and_are_deterministic():
   assert not np.allclose(kernel(torch_params), kernel(flax_params))
   _initial_params.cache_clear()
   np.testing.assert_array_equal(kernel(_initial_params("torch")), kernel(torch_params))
+
+
+@pytest.mark.parametrize("param_init, moves", [("torch", True), ("flax", False)])
+def test_blank_dummies_learn_from_the_first_step_under_pytorchs_init(param_init, moves):
+  """The dummies start blank. With PyTorch's init (non-zero biases) the VIMCO loss has a
+  gradient in them from step 1, as in the reference; with Flax's zero biases every unit of
+  h(0) and e(0) sits at the ReLU's kink and their gradient is exactly zero."""
+  model = vma_model.VMA(param_init=param_init)
+  rng = np.random.default_rng(0)
+  x_BxHxW = jnp.asarray(rng.integers(0, 2, (2, 26, 26)), jnp.float32)
+  memory_BxTxHxW = jnp.asarray(rng.integers(0, 2, (2, 3, 26, 26)), jnp.float32)
+  keys_BxK = vma_model.sample_keys(jax.random.split(jax.random.key(1), 2), 0, 4)
+
+  def loss(params):
+    w = model.apply({"params": params}, x_BxHxW, memory_BxTxHxW, keys_BxK)
+    return -jnp.mean(objective.vimco_surrogate(w.log_w_BxK, w.log_q_a_BxK))
+
+  grad_dummies = jax.jit(jax.grad(loss))(_initial_params(param_init))["dummies"]
+  assert np.all(np.isfinite(grad_dummies))
+  assert (np.max(np.abs(grad_dummies)) > 1e-6) == moves
 
 
 def test_unknown_param_init_is_a_clear_error():

@@ -104,8 +104,8 @@ def _model_and_variables():
   """Default VMA and variables drawn in numpy: kernels ~ N(0, 1/fan_in), biases ~ N(0, 0.1^2).
 
   The kernel scale of Flax's lecun_normal, without compiling the Flax initialisers (slow on
-  CPU). Biases are not zero (unlike Flax's init) so that the blank dummies are not in the
-  exactly-zero, ReLU-dead state they have at step 0, where their gradient is exactly zero.
+  CPU). Biases are not zero (unlike param_init="flax") so that the blank dummies are not in
+  the exactly-zero, ReLU-dead state they would have at step 0, with an exactly zero gradient.
   """
   model = vma_model.VMA()
   x_BxHxW, memory_BxTxHxW, episode_keys_B = _episodes(1, 1)
