@@ -73,7 +73,8 @@ class Dense(nn.Module):
   """nn.Dense(features): same parameters ('kernel' DinxDout, 'bias') and function.
 
   Its initialisers see the input size, which PyTorch's bias init needs (with
-  param_init="flax" the initial values are nn.Dense's).
+  param_init="flax" the initial values are nn.Dense's). Like nn.Dense it maps the last axis:
+  x_NxD may have more leading axes (the heads get BxKxD).
   """
 
   features: int
