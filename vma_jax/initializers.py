@@ -37,5 +37,13 @@ def layer_init(init: str, fan_in: int) -> tuple[Initializer, Initializer]:
   raise ValueError(f"unknown init {init!r}: config.model.param_init must be one of {INITS}")
 
 
+def conv_init(init: str, kernel_shape: tuple[int, ...], *,
+              transposed: bool) -> tuple[Initializer, Initializer]:
+  """`layer_init` of a conv with a KhxKwxCinxCout kernel: fan_in = Kh*Kw*Cin, or Kh*Kw*Cout
+  for a layer that stands for a transposed conv (PyTorch's count)."""
+  *taps, cin, cout = kernel_shape
+  return layer_init(init, math.prod(taps) * (cout if transposed else cin))
+
+
 def _uniform(key, shape, dtype=jnp.float32, *, bound: float) -> jax.Array:
   return jax.random.uniform(key, shape, dtype, -bound, bound)

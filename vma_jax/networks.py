@@ -18,7 +18,6 @@ Initial values: `param_init` = "torch" (the reference's PyTorch defaults, each l
 counted as PyTorch counts it for the layer it stands for) or "flax"; see `initializers`.
 """
 
-import math
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -58,11 +57,10 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x_NxHxWxC):
-    cin = x_NxHxWxC.shape[-1]
-    kernel_init, bias_init = initializers.layer_init(
-        self.param_init, math.prod(self.kernel_size) * (self.features if self.transposed else cin))
-    kernel = self.param("kernel", kernel_init, (*self.kernel_size, cin, self.features),
-                        jnp.float32)
+    shape = (*self.kernel_size, x_NxHxWxC.shape[-1], self.features)
+    kernel_init, bias_init = initializers.conv_init(self.param_init, shape,
+                                                    transposed=self.transposed)
+    kernel = self.param("kernel", kernel_init, shape, jnp.float32)
     bias = self.param("bias", bias_init, (self.features,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x_NxHxWxC, kernel, bias, dtype=self.dtype)
     y = convolution.conv2d(x, kernel, self.strides, self.padding)
@@ -113,7 +111,8 @@ class OneChannelConvTranspose(nn.Module):
   @nn.compact
   def __call__(self, x_NxHxWxC):
     k, cin = self.kernel_size, x_NxHxWxC.shape[-1]
-    kernel_init, bias_init = initializers.layer_init(self.param_init, k * k)  # one output channel
+    kernel_init, bias_init = initializers.conv_init(self.param_init, (k, k, cin, 1),
+                                                    transposed=True)
     kernel = self.param("kernel", kernel_init, (k, k, cin, 1), jnp.float32)
     bias = self.param("bias", bias_init, (1,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x_NxHxWxC, kernel, bias, dtype=self.dtype)
@@ -147,8 +146,9 @@ class UpConv3x3(nn.Module):
   @nn.compact
   def __call__(self, x_NxHxWxC):
     cin = x_NxHxWxC.shape[-1]
-    kernel_init, bias_init = initializers.layer_init(self.param_init, 9 * self.features)
-    kernel = self.param("kernel", kernel_init, (3, 3, cin, self.features), jnp.float32)
+    shape = (3, 3, cin, self.features)
+    kernel_init, bias_init = initializers.conv_init(self.param_init, shape, transposed=True)
+    kernel = self.param("kernel", kernel_init, shape, jnp.float32)
     bias = self.param("bias", bias_init, (self.features,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x_NxHxWxC, kernel, bias, dtype=self.dtype)
     n, h, w, _ = x.shape
@@ -226,10 +226,9 @@ class ConcatConvTranspose3x3(nn.Module):
   dtype: Dtype = jnp.float32
 
   def setup(self):
-    kernel_init, bias_init = initializers.layer_init(self.param_init, 9 * self.features)
-    self.kernel = self.param(
-        "kernel", kernel_init, (3, 3, self.y_features + self.skip_features, self.features),
-        jnp.float32)
+    shape = (3, 3, self.y_features + self.skip_features, self.features)
+    kernel_init, bias_init = initializers.conv_init(self.param_init, shape, transposed=True)
+    self.kernel = self.param("kernel", kernel_init, shape, jnp.float32)
     self.bias = self.param("bias", bias_init, (self.features,), jnp.float32)
 
   def _conv(self, x_NxHxWxC, kernel):
