@@ -24,6 +24,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -32,6 +33,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from configs import default  # pylint: disable=g-import-not-at-top
 from vma_jax import checkpoints
 from vma_jax import episodes as episodes_lib
+from vma_jax import model as vma_model
 from vma_jax import sharding
 from vma_jax import summaries
 from vma_jax import train
@@ -188,20 +190,65 @@ def save_initial_checkpoint(workdir, config, saved_config=None, step=1):
   return params
 
 
-def test_checkpoint_of_an_earlier_model_is_refused(tmp_path):
-  """A run saved without model.param_init (by versions whose decoder had a ReLU after fc2:
-  the same shapes, another function) is neither evaluated nor resumed, and stays intact."""
+def save_checkpoint_of_revision(workdir, config, revision, saved_config=None):
+  """A checkpoint at step 1 as `checkpoints.save` writes it, but recording `revision` (None:
+  no `meta` item, as versions before revisions were recorded wrote them)."""
+  saved_config = checkpoints.to_dict(config if saved_config is None else saved_config)
+  params = checkpoints.init_params(config, jax.random.key(0))
+  checkpoints.save_config(workdir, saved_config)
+  items = dict(params=ocp.args.StandardSave(params),
+               opt_state=ocp.args.StandardSave(train.make_optimizer(config.optim).init(params)),
+               config=ocp.args.JsonSave(saved_config))
+  if revision is not None:
+    items["meta"] = ocp.args.JsonSave({"model_revision": revision})
+  manager = checkpoints.make_manager(workdir)
+  manager.save(1, args=ocp.args.Composite(**items))
+  manager.wait_until_finished()
+  manager.close()
+
+
+def test_saved_checkpoints_record_the_model_revision(tmp_path):
   config = small_config()
-  old_config = checkpoints.to_dict(config)
-  del old_config["model"]["param_init"]
-  save_initial_checkpoint(str(tmp_path), config, saved_config=old_config)
-  with pytest.raises(checkpoints.CheckpointError, match="earlier version .* new --workdir"):
+  save_initial_checkpoint(str(tmp_path), config)
+  manager = checkpoints.make_manager(str(tmp_path), read_only=True)
+  assert checkpoints.model_revision(manager, 1, config) == vma_model.REVISION
+  manager.close()
+
+
+@pytest.mark.parametrize("revision, legacy_param_init, message", [
+    (None, False, r"revision 1 .* earlier version .* no ReLU after its fc2 .* new --workdir"),
+    (vma_model.REVISION - 1, True, r"revision 1 .* earlier version .* new --workdir"),
+    (vma_model.REVISION + 1, True, r"newer version .* Update vma_jax"),
+])
+def test_checkpoint_of_another_model_revision_is_refused(tmp_path, revision,
+                                                         legacy_param_init, message):
+  """Parameters of another revision (same shapes, another function: before revision 2, a
+  ReLU after the decoder's fc2) are neither evaluated nor resumed, and stay intact. Runs saved
+  before revisions were recorded are revision 1 without model.param_init, 2 with it."""
+  config = small_config()
+  saved = checkpoints.to_dict(config)
+  if not legacy_param_init:
+    del saved["model"]["param_init"]
+  save_checkpoint_of_revision(str(tmp_path), config, revision, saved_config=saved)
+  with pytest.raises(checkpoints.CheckpointError, match=message):
     checkpoints.restore_params(str(tmp_path))
-  with pytest.raises(checkpoints.CheckpointError, match="ReLU after its fc2"):
+  with pytest.raises(checkpoints.CheckpointError, match=message):
     train.train_and_evaluate(small_config(train__num_steps=2), str(tmp_path),
                              splits=mock_splits())
-  assert "param_init" not in checkpoints.load_config(str(tmp_path)).model
+  assert checkpoints.to_dict(checkpoints.load_config(str(tmp_path))) == saved
   assert sorted(os.listdir(tmp_path / checkpoints.CHECKPOINT_DIR)) == ["1"]
+
+
+def test_checkpoint_of_the_current_revision_without_meta_is_restored(tmp_path):
+  """A run saved with model.param_init but before revisions were recorded is revision 2."""
+  config = small_config()
+  save_checkpoint_of_revision(str(tmp_path), config, None)
+  params, step, _ = checkpoints.restore_params(str(tmp_path))
+  assert step == 1
+  assert_params_equal(params, checkpoints.init_params(config, jax.random.key(0)))
+  train.train_and_evaluate(small_config(train__num_steps=2), str(tmp_path),
+                           splits=mock_splits())
+  assert checkpoints.restore_params(str(tmp_path))[1] == 2
 
 
 def test_nonfinite_state_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):

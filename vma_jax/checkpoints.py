@@ -3,10 +3,12 @@
 Workdir layout:
 
   workdir/config.json             the config of the latest start (earlier ones: config.<n>.json)
-  workdir/checkpoints/<step>/     Orbax checkpoints: items `params`, `opt_state`, `config`
+  workdir/checkpoints/<step>/     Orbax checkpoints: items `params`, `opt_state`, `config`,
+                                  `meta` ({"model_revision": vma_model.REVISION})
 
 Every checkpoint carries the config that produced it, so `restore_params(workdir)` rebuilds
-the model (and the abstract target of the restore) from the checkpoint alone. Orbax writes
+the model (and the abstract target of the restore) from the checkpoint alone, and the model
+revision it was written for: parameters of an earlier form of the model are refused. Orbax writes
 a checkpoint into a temporary folder and renames it when complete: a run killed while
 saving leaves no half-written `<step>/` folder for a later run to pick up.
 """
@@ -83,18 +85,39 @@ def _differences(old: dict, new: dict, prefix: str) -> list[str]:
   return names
 
 
-def check_model_revision(saved_config, *, source: str) -> None:
-  """Raises CheckpointError if `saved_config` was written for an earlier form of the model.
+def model_revision(manager: ocp.CheckpointManager, step: int, saved_config) -> int:
+  """The model revision (`vma_model.REVISION`) the checkpoint at `step` was written for.
 
-  Configs without `model.param_init` come from versions whose decoder applied a ReLU to its
-  fc2 output (model.md has none there): the same parameter shapes, another function, so
-  their parameters would load and give other bounds.
+  Checkpoints written before revisions were recorded have no `meta` item; their config tells
+  them apart: revision 2 introduced `model.param_init`.
   """
-  if _get(to_dict(saved_config), "model.param_init") is None:
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  except KeyError:
+    return 2 if _get(to_dict(saved_config), "model.param_init") is not None else 1
+  return int(restored["meta"]["model_revision"])
+
+
+def check_model_revision(revision: int, *, source: str) -> None:
+  """Raises CheckpointError unless `revision` is this version's `vma_model.REVISION`.
+
+  Parameters of another revision have the right shapes but compute another function: loaded,
+  they would give other bounds without any error.
+  """
+  current = vma_model.REVISION
+  if revision > current:
     raise CheckpointError(
-        f"{source} was written by an earlier version of vma_jax, whose decoder had a ReLU "
-        "after its fc2 layer; this version's decoder has none (as model.md), so those "
-        "parameters would compute another model. Train again in a new --workdir.")
+        f"{source} was written for revision {revision} of the model by a newer version of "
+        f"vma_jax; this version knows revisions up to {current}. Update vma_jax to "
+        "evaluate or resume it.")
+  if revision < current:
+    changes = "; ".join(f"revision {r}: {vma_model.REVISION_CHANGES[r]}"
+                        for r in range(revision + 1, current + 1))
+    raise CheckpointError(
+        f"{source} was written for revision {revision} of the model, by an earlier version "
+        f"of vma_jax; this version computes revision {current} ({changes}). Its parameters "
+        "would compute another model. Train again in a new --workdir, or use the version "
+        "of vma_jax that trained it.")
 
 
 def check_compatible(saved_config, config, *, source: str) -> list[str]:
@@ -103,7 +126,6 @@ def check_compatible(saved_config, config, *, source: str) -> list[str]:
   Returns the names of the fields that differ without changing the parameters' shapes (a
   longer run, another learning rate), for the caller to report.
   """
-  check_model_revision(saved_config, source=source)
   saved, new = to_dict(saved_config), to_dict(config)
   differences = config_differences(saved, new)
   clashes = [name for name in differences
@@ -187,11 +209,13 @@ def make_manager(workdir: str, *, max_to_keep: int | None = None,
 
 
 def save(manager: ocp.CheckpointManager, step: int, params, opt_state, config) -> None:
-  """Starts an (asynchronous) save of params, optimiser state and config at `step`."""
+  """Starts an (asynchronous) save of params, optimiser state, config and the model
+  revision at `step`."""
   manager.save(step, args=ocp.args.Composite(
       params=ocp.args.StandardSave(params),
       opt_state=ocp.args.StandardSave(opt_state),
-      config=ocp.args.JsonSave(to_dict(config))))
+      config=ocp.args.JsonSave(to_dict(config)),
+      meta=ocp.args.JsonSave({"model_revision": vma_model.REVISION})))
 
 
 def saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
@@ -252,7 +276,8 @@ def restore_params(workdir: str, step: int | None = None):
       raise CheckpointError(f"no checkpoint at step {step} in {manager.directory}; "
                             f"available steps: {sorted(steps)}.")
     config = saved_config(manager, step)
-    check_model_revision(config, source=os.path.join(manager.directory, str(step)))
+    check_model_revision(model_revision(manager, step, config),
+                         source=os.path.join(manager.directory, str(step)))
     abstract = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
     params = restore(manager, step, params=abstract)["params"]
   finally:

@@ -33,6 +33,15 @@ import jax.numpy as jnp
 from vma_jax import distributions
 from vma_jax import networks
 
+# The revision of the function that `VMA`'s parameters compute. It goes up whenever that
+# function changes without changing the parameters' shapes, so that a checkpoint of another
+# revision is refused rather than evaluated as if it were this model (`vma_jax.checkpoints`).
+REVISION = 2
+REVISION_CHANGES = {
+    2: "the decoder has no ReLU after its fc2 layer (as model.md); the default "
+       "initialisation is PyTorch's (model.param_init = 'torch')",
+}
+
 
 class SlotEncoding(NamedTuple):
   """e and the decoder's skip terms of every slot. Dummies carry no batch axis."""

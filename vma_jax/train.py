@@ -263,9 +263,11 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
   manager = checkpoints.make_manager(workdir, max_to_keep=train_config.max_checkpoints)
   start_step = manager.latest_step()
   if start_step is not None:
-    differences = checkpoints.check_compatible(
-        checkpoints.saved_config(manager, start_step), config,
-        source=os.path.join(manager.directory, str(start_step)))
+    source = os.path.join(manager.directory, str(start_step))
+    saved_config = checkpoints.saved_config(manager, start_step)
+    checkpoints.check_model_revision(
+        checkpoints.model_revision(manager, start_step, saved_config), source=source)
+    differences = checkpoints.check_compatible(saved_config, config, source=source)
     if differences:
       logging.warning("Resuming with a config that differs from the checkpoint's in: %s",
                       ", ".join(differences))
