@@ -41,7 +41,8 @@ def main(argv):
                jax.process_count(), jax.local_devices(), os.environ.get("GLIBC_TUNABLES"))
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (checkpoints.CheckpointError, data.DataError, train.NonFiniteLossError) as e:
+  except (checkpoints.CheckpointError, data.DataError, train.ConfigError,
+          train.NonFiniteLossError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
 

@@ -176,6 +176,31 @@ def test_resume_with_other_model_is_an_error(tmp_path):
   assert not (tmp_path / "config.1.json").exists()
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (dict(episodes__composition="mixed"), "unknown episodes.composition 'mixed'"),
+    (dict(episodes__memory_size=5), "memory_size=5 must be a multiple of per_class=2"),
+    (dict(objective__baseline="harmonic"), "unknown VIMCO baseline 'harmonic'"),
+    (dict(objective__num_samples=1), "need K >= 2 samples"),
+    (dict(optim__name="sgd"), "unknown optimiser 'sgd'"),
+    (dict(model__param_init="xavier"), "unknown init 'xavier'"),
+    (dict(validation__memory_size=30, train__validate_every=1),
+     r"cell \(C=2, T=30\) is impossible"),
+])
+def test_config_that_cannot_run_is_refused_before_the_workdir_is_touched(
+    tmp_path, overrides, message):
+  splits = mock_splits()
+  train.train_and_evaluate(small_config(train__num_steps=1), str(tmp_path / "run"),
+                           splits=splits)
+  before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+  for workdir in (tmp_path / "fresh", tmp_path / "run"):  # a new run, and a resumed one
+    with pytest.raises(train.ConfigError, match=message) as error:
+      train.train_and_evaluate(small_config(train__num_steps=2, **overrides), str(workdir),
+                               splits=splits)
+    assert "nothing was written to the workdir" in str(error.value)
+  assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+  assert checkpoints.load_config(str(tmp_path / "run")).train.num_steps == 1
+
+
 def save_initial_checkpoint(workdir, config, saved_config=None, step=1):
   """Writes `workdir/config.json` and a checkpoint at `step` of `config`'s fresh parameters,
   both with `saved_config` (default: `config`) as their config; returns the parameters."""

@@ -17,6 +17,7 @@ per logged step), TensorBoard event files (where CLU and TensorFlow are installe
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -46,6 +47,22 @@ IMAGE_DIR = "images"
 
 class NonFiniteLossError(RuntimeError):
   """The loss, gradient or parameters became NaN or infinite; names the step."""
+
+
+class ConfigError(ValueError):
+  """The config cannot run (a setting out of range, or settings that do not fit together)."""
+
+
+@contextlib.contextmanager
+def _config_errors():
+  """Re-raises the ValueError of a setting the model, episodes or objective refuse."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(f"the config cannot run: {e}. Change the setting (--config.<field>="
+                      "<value>) and start again; nothing was written to the workdir.") from e
 
 
 # ----------------------------------------------------------------------------------------
@@ -222,10 +239,6 @@ def make_image_fn(config, model: vma_model.VMA, num_samples: int = 8):
 # The loop.
 
 
-def _device_data(split, mesh: Mesh):
-  return jax.device_put(episodes_lib.EpisodeData.from_split(split), sharding.shardings(mesh)[0])
-
-
 def _check_finite(pending: list[tuple[int, dict]], workdir: str, last_checkpoint) -> None:
   """Raises NonFiniteLossError naming the first step whose loss or state is not finite."""
   names = ("loss", "grad_norm", "param_norm")
@@ -245,6 +258,10 @@ def _check_finite(pending: list[tuple[int, dict]], workdir: str, last_checkpoint
 def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> TrainState:
   """Trains (or resumes) the run of `config` in `workdir`; returns the final state.
 
+  Nothing is written to `workdir` before every jitted function of the run has been traced
+  with this config (one that cannot run raises ConfigError) and, on resuming, the
+  checkpoint's revision and config have been checked (CheckpointError).
+
   Args:
     config: an experiment config (see configs/default.py).
     workdir: where the config, checkpoints, metrics and images go; rerunning with the same
@@ -257,8 +274,38 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
   num_steps = train_config.num_steps
   mesh = sharding.make_mesh()
   num_devices = mesh.devices.size
-  for name, size in zip(BATCH_SIZE_FIELDS, batch_sizes(config)):
-    sharding.check_batch_size(size, mesh, f"config.{name}")
+  with _config_errors():
+    for name, size in zip(BATCH_SIZE_FIELDS, batch_sizes(config)):
+      sharding.check_batch_size(size, mesh, f"config.{name}")
+    model = vma_model.make_model(config)
+    train_step = make_train_step(config, model, mesh)
+    sample = make_episode_sampler(config, mesh)
+    v = config.validation
+    validation_fn = evaluate.make_cell_bound_fn(
+        model, max_classes=v.max_classes, memory_size=v.memory_size,
+        num_importance=v.num_samples, chunk_size=v.chunk_size, mesh=mesh)
+    image_fn = make_image_fn(config, model)
+
+  if splits is None:
+    from vma_jax import data  # pylint: disable=g-import-not-at-top
+
+    splits = data.load_splits(config.data)
+  train_data = evaluate.device_data(splits["train"], mesh)
+  test_data = evaluate.device_data(splits["test"], mesh)
+  valid_targets_N = evaluate.target_indices(len(splits["test"].labels_N), v.num_targets)
+  image_targets_B = evaluate.target_indices(len(splits["test"].labels_N), 8)
+
+  init_key, train_key, valid_key, image_key = jax.random.split(jax.random.key(config.seed), 4)
+  with _config_errors():
+    # Shapes only: some settings are checked where the functions are traced.
+    abstract = jax.eval_shape(functools.partial(create_train_state, config), init_key)
+    episodes, sample_key = jax.eval_shape(sample, train_data, train_key, np.int32(0))
+    jax.eval_shape(train_step, abstract, episodes, sample_key)
+    if train_config.validate_every > 0:
+      jax.eval_shape(validation_fn, abstract.params, test_data, valid_key,
+                     np.resize(valid_targets_N, v.batch_size).astype(np.int32))
+    if train_config.image_every > 0:
+      jax.eval_shape(image_fn, abstract.params, test_data, image_targets_B, image_key)
 
   manager = checkpoints.make_manager(workdir, max_to_keep=train_config.max_checkpoints)
   start_step = manager.latest_step()
@@ -275,18 +322,9 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
   is_chief = jax.process_index() == 0
   writer = summaries.create_writer(workdir, just_logging=not is_chief)
   metrics_log = summaries.MetricsLog(os.path.join(workdir, METRICS_FILE))
-
-  if splits is None:
-    from vma_jax import data  # pylint: disable=g-import-not-at-top
-
-    splits = data.load_splits(config.data)
-  train_data, test_data = _device_data(splits["train"], mesh), _device_data(splits["test"], mesh)
-
-  init_key, train_key, valid_key, image_key = jax.random.split(jax.random.key(config.seed), 4)
   replicated, _ = sharding.shardings(mesh)
   if start_step is not None:
     # Restore onto abstract targets: the fresh parameters are never computed.
-    abstract = jax.eval_shape(functools.partial(create_train_state, config), init_key)
     restored = checkpoints.restore(manager, start_step, **jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         {"params": abstract.params, "opt_state": abstract.opt_state}))
@@ -301,17 +339,6 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
   checkpoints.save_config(workdir, config)
   logging.info("Training %d steps from step %d on %d device(s); workdir %s",
                num_steps, start_step, num_devices, workdir)
-
-  model = vma_model.make_model(config)
-  train_step = make_train_step(config, model, mesh)
-  sample = make_episode_sampler(config, mesh)
-  v = config.validation
-  validation_fn = evaluate.make_cell_bound_fn(
-      model, max_classes=v.max_classes, memory_size=v.memory_size, num_importance=v.num_samples,
-      chunk_size=v.chunk_size, mesh=mesh)
-  image_fn = make_image_fn(config, model)
-  valid_targets_N = evaluate.target_indices(len(splits["test"].labels_N), v.num_targets)
-  image_targets_B = evaluate.target_indices(len(splits["test"].labels_N), 8)
 
   report_progress = summaries.progress_reporter(num_steps, writer)
   pending: list[tuple[int, dict]] = []  # per-step metrics (on device) since the last log
