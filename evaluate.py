@@ -2,9 +2,10 @@
 
     python evaluate.py --workdir=runs/default --num_importance=1000
 
-Writes workdir/eval/results.{json,csv,md} and prints the Markdown table. With --dtype other
-than the run's (e.g. bfloat16 on a GPU, after `benchmarks/precision.py` has shown the bounds
-move by less than 0.1 nat), it writes workdir/eval_<dtype>/ instead.
+Writes workdir/eval/results.{json,csv,md} (earlier results there are kept as
+results.<n>.*) and prints the Markdown table. With --dtype other than the run's (e.g.
+bfloat16 on a GPU, after `benchmarks/precision.py` has shown the bounds move by less than
+0.1 nat), it writes workdir/eval_<dtype>/ instead.
 """
 
 import sys
@@ -18,13 +19,16 @@ from vma_jax import data
 from vma_jax import evaluate
 from vma_jax import host
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/quick", "The training run to evaluate.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", "runs/quick", "The training run to evaluate (default: the README's quick run).")
 _NUM_IMPORTANCE = flags.DEFINE_integer(
     "num_importance", None, "K, importance samples (default: the run's config.eval, 1000).")
 _CELLS = flags.DEFINE_string(
-    "cells", evaluate.GRID, "Cells C:T, comma-separated; 'config' for the run's own cells.")
+    "cells", evaluate.GRID,
+    "Cells C:T, comma-separated (default: all 14 of Table 1); 'config' for the run's own.")
 _NUM_TARGETS = flags.DEFINE_integer(
-    "num_targets", None, "Targets per cell; 0 = every test image (13,180; the default).")
+    "num_targets", None,
+    "Targets per cell; 0 = every test image, 13,180 (default: the run's config.eval).")
 _SEED = flags.DEFINE_integer("seed", None, "Fixes the episodes and samples (default 0).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Targets at once (default: config).")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Samples at once (default: config).")
@@ -48,7 +52,7 @@ def main(argv):
         _WORKDIR.value, cells=_CELLS.value, num_importance=_NUM_IMPORTANCE.value,
         num_targets=_NUM_TARGETS.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
         chunk_size=_CHUNK_SIZE.value, dtype=_DTYPE.value)
-  except (checkpoints.CheckpointError, data.DataError, ValueError) as e:
+  except (checkpoints.CheckpointError, data.DataError, FloatingPointError, ValueError) as e:
     sys.exit(f"evaluate.py: {e}")
   print(evaluate.results_markdown(results))
 

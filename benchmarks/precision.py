@@ -59,7 +59,7 @@ def main(argv=None):
         cells=args.cells or evaluate.GRID, num_importance=args.num_importance,
         num_targets=args.num_targets, seed=args.seed, batch_size=args.batch_size,
         chunk_size=args.chunk_size)
-  except (checkpoints.CheckpointError, data.DataError, ValueError) as e:
+  except (checkpoints.CheckpointError, data.DataError, FloatingPointError, ValueError) as e:
     sys.exit(f"precision.py: {e}")
   entries = [dict(dataclasses.asdict(g), device=str(jax.devices()[0].device_kind),
                   num_devices=jax.device_count()) for g in gaps]

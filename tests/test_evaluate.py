@@ -1,6 +1,7 @@
 """Tests of the Table 1 evaluation: cells, determinism, result files, the command line."""
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -119,6 +120,21 @@ def test_write_results_files(tmp_path):
   assert "| 1 | 5 | 80.12 | 0.40 | 76.5 | 75.3 | 1000 | 13180 |" in table
   assert not list((tmp_path / "eval").glob("*.tmp"))
 
+  # A second evaluation (another K, say) keeps the first one's files as results.1.*.
+  later = [dataclasses.replace(r, num_importance=10) for r in _results()]
+  evaluate.write_results(later, str(tmp_path / "eval"), dict(step=9))
+  evaluate.write_results(later[:1], str(tmp_path / "eval"), dict(step=9))
+  names = sorted(p.name for p in (tmp_path / "eval").iterdir())
+  assert names == ["results.1.csv", "results.1.json", "results.1.md", "results.2.csv",
+                   "results.2.json", "results.2.md", "results.csv", "results.json",
+                   "results.md"]
+  assert json.loads((tmp_path / "eval" / "results.1.json").read_text()) == saved
+  assert len(json.loads((tmp_path / "eval" / "results.2.json").read_text())["results"]) == 2
+  latest = json.loads((tmp_path / "eval" / "results.json").read_text())
+  assert latest["meta"]["step"] == 9 and len(latest["results"]) == 1
+  assert "| 1 | 5 | 80.12 | 0.40 | 76.5 | 75.3 | 10 | 13180 |" in (
+      tmp_path / "eval" / "results.md").read_text()
+
 
 def test_evaluate_command_without_checkpoint_is_a_clear_error(tmp_path):
   result = subprocess.run(
@@ -161,26 +177,30 @@ def test_evaluate_workdir_end_to_end(untrained_run):
 
 
 def test_precision_gaps_are_paired(small_model_and_params):
-  """Same dtype twice: no gap at all. bfloat16: a small gap, the mean of per-target gaps."""
+  """Each dtype's bound is evaluate_grid's in that dtype; the gap is their paired difference."""
   config, model, params = small_model_and_params
   split = _synthetic_split()
   settings = dict(num_importance=6, num_targets=8, batch_size=4, chunk_size=3, seed=0)
-  same = evaluate.precision_gaps(config, params, split, [(1, 2), (2, 3)], dtype="float32",
-                                 **settings)
-  for gap in same:
-    assert gap.gap == 0.0 and gap.max_abs_target_gap == 0.0
-    assert gap.bound == gap.reference_bound and gap.num_targets == 8
-  direct = evaluate.evaluate_grid(model, params, split, [(1, 2), (2, 3)], **settings)
-  assert [g.reference_bound for g in same] == pytest.approx([r.bound for r in direct],
+  cells = [(1, 2), (2, 3)]
+  gaps = evaluate.precision_gaps(config, params, split, cells, dtype="bfloat16", **settings)
+  direct = evaluate.evaluate_grid(model, params, split, cells, **settings)
+  low_config = config.copy_and_resolve_references()
+  low_config.model.dtype = "bfloat16"
+  direct_low = evaluate.evaluate_grid(vma_model.make_model(low_config), params, split, cells,
+                                      **settings)
+  assert [g.reference_bound for g in gaps] == pytest.approx([r.bound for r in direct],
                                                             abs=1e-9)
+  assert [g.bound for g in gaps] == pytest.approx([r.bound for r in direct_low], abs=1e-9)
+  for gap in gaps:
+    assert gap.dtype == "bfloat16" and gap.reference_dtype == "float32"
+    assert gap.num_targets == 8
+    assert gap.gap == pytest.approx(gap.bound - gap.reference_bound, abs=1e-9)
+    assert 0.0 < gap.max_abs_target_gap < 2.0  # bfloat16 changes every bound, a little
+    assert abs(gap.gap) <= gap.max_abs_target_gap
+    assert np.isfinite(gap.gap_stderr) and gap.gap_stderr > 0
 
-  low = evaluate.precision_gaps(config, params, split, [(1, 2)], dtype="bfloat16", **settings)
-  gap = low[0]
-  assert gap.dtype == "bfloat16" and gap.reference_dtype == "float32"
-  assert gap.gap == pytest.approx(gap.bound - gap.reference_bound, abs=1e-9)
-  assert 0.0 < gap.max_abs_target_gap < 2.0  # bfloat16 changes every bound, a little
-  assert abs(gap.gap) <= gap.max_abs_target_gap
-  assert np.isfinite(gap.gap_stderr) and gap.gap_stderr > 0
+  with pytest.raises(ValueError, match="two different dtypes"):
+    evaluate.precision_gaps(config, params, split, cells, dtype="float32", **settings)
 
 
 def test_unknown_dtype_is_a_clear_error(small_model_and_params):

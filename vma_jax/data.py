@@ -44,6 +44,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
@@ -313,7 +314,7 @@ def _import_tfds():
   except ImportError as e:
     raise DataError(
         f"Preparing Omniglot needs tensorflow-datasets and tensorflow ({e}). Install"
-        " them (`pip install -e '.[prepare]'`), or run `python -m vma_jax.data` on a"
+        " them (`pip install -e .` installs both), or run `python -m vma_jax.data` on a"
         " machine that has them and copy its data_dir's vma_jax/ folder here."
     ) from e
   return tfds, omniglot
@@ -442,8 +443,10 @@ def get_data_config() -> ml_collections.ConfigDict:
   return config
 
 
-def load_splits(data_config: ml_collections.ConfigDict) -> dict[str, OmniglotSplit]:
-  """{"train": ..., "test": ...} for a data config (see get_data_config)."""
+def load_splits(data_config: ml_collections.ConfigDict,
+                splits: Sequence[str] = ("train", "test")) -> dict[str, OmniglotSplit]:
+  """{"train": ..., "test": ...} (or the `splits` asked for) for a data config (see
+  get_data_config)."""
   return {
       split: load_omniglot(
           split,
@@ -451,7 +454,7 @@ def load_splits(data_config: ml_collections.ConfigDict) -> dict[str, OmniglotSpl
           data_dir=data_config.data_dir or None,
           archive_dir=data_config.archive_dir or None,
       )
-      for split in ("train", "test")
+      for split in splits
   }
 
 

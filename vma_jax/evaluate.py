@@ -12,6 +12,7 @@ computation dtypes on the same checkpoint differ by the precision alone (`precis
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -108,7 +109,8 @@ def cell_bounds(bound_fn, params, data, key, targets_N: np.ndarray,
                 batch_size: int) -> np.ndarray:
   """L_K of every target in targets_N (float64, shape N), in batches of batch_size.
 
-  The last batch is padded (with repeats of its last target) to keep one compiled shape.
+  The last batch is padded (with targets repeated from the start of targets_N) to keep one
+  compiled shape; the padding's bounds are dropped.
   """
   num_targets = len(targets_N)
   padded_N = np.resize(targets_N, -(-num_targets // batch_size) * batch_size).astype(np.int32)
@@ -165,11 +167,16 @@ def evaluate_cell(model: vma_model.VMA, params, data, *, max_classes: int, memor
                     seconds)
 
 
+def device_data(split: "vma_data.OmniglotSplit", mesh) -> vma_episodes.EpisodeData:
+  """The split's images and labels, replicated on every device of `mesh`: episodes are then
+  drawn on the devices (training and evaluation alike)."""
+  return jax.device_put(vma_episodes.EpisodeData.from_split(split), sharding.shardings(mesh)[0])
+
+
 def _on_devices(split: "vma_data.OmniglotSplit", num_targets: int):
   """(mesh over all local devices, the split's images replicated on it, target indices)."""
   mesh = sharding.make_mesh()
-  data = jax.device_put(vma_episodes.EpisodeData.from_split(split), sharding.shardings(mesh)[0])
-  return mesh, data, target_indices(len(split.labels_N), num_targets)
+  return mesh, device_data(split, mesh), target_indices(len(split.labels_N), num_targets)
 
 
 def evaluate_grid(model: vma_model.VMA, params, split: "vma_data.OmniglotSplit",
@@ -202,33 +209,54 @@ def results_markdown(results: Iterable[CellResult]) -> str:
   return "\n".join(lines) + "\n"
 
 
+RESULT_FILES = ("results.json", "results.csv", "results.md")
+
+
+def _keep_previous_results(out_dir: str) -> str | None:
+  """Moves out_dir/results.* to results.<n>.* (n: the first free); returns the new json path."""
+  if not os.path.exists(os.path.join(out_dir, "results.json")):
+    return None
+  n = 1
+  while os.path.exists(os.path.join(out_dir, f"results.{n}.json")):
+    n += 1
+  for name in RESULT_FILES:
+    path = os.path.join(out_dir, name)
+    if os.path.exists(path):
+      stem, ext = os.path.splitext(name)
+      os.replace(path, os.path.join(out_dir, f"{stem}.{n}{ext}"))
+  return os.path.join(out_dir, f"results.{n}.json")
+
+
 def write_results(results: Sequence[CellResult], out_dir: str, meta: dict) -> dict[str, str]:
-  """Writes results.json, results.csv and results.md under out_dir (atomically each)."""
+  """Writes results.json, results.csv and results.md under out_dir (atomically each).
+
+  Earlier results in out_dir are never overwritten: they are kept as results.<n>.{json,csv,md}
+  (n = 1, 2, ...), so the latest evaluation is always results.*.
+  """
   os.makedirs(out_dir, exist_ok=True)
   rows = [dataclasses.asdict(r) for r in results]
   for row in rows:
     row["paper"], row["reproduction"] = REFERENCE.get(
         (row["max_classes"], row["memory_size"]), (None, None))
-
-  def write(name, text):
-    path = os.path.join(out_dir, name)
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
-    return path
-
-  paths = {}
-  paths["json"] = write("results.json", json.dumps({"meta": meta, "results": rows}, indent=2))
-  fields = list(rows[0])
-  with open(os.path.join(out_dir, "results.csv.tmp"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(os.path.join(out_dir, "results.csv.tmp"), os.path.join(out_dir, "results.csv"))
-  paths["csv"] = os.path.join(out_dir, "results.csv")
+  csv_text = io.StringIO()
+  writer = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
+  writer.writeheader()
+  writer.writerows(rows)
   header = (f"ELBO@{results[0].num_importance} (nats, lower is better) on the Omniglot test "
             f"split; checkpoint step {meta.get('step')}.\n\n")
-  paths["md"] = write("results.md", header + results_markdown(results))
+  texts = {"json": json.dumps({"meta": meta, "results": rows}, indent=2),
+           "csv": csv_text.getvalue(), "md": header + results_markdown(results)}
+
+  kept = _keep_previous_results(out_dir)
+  if kept:
+    logging.info("Earlier results kept as %s (and .csv, .md)", kept)
+  paths = {}
+  for kind, text in texts.items():
+    path = os.path.join(out_dir, f"results.{kind}")
+    with open(path + ".tmp", "w", newline="") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
+    paths[kind] = path
   return paths
 
 
@@ -244,6 +272,14 @@ def _with_dtype(config, dtype: str | None):
   config = config.copy_and_resolve_references()
   config.model.dtype = dtype
   return config
+
+
+def _settings_and_test_split(config, data_config, **arguments):
+  """The evaluation settings (`_eval_settings`) and the test split of config.data (or of
+  `data_config`, if given): what `evaluate_workdir` and `compare_precision` both need."""
+  settings = _eval_settings(config, **arguments)
+  split = vma_data.load_splits(data_config or config.data, splits=("test",))["test"]
+  return settings, split
 
 
 def _eval_settings(config, *, cells, num_importance, num_targets, seed, batch_size,
@@ -284,18 +320,17 @@ def evaluate_workdir(workdir: str, *, cells: str = GRID, num_importance: int | N
     workdir/eval_<dtype>/ for a dtype other than the run's (so that a lower-precision
     evaluation never replaces the run's own results).
   """
-  params, step, config = checkpoints.restore_params(workdir)
-  run_dtype = config.model.dtype
-  config = _with_dtype(config, dtype)
-  settings = _eval_settings(config, cells=cells, num_importance=num_importance,
-                            num_targets=num_targets, seed=seed, batch_size=batch_size,
-                            chunk_size=chunk_size)
-  split = vma_data.load_splits(data_config or config.data)["test"]
+  params, step, run_config = checkpoints.restore_params(workdir)
+  config = _with_dtype(run_config, dtype)
+  settings, split = _settings_and_test_split(
+      config, data_config, cells=cells, num_importance=num_importance, num_targets=num_targets,
+      seed=seed, batch_size=batch_size, chunk_size=chunk_size)
   results = evaluate_grid(vma_model.make_model(config), params, split, **settings)
   meta = dict(workdir=os.path.abspath(workdir), step=int(step), seed=settings["seed"],
               dtype=config.model.dtype, device=str(jax.devices()[0].device_kind),
               num_devices=jax.device_count())
-  out_dir = "eval" if config.model.dtype == run_dtype else f"eval_{config.model.dtype}"
+  out_dir = ("eval" if config.model.dtype == run_config.model.dtype
+             else f"eval_{config.model.dtype}")
   write_results(results, os.path.join(workdir, out_dir), meta)
   return results
 
@@ -332,6 +367,8 @@ def precision_gaps(config, params, split, cells: Sequence[tuple[int, int]], *, d
   cell and the target), so the per-target differences are paired: they measure the effect of
   the precision alone. Each dtype's seconds include compiling its bound function.
   """
+  if dtype == reference_dtype:
+    raise ValueError(f"compare two different dtypes, got {dtype!r} twice")
   mesh, data, targets = _on_devices(split, num_targets)
   models = {d: vma_model.make_model(_with_dtype(config, d)) for d in (reference_dtype, dtype)}
   gaps = []
@@ -372,9 +409,8 @@ def compare_precision(workdir: str, *, dtype: str = "bfloat16",
   params, _, config = checkpoints.restore_params(workdir)
   for d in (dtype, reference_dtype):
     _with_dtype(config, d)  # a clear error for an unknown dtype, before loading any data
-  settings = _eval_settings(config, cells=cells, num_importance=num_importance,
-                            num_targets=num_targets, seed=seed, batch_size=batch_size,
-                            chunk_size=chunk_size)
-  split = vma_data.load_splits(data_config or config.data)["test"]
+  settings, split = _settings_and_test_split(
+      config, data_config, cells=cells, num_importance=num_importance, num_targets=num_targets,
+      seed=seed, batch_size=batch_size, chunk_size=chunk_size)
   return precision_gaps(config, params, split, dtype=dtype, reference_dtype=reference_dtype,
                         **settings)
