@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
@@ -46,7 +45,8 @@ BENCHMARKS = {
 }
 
 # The reference PyTorch implementation on the same machine class (2 CPU cores), seconds:
-# (best, typical low, typical high) of the median per call, from the project's issue 5.
+# (best, typical low, typical high) of the median per call, measured on that machine class
+# (docs/performance.md compares every entry with these).
 REFERENCE_CPU_S = {
     "train_small": (1.45, 1.45, 1.51),
     "train_recipe": (15.3, 27.0, 46.0),
@@ -57,19 +57,6 @@ TARGET_CPU_S = {"train_small": 0.5, "train_recipe": 7.0, "eval_t19_k1000": 10.0}
 
 def _peak_rss_mb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
-
-
-def _time(fn, warmup, repeats):
-  """Wall times of `repeats` calls after `warmup` untimed ones, and their process CPU times."""
-  for _ in range(warmup):
-    fn()
-  times, cpu_times = [], []
-  for _ in range(repeats):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    fn()
-    times.append(time.perf_counter() - start)
-    cpu_times.append(time.process_time() - cpu_start)
-  return times, cpu_times
 
 
 def _xla_figures(compiled):
@@ -97,6 +84,7 @@ def _xla_figures(compiled):
 def run_child(name, args):
   """Runs one benchmark in this process and returns its entry."""
   import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import timing  # pylint: disable=g-import-not-at-top
   from benchmarks import workloads  # pylint: disable=g-import-not-at-top
 
   kind, sizes, repeats = BENCHMARKS[name]
@@ -115,11 +103,11 @@ def run_child(name, args):
   else:
     work = workloads.eval_workload(sizes["batch"], sizes["memory"], sizes["samples"],
                                    chunk_size=args.chunk_size, dtype=args.dtype)
-  times, cpu_times = _time(work.run, args.warmup, repeats)
+  times, cpu_times = timing.times(work.run, warmup=args.warmup, repeats=repeats)
   median = statistics.median(times)
 
   matmul = workloads.matmul_workload(args.matmul_n)
-  mm_times, _ = _time(matmul.run, 2, 5)
+  mm_times, _ = timing.times(matmul.run, warmup=2, repeats=5)
   mm_gflops = matmul.model_flops / statistics.median(mm_times) / 1e9
 
   entry = dict(

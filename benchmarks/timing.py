@@ -1,4 +1,4 @@
-"""The median wall time of a jitted call, after one untimed call (compilation, warm-up)."""
+"""Wall and CPU times of calls, warm-up (compilation included) excluded."""
 
 import statistics
 import time
@@ -6,12 +6,23 @@ import time
 import jax
 
 
+def times(fn, *, warmup: int, repeats: int) -> tuple[list[float], list[float]]:
+  """Wall and process CPU seconds of `repeats` calls fn() after `warmup` untimed ones.
+
+  fn must wait for its own results (jax.block_until_ready) for the times to mean anything.
+  """
+  for _ in range(warmup):
+    fn()
+  wall, cpu = [], []
+  for _ in range(repeats):
+    start, cpu_start = time.perf_counter(), time.process_time()
+    fn()
+    wall.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - cpu_start)
+  return wall, cpu
+
+
 def median_s(fn, *args, repeats: int) -> float:
   """Median seconds of `repeats` calls fn(*args), each until its results are ready."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  wall, _ = times(lambda: jax.block_until_ready(fn(*args)), warmup=1, repeats=repeats)
+  return statistics.median(wall)

@@ -62,7 +62,7 @@ def test_step_parts_times_each_part_and_each_conv(tmp_path):
     assert min(r["forward_s"], r["input_grad_s"], r["kernel_grad_s"]) > 0
 
 
-def test_hand_counted_flops_match_the_issue_figures():
+def test_hand_counted_flops_match_the_published_estimates():
   """22 MFLOP per encoded image, 62 per decoded sample; a recipe step ~280 GFLOP forward."""
   from benchmarks import flops
   assert abs(flops.encoder_flops() / 1e6 - 22.3) < 0.1

@@ -96,9 +96,12 @@ def test_kernel_gradient_is_a_matrix_product_on_cpu_above_the_threshold(monkeypa
 
 
 def test_default_threshold_sends_the_training_encoders_layers_to_matmuls():
-  """Even train_small's large encoder layers are over the threshold; the dummy slots' not."""
-  assert 32 * (1 + 8) * 13 * 13 >= convolution._MIN_ROWS  # train_small's conv2: 49 k rows
-  assert 2 * 13 * 13 < convolution._MIN_ROWS  # the 2 dummies' conv2
+  """At the default threshold, a 13x13 layer of train_small's encoder (B(1+T) = 288 images)
+  takes the matrix products; the same layer on the 2 dummy slots keeps XLA's convolution."""
+  encoder_layer = _lowered_kernel_grad((32 * (1 + 8), 13, 13, 16), "cpu")
+  assert "dot_general" in encoder_layer and "convolution" not in encoder_layer
+  dummies_layer = _lowered_kernel_grad((2, 13, 13, 16), "cpu")
+  assert "dot_general" not in dummies_layer and "convolution" in dummies_layer
 
 
 def test_bfloat16_kernel_gradient_keeps_the_kernel_dtype(monkeypatch):

@@ -242,18 +242,18 @@ def restore(manager: ocp.CheckpointManager, step: int, **abstract_items) -> dict
   return {name: restored[name] for name in abstract_items}
 
 
-def init_inputs(config, batch_size: int = 1):
-  """Dummy (x, memory, keys) with which `VMA.init` creates the parameters."""
+def _init_inputs(config):
+  """Dummy (x, memory, keys) with which `VMA.init` creates the parameters: B = T = K = 1."""
   size = config.data.image_size
-  x_BxHxW = jnp.zeros((batch_size, size, size), jnp.float32)
-  memory_BxTxHxW = jnp.zeros((batch_size, 1, size, size), jnp.float32)
-  keys_BxK = jax.random.split(jax.random.key(0), (batch_size, 1))
+  x_BxHxW = jnp.zeros((1, size, size), jnp.float32)
+  memory_BxTxHxW = jnp.zeros((1, 1, size, size), jnp.float32)
+  keys_BxK = jax.random.split(jax.random.key(0), (1, 1))
   return x_BxHxW, memory_BxTxHxW, keys_BxK
 
 
 def init_params(config, key):
   """Fresh parameters of `make_model(config)` (their shapes do not depend on T or K)."""
-  return vma_model.make_model(config).init(key, *init_inputs(config))
+  return vma_model.make_model(config).init(key, *_init_inputs(config))
 
 
 def restore_params(workdir: str, step: int | None = None):

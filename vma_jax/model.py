@@ -21,6 +21,10 @@ the sampled slots; with K >= T samples (evaluation) `encode` computes them once 
 the K sampled slots only (`embed_every_slot`). The decoder runs once per sample. Samples are
 drawn from explicit keys, one per (episode, sample), so that a bound computed in chunks of
 samples draws exactly the samples of the unchunked one.
+
+Shape letters: B episodes, T memory slots, D dummy slots, S = T + D, K samples per episode,
+N rows of a flattened batch, HxW image, E = embed_dim (e), A = match_dim (h), Z =
+latent_dim, I = the decoder's input width (z and g(e(m_a))).
 """
 
 import math
@@ -160,14 +164,14 @@ class VMA(nn.Module):
     per_episode = lambda v_N: v_N.reshape((batch, 1 + num_memory) + v_N.shape[1:])
     of_targets = lambda v_N: per_episode(v_N)[:, 0]
     to_memory = lambda v_N: per_episode(v_N)[:, 1:]
-    h_NxM, _ = self.match(images_NxHxW)
-    h_dummy_DxM, _ = self.match(self.dummies_DxHxW)
+    h_NxA, _ = self.match(images_NxHxW)
+    h_dummy_DxA, _ = self.match(self.dummies_DxHxW)
     flatten = lambda v_BxTx: v_BxTx.reshape((-1,) + v_BxTx.shape[2:])
     as_memory = lambda v_BTx: v_BTx.reshape((batch, num_memory) + v_BTx.shape[1:])
-    h_x_BxM = of_targets(h_NxM).astype(jnp.float32)
+    h_x_BxA = of_targets(h_NxA).astype(jnp.float32)
     logits_memory_BxT = jnp.einsum(
-        "bm,btm->bt", h_x_BxM, to_memory(h_NxM).astype(jnp.float32))
-    logits_dummy_BxD = jnp.einsum("bm,dm->bd", h_x_BxM, h_dummy_DxM.astype(jnp.float32))
+        "ba,bta->bt", h_x_BxA, to_memory(h_NxA).astype(jnp.float32))
+    logits_dummy_BxD = jnp.einsum("ba,da->bd", h_x_BxA, h_dummy_DxA.astype(jnp.float32))
 
     slots = None
     if embed_slots:
@@ -214,12 +218,11 @@ class VMA(nn.Module):
     e_m_BxKxE, terms_BxK = self._sampled_slots(encoding.memory_BxTxHxW, encoding.slots, a_BxK)
     e_x_BxKxE = jnp.broadcast_to(encoding.e_x_BxE[:, None], e_m_BxKxE.shape)
 
-    q_input_BxKx2E = jnp.concatenate([e_x_BxKxE, e_m_BxKxE], axis=-1)
-    q_mean_BxKxZ = self.posterior_mean(q_input_BxKx2E).astype(jnp.float32)
-    q_std_BxKxZ = jax.nn.softplus(self.posterior_scale(q_input_BxKx2E).astype(jnp.float32))
-    p_mean_BxKxZ = self.prior_mean(e_m_BxKxE).astype(jnp.float32)
-    p_std_BxKxZ = jax.nn.softplus(self.prior_scale(e_m_BxKxE).astype(jnp.float32))
+    q_mean_BxKxZ, q_std_BxKxZ = self._gaussian(
+        self.posterior_mean, self.posterior_scale, jnp.concatenate([e_x_BxKxE, e_m_BxKxE], -1))
+    p_mean_BxKxZ, p_std_BxKxZ = self._gaussian(self.prior_mean, self.prior_scale, e_m_BxKxE)
 
+    # One key per sample (not one for the batch): chunked bounds draw the same z_k.
     eps_BxKxZ = jax.vmap(jax.vmap(
         lambda key: jax.random.normal(key, (self.latent_dim,))))(key_z_BxK)
     z_BxKxZ = q_mean_BxKxZ + q_std_BxKxZ * eps_BxKxZ
@@ -234,20 +237,25 @@ class VMA(nn.Module):
         log_w_BxK=log_w_BxK, log_q_a_BxK=log_q_a_BxK, log_px_BxK=log_px_BxK,
         kl_z_BxK=log_qz_BxK - log_pz_BxK, a_BxK=a_BxK, logits_BxKxHxW=logits_BxKxHxW)
 
+  @staticmethod
+  def _gaussian(mean_head, scale_head, inputs):
+    """(mean, stddev) in float32 of a diagonal Gaussian head: stddev = softplus(scale)."""
+    return (mean_head(inputs).astype(jnp.float32),
+            jax.nn.softplus(scale_head(inputs).astype(jnp.float32)))
+
   def _decode(self, z_BxKxZ, e_m_BxKxE, terms_BxK):
     """Bernoulli logits of p(x | z, m_a): one decoder pass over all B*K samples."""
     lead = z_BxKxZ.shape[:2]
     flat = lambda v: v.reshape((-1,) + v.shape[2:])
     code_BxKxZ = self.memory_code(nn.relu(e_m_BxKxE))
-    h_NxD = jnp.concatenate([flat(z_BxKxZ), flat(code_BxKxZ).astype(z_BxKxZ.dtype)], axis=-1)
-    logits_NxHxW = self.decoder(h_NxD, jax.tree.map(flat, terms_BxK))
+    input_NxI = jnp.concatenate([flat(z_BxKxZ), flat(code_BxKxZ).astype(z_BxKxZ.dtype)], axis=-1)
+    logits_NxHxW = self.decoder(input_NxI, jax.tree.map(flat, terms_BxK))
     return logits_NxHxW.reshape(lead + logits_NxHxW.shape[1:])
 
   def generate(self, memory_BxTxHxW, a_BxK, key):
     """Bernoulli means of x ~ p(x | z, m_a) with z ~ p(z | m_a), for given slots a_BxK."""
     e_m_BxKxE, terms_BxK = self._sampled_slots(memory_BxTxHxW, None, a_BxK)
-    p_mean_BxKxZ = self.prior_mean(e_m_BxKxE).astype(jnp.float32)
-    p_std_BxKxZ = jax.nn.softplus(self.prior_scale(e_m_BxKxE).astype(jnp.float32))
+    p_mean_BxKxZ, p_std_BxKxZ = self._gaussian(self.prior_mean, self.prior_scale, e_m_BxKxE)
     z_BxKxZ = distributions.gaussian_sample(key, p_mean_BxKxZ, p_std_BxKxZ)
     return jax.nn.sigmoid(self._decode(z_BxKxZ, e_m_BxKxE, terms_BxK))
 

@@ -304,8 +304,8 @@ class Decoder(nn.Module):
     return SkipTerms(self.tconv4.project(skips.a_NxH1xW1xC),
                      self.tconv2.project(skips.b_NxH2xW2xC))
 
-  def __call__(self, h_NxD, terms: SkipTerms):
-    y = nn.relu(self.fc1(h_NxD.astype(self.dtype)))
+  def __call__(self, input_NxI, terms: SkipTerms):
+    y = nn.relu(self.fc1(input_NxI.astype(self.dtype)))
     y = self.fc2(y).reshape((-1,) + self.shape_c)  # no ReLU here (model.md)
     y = nn.relu(self.tconv1(y))
     y = nn.relu(self.tconv2(y, terms.b_NxH2xW2xC))
@@ -316,6 +316,6 @@ class Decoder(nn.Module):
     y = self.tconv7(y)
     return y[..., 0].astype(jnp.float32)
 
-  def decode(self, h_NxD, skips: Skips):
+  def decode(self, input_NxI, skips: Skips):
     """Logits from the encoder's skips of each row's slot (projects, then decodes)."""
-    return self(h_NxD, self.project_skips(skips))
+    return self(input_NxI, self.project_skips(skips))
