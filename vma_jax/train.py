@@ -22,7 +22,7 @@ import functools
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import jax
@@ -239,6 +239,27 @@ def make_image_fn(config, model: vma_model.VMA, num_samples: int = 8):
 # The loop.
 
 
+class _RunFunctions(NamedTuple):
+  """The jitted functions of a training run, built from its config."""
+
+  sample: Callable  # make_episode_sampler
+  train_step: Callable  # make_train_step
+  validation: Callable  # evaluate.make_cell_bound_fn on config.validation's cell
+  images: Callable  # make_image_fn
+
+  @classmethod
+  def build(cls, config, mesh: Mesh) -> "_RunFunctions":
+    model = vma_model.make_model(config)
+    v = config.validation
+    return cls(
+        sample=make_episode_sampler(config, mesh),
+        train_step=make_train_step(config, model, mesh),
+        validation=evaluate.make_cell_bound_fn(
+            model, max_classes=v.max_classes, memory_size=v.memory_size,
+            num_importance=v.num_samples, chunk_size=v.chunk_size, mesh=mesh),
+        images=make_image_fn(config, model))
+
+
 def _check_finite(pending: list[tuple[int, dict]], workdir: str, last_checkpoint) -> None:
   """Raises NonFiniteLossError naming the first step whose loss or state is not finite."""
   names = ("loss", "grad_norm", "param_norm")
@@ -277,14 +298,8 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
   with _config_errors():
     for name, size in zip(BATCH_SIZE_FIELDS, batch_sizes(config)):
       sharding.check_batch_size(size, mesh, f"config.{name}")
-    model = vma_model.make_model(config)
-    train_step = make_train_step(config, model, mesh)
-    sample = make_episode_sampler(config, mesh)
-    v = config.validation
-    validation_fn = evaluate.make_cell_bound_fn(
-        model, max_classes=v.max_classes, memory_size=v.memory_size,
-        num_importance=v.num_samples, chunk_size=v.chunk_size, mesh=mesh)
-    image_fn = make_image_fn(config, model)
+    fns = _RunFunctions.build(config, mesh)
+  v = config.validation
 
   if splits is None:
     from vma_jax import data  # pylint: disable=g-import-not-at-top
@@ -299,13 +314,13 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
   with _config_errors():
     # Shapes only: some settings are checked where the functions are traced.
     abstract = jax.eval_shape(functools.partial(create_train_state, config), init_key)
-    episodes, sample_key = jax.eval_shape(sample, train_data, train_key, np.int32(0))
-    jax.eval_shape(train_step, abstract, episodes, sample_key)
+    episodes, sample_key = jax.eval_shape(fns.sample, train_data, train_key, np.int32(0))
+    jax.eval_shape(fns.train_step, abstract, episodes, sample_key)
     if train_config.validate_every > 0:
-      jax.eval_shape(validation_fn, abstract.params, test_data, valid_key,
+      jax.eval_shape(fns.validation, abstract.params, test_data, valid_key,
                      np.resize(valid_targets_N, v.batch_size).astype(np.int32))
     if train_config.image_every > 0:
-      jax.eval_shape(image_fn, abstract.params, test_data, image_targets_B, image_key)
+      jax.eval_shape(fns.images, abstract.params, test_data, image_targets_B, image_key)
 
   manager = checkpoints.make_manager(workdir, max_to_keep=train_config.max_checkpoints)
   start_step = manager.latest_step()
@@ -353,8 +368,8 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
 
   try:
     for step in range(start_step, num_steps):
-      episodes, sample_key = sample(train_data, train_key, np.int32(step))
-      state, metrics = train_step(state, episodes, sample_key)
+      episodes, sample_key = fns.sample(train_data, train_key, np.int32(step))
+      state, metrics = fns.train_step(state, episodes, sample_key)
       done = step + 1
       pending.append((done, metrics))
       report_progress(done)
@@ -383,7 +398,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
       if every(train_config.validate_every, done, at_end=False):
         start = time.monotonic()
         bound = float(np.mean(evaluate.cell_bounds(
-            validation_fn, state.params, test_data, valid_key, valid_targets_N, v.batch_size)))
+            fns.validation, state.params, test_data, valid_key, valid_targets_N, v.batch_size)))
         _write_scalars(writer, metrics_log, is_chief, done, {
             "valid/neg_bound": -bound, "valid/seconds": time.monotonic() - start})
         logging.info("step %d: validation -L_%d = %.2f nats (cell C=%d, T=%d, %d targets)",
@@ -392,7 +407,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
                      len(valid_targets_N))
 
       if every(train_config.image_every, done, at_end=False):
-        _write_images(image_fn, state.params, test_data, image_targets_B, image_key, writer,
+        _write_images(fns.images, state.params, test_data, image_targets_B, image_key, writer,
                       workdir, done, is_chief)
   finally:
     # A save in flight is completed (and finalised) before the process goes on or exits.
