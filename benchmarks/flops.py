@@ -54,14 +54,17 @@ def heads_flops(embed=128, latent=64):
   return 2 * (2 * 2 * embed * latent + 3 * embed * latent)
 
 
-def forward_flops(batch, memory, samples, image_size=26, num_dummies=2, embed=128, match=200):
+def forward_flops(batch, memory, samples, image_size=26, num_dummies=2, embed=128, match=200,
+                  match_rows=None):
   """The K log-weights of B episodes, as `vma_jax.model.VMA` computes them.
 
-  h runs on every image (x, the T memory items, the D dummies once per batch). e and the skip
+  h runs on every image (x, the T memory items, the D dummies once per batch), or on
+  `match_rows` rows (the U distinct images of `vma_jax.distinct`, padding included) and the
+  dummies. e and the skip
   terms run on every slot once when K >= T, else on the K sampled slots of each episode
   (`model.embed_every_slot`); the rest of the decoder and the heads run once per sample.
   """
-  images = batch * (1 + memory) + num_dummies
+  images = (batch * (1 + memory) if match_rows is None else match_rows) + num_dummies
   match_flops = images * encoder_flops(image_size, out=match)
   if samples >= memory:
     slots = batch * memory + num_dummies

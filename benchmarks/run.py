@@ -123,7 +123,7 @@ def run_child(name, args):
       roofline_fraction=(work.model_flops / median / 1e9) / mm_gflops,
       xla_flags=os.environ.get("XLA_FLAGS", ""),
       glibc_tunables=os.environ.get("GLIBC_TUNABLES"), ld_preload=os.environ.get("LD_PRELOAD"),
-      **_xla_figures(work.compiled))
+      **work.extra, **_xla_figures(work.compiled))
   if kind == "eval":
     entry["chunk_size"] = args.chunk_size
   if device.platform != "cpu":

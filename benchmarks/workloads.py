@@ -1,7 +1,7 @@
 """The timed workloads: the jitted training step and the large-K evaluation bound.
 
-Inputs are random binary images of the right shapes, placed on the device once (no dataset is
-read). Each workload returns a `Workload`: a zero-argument function that runs one timed call
+Inputs are episodes of random binary images (a stand-in split of Omniglot's size), placed on
+the device once (no dataset is read). Each workload returns a `Workload`: a zero-argument function that runs one timed call
 and blocks until its result is ready, the model FLOPs of that call, and the compiled
 executable for XLA's own cost and memory analyses.
 """
@@ -26,54 +26,67 @@ class Workload:
   model_flops: float  # FLOPs counted by hand (benchmarks/flops.py)
   compiled: Any  # jax.stages.Compiled of the timed function
   step_fn: str  # which step is timed
+  extra: dict = dataclasses.field(default_factory=dict)  # more fields for the entry
 
 
 def _config(batch, memory, samples, dtype):
   config = default_config.get_config()
   config.train.batch_size = batch
   config.episodes.memory_size = memory
+  # The recipe's 4 images per class where 4 divides T (the cost does not depend on it).
+  config.episodes.per_class = math.gcd(memory, config.episodes.per_class) or 1
   config.objective.num_samples = samples
   config.model.dtype = dtype
   return config
 
 
-def _episodes(key, batch, memory, image_size):
-  """Random binary episodes: an `episodes.Episodes` (labels: target class 0, memory 0 or 1)."""
+def _stand_in_data(key, num_classes, per_class, image_size):
+  """A random binary stand-in for an Omniglot split, on the device, replicated."""
   from vma_jax import episodes as episodes_lib  # pylint: disable=g-import-not-at-top
-  kx, km = jax.random.split(key)
-  x_BxHxW = jax.random.bernoulli(kx, 0.2, (batch, image_size, image_size)).astype(jnp.float32)
-  memory_BxTxHxW = jax.random.bernoulli(
-      km, 0.2, (batch, memory, image_size, image_size)).astype(jnp.float32)
-  return episodes_lib.Episodes(
-      x_BxHxW=x_BxHxW, memory_BxTxHxW=memory_BxTxHxW,
-      x_label_B=jnp.zeros((batch,), jnp.int32),
-      memory_labels_BxT=(jnp.arange(batch * memory, dtype=jnp.int32) % 2).reshape(batch, memory),
-      x_index_B=jnp.arange(batch, dtype=jnp.int32))
+  from vma_jax import sharding  # pylint: disable=g-import-not-at-top
+  images_NxHxW = jax.random.bernoulli(key, 0.2, (num_classes * per_class, image_size, image_size))
+  split = types.SimpleNamespace(images_NxHxW=np.asarray(images_NxHxW, np.uint8),
+                                labels_N=np.repeat(np.arange(num_classes), per_class))
+  replicated, _ = sharding.shardings(sharding.make_mesh())
+  return jax.device_put(episodes_lib.EpisodeData.from_split(split), replicated)
 
 
-def train_workload(batch, memory, samples, dtype="float32", seed=0):
-  """`vma_jax.train.make_train_step` (forward, VIMCO gradient, Adam, donated state)."""
+def train_workload(batch, memory, samples, dtype="float32", seed=0, num_classes=964,
+                   per_class=20):
+  """`vma_jax.train.make_train_step` (forward, VIMCO gradient, Adam, donated state).
+
+  One batch of episodes drawn by `train.make_episode_sampler`, as in training, from a random
+  binary stand-in for the background split (964 classes x 20 images): its images repeat as
+  often as in training, and h runs once per distinct image where training does so.
+  """
+  from vma_jax import distinct  # pylint: disable=g-import-not-at-top
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
   from vma_jax import train  # pylint: disable=g-import-not-at-top
   config = _config(batch, memory, samples, dtype)
   key = jax.random.key(seed)
   mesh = sharding.make_mesh()
-  _, batch_sharding = sharding.shardings(mesh)
-  episodes = jax.device_put(_episodes(key, batch, memory, config.data.image_size),
-                            batch_sharding)
+  data = _stand_in_data(key, num_classes, per_class, config.data.image_size)
+  episodes, sample_key = train.make_episode_sampler(config, mesh)(data, key, np.int32(0))
+  extra = dict(rows=batch * (1 + memory))
+  if episodes.distinct is not None:
+    extra.update(distinct_rows=episodes.distinct.row_U.shape[0],
+                 num_distinct=int(distinct.num_distinct(episodes.distinct)))
+    if not distinct.fits(episodes.distinct):
+      episodes = episodes._replace(distinct=None)
   state = train.init_train_state(config, key, mesh)
   step = train.make_train_step(config, mesh=mesh)
-  compiled = step.lower(state, episodes, key).compile()
+  compiled = step.lower(state, episodes, sample_key).compile()
   holder = {"state": state, "i": 0}
 
   def run():
     holder["i"] += 1
-    state, metrics = step(holder["state"], episodes, jax.random.fold_in(key, holder["i"]))
+    state, metrics = step(holder["state"], episodes, jax.random.fold_in(sample_key, holder["i"]))
     holder["state"] = state
     jax.block_until_ready((state, metrics))
 
-  return Workload(run, flops_lib.train_step_flops(batch, memory, samples), compiled,
-                  "vma_jax.train.make_train_step")
+  match_rows = None if episodes.distinct is None else extra["distinct_rows"]
+  return Workload(run, flops_lib.train_step_flops(batch, memory, samples, match_rows=match_rows),
+                  compiled, "vma_jax.train.make_train_step", extra)
 
 
 def eval_workload(targets, memory, samples, chunk_size=None, dtype="float32", seed=0,
@@ -84,18 +97,14 @@ def eval_workload(targets, memory, samples, chunk_size=None, dtype="float32", se
   images), on the device; targets are sharded over all local devices as in evaluation.
   """
   from vma_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from vma_jax import episodes as episodes_lib  # pylint: disable=g-import-not-at-top
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
   config = _config(targets, memory, samples, dtype)
   chunk_size = config.eval.chunk_size if chunk_size is None else chunk_size
   size = config.data.image_size
   key = jax.random.key(seed)
-  images_NxHxW = jax.random.bernoulli(key, 0.2, (num_classes * per_class, size, size))
-  split = types.SimpleNamespace(images_NxHxW=np.asarray(images_NxHxW, np.uint8),
-                                labels_N=np.repeat(np.arange(num_classes), per_class))
+  data = _stand_in_data(key, num_classes, per_class, size)
   mesh = sharding.make_mesh()
   replicated, batch_sharding = sharding.shardings(mesh)
-  data = jax.device_put(episodes_lib.EpisodeData.from_split(split), replicated)
   vma = vma_model.make_model(config)
   params = vma.init(key, jnp.zeros((1, size, size)), jnp.zeros((1, memory, size, size)),
                     vma_model.sample_keys(jax.random.split(key, 1), 0, 2))

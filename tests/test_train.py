@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from configs import default  # pylint: disable=g-import-not-at-top
 from vma_jax import checkpoints
+from vma_jax import distinct
 from vma_jax import episodes as episodes_lib
 from vma_jax import model as vma_model
 from vma_jax import sharding
@@ -111,6 +112,60 @@ def test_train_step_learns_and_reports_metrics():
   assert 0.0 <= m["frac_dummy"] <= 1.0 and 0.0 <= m["frac_same_class"] <= 1.0
   assert m["frac_dummy"] + m["frac_same_class"] <= 1.0
   assert m["log_px"] < 0.0 and m["grad_norm"] > 0.0
+
+
+def test_train_batches_encode_each_distinct_image_once_with_the_same_result():
+  # B = 32 episodes of 9 images from 200: about half the rows repeat an image.
+  config = small_config(train__batch_size=32, episodes__memory_size=8)
+  mesh = sharding.make_mesh()
+  data = episodes_lib.EpisodeData.from_split(mock_splits()["train"])
+  episodes, sample_key = train.make_episode_sampler(config, mesh)(
+      data, jax.random.key(1), np.int32(0))
+  rows = episodes.distinct
+  assert rows is not None and distinct.fits(rows)
+  assert rows.row_U.shape[0] < 0.95 * 32 * 9
+  ids_N = np.asarray(vma_model.stack_rows(episodes.x_index_B, episodes.memory_index_BxT))
+  np.testing.assert_array_equal(ids_N[np.asarray(rows.row_U)][np.asarray(rows.inverse_N)], ids_N)
+
+  loss_fn = train.make_loss_fn(config, vma_model.make_model(config))
+  params = train.create_train_state(config, jax.random.key(0)).params
+  grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  (loss_once, _), grads_once = grad_fn(params, episodes, sample_key)
+  (loss_all, _), grads_all = grad_fn(params, episodes._replace(distinct=None), sample_key)
+  np.testing.assert_allclose(loss_once, loss_all, rtol=1e-5)
+  for g_once, g_all in zip(leaves(grads_once), leaves(grads_all)):
+    np.testing.assert_allclose(g_once, g_all, rtol=1e-3, atol=1e-5)
+
+
+def test_a_batch_whose_distinct_images_do_not_fit_is_encoded_row_by_row(caplog):
+  config = small_config(train__batch_size=32, episodes__memory_size=8)
+  mesh = sharding.make_mesh()
+  data = episodes_lib.EpisodeData.from_split(mock_splits()["train"])
+  sample = train.make_episode_sampler(config, mesh)
+  too_small = {}
+
+  def sample_short(data, key, step):
+    """The sampler, but step 1's distinct rows are one short of its distinct images."""
+    episodes, sample_key = sample(data, key, step)
+    if int(step) == 1:
+      ids_N = vma_model.stack_rows(episodes.x_index_B, episodes.memory_index_BxT)
+      count = int(distinct.num_distinct(episodes.distinct))
+      episodes = episodes._replace(distinct=distinct.find(ids_N, count - 1))
+      too_small["count"] = count
+    return episodes, sample_key
+
+  with caplog.at_level("INFO"):
+    batches = list(train._batches(sample_short, data, jax.random.key(1), 0, 3))
+  assert [step for step, _, _ in batches] == [0, 1, 2]
+  assert [b.distinct is None for _, b, _ in batches] == [False, True, False]
+  assert f"step 1: {too_small['count']} distinct images" in caplog.text
+  # The same episodes and keys as the plain sampler's, whichever way they are encoded.
+  for step, episodes, sample_key in batches:
+    expected, expected_key = sample(data, jax.random.key(1), np.int32(step))
+    np.testing.assert_array_equal(episodes.memory_index_BxT, expected.memory_index_BxT)
+    np.testing.assert_array_equal(jax.random.key_data(sample_key),
+                                  jax.random.key_data(expected_key))
+  assert list(train._batches(sample, data, jax.random.key(1), 3, 3)) == []
 
 
 def test_optimizer_clipping():

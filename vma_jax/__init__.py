@@ -6,6 +6,7 @@ Modules, bottom to top (imports flow upwards only):
   convolution     conv2d: XLA's conv, its kernel gradient as matrix products on CPU.
   networks        the conv encoder (e, h) and the skip-connected decoder.
   data            Omniglot through TFDS (offline from local archives), numpy cache.
+  distinct        a batch's repeated images, found on the device: each is encoded once.
   episodes        jittable few-shot episode sampling on device arrays.
   model           the VMA model: p(a), p(z|m_a), p(x|z,m_a), q(a|x,M), q(z|x,m_a),
                   and the per-sample log-weights log w_k.

@@ -9,7 +9,8 @@ Public API:
   EpisodeData.from_split(split) -> EpisodeData    the split on the device, by class
   Episodes                                        x_BxHxW, memory_BxTxHxW (float32 in
                                                   {0, 1}), x_label_B, memory_labels_BxT,
-                                                  x_index_B (flat index in the split)
+                                                  x_index_B, memory_index_BxT (flat
+                                                  indices in the split), distinct
   sample_train_episodes(data, key, *, batch_size, memory_size, per_class)
       Training (reproduction recipe): random targets; memory of exactly `per_class`
       images from each of T / per_class classes: the target's class plus others drawn
@@ -35,6 +36,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vma_jax import distinct as distinct_lib
 
 
 class EpisodeData(NamedTuple):
@@ -104,6 +107,9 @@ class Episodes(NamedTuple):
   x_label_B: jax.Array  # int32 class of the target
   memory_labels_BxT: jax.Array  # int32 class of each memory slot
   x_index_B: jax.Array  # int32 flat index of the target in the split
+  memory_index_BxT: jax.Array  # int32 flat index of each memory slot in the split
+  # The batch's distinct images (training adds them, see `vma_jax.distinct`), or None.
+  distinct: distinct_lib.DistinctRows | None = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -127,6 +133,7 @@ def _gather(data: EpisodeData, c_x, p_x, class_T, slot_T, key) -> Episodes:
       x_label_B=c_x.astype(jnp.int32),
       memory_labels_BxT=class_T.astype(jnp.int32),
       x_index_B=data.index_CxP[c_x, p_x],
+      memory_index_BxT=data.index_CxP[class_T, slot_T],
   )
 
 
@@ -139,6 +146,7 @@ def _empty_memory(data: EpisodeData, target) -> Episodes:
       x_label_B=c_x,
       memory_labels_BxT=jnp.zeros((0,), jnp.int32),
       x_index_B=data.index_CxP[c_x, p_x],
+      memory_index_BxT=jnp.zeros((0,), jnp.int32),
   )
 
 

@@ -14,7 +14,8 @@ and each of K samples (a_k, z_k) ~ q carries the log-weight
   log w_k = log p(x|z_k,m_{a_k}) + log p(z_k|m_{a_k}) + log p(a_k)
             - log q(z_k|x,m_{a_k}) - log q(a_k|x,M).
 
-Cost: `encode` runs h once per memory slot (the D dummy slots once per batch, not per episode):
+Cost: `encode` runs h once per memory slot (the D dummy slots once per batch, not per episode,
+and in training once per distinct image of the batch, see `vma_jax.distinct`):
 q(a|x,M) needs h of every slot. e, and the skips' terms in the decoder, are needed only for
 the sampled slots; with K >= T samples (evaluation) `encode` computes them once per slot and
 `log_weights` gathers them, with K < T (training: K = 4, T = 32) `log_weights` computes them for
@@ -23,8 +24,8 @@ drawn from explicit keys, one per (episode, sample), so that a bound computed in
 samples draws exactly the samples of the unchunked one.
 
 Shape letters: B episodes, T memory slots, D dummy slots, S = T + D, K samples per episode,
-N rows of a flattened batch, HxW image, E = embed_dim (e), A = match_dim (h), Z =
-latent_dim, I = the decoder's input width (z and g(e(m_a))).
+N rows of a flattened batch, U distinct images among them, HxW image, E = embed_dim (e),
+A = match_dim (h), Z = latent_dim, I = the decoder's input width (z and g(e(m_a))).
 """
 
 import math
@@ -34,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vma_jax import distinct as distinct_lib
 from vma_jax import distributions
 from vma_jax import networks
 
@@ -93,6 +95,16 @@ def gather_slots(memory_BxTx, dummy_Dx, a_BxK):
   return jnp.where(is_memory, memory_BxKx, dummy_BxKx)
 
 
+def stack_rows(x_Bx, memory_BxTx):
+  """The N = B(1 + T) rows `encode` runs its encoders on: each target, then its memory.
+
+  Episode-major, so that a batch sharded over devices by episode stays split the same way
+  (no data moves between devices). Stacks anything per image: images, or their indices.
+  """
+  rows_Bx = jnp.concatenate([x_Bx[:, None], memory_BxTx], axis=1)
+  return rows_Bx.reshape((-1,) + rows_Bx.shape[2:])
+
+
 def embed_every_slot(num_memory: int, num_samples: int) -> bool:
   """Whether `encode` should compute e of every slot once (K >= T), or leave `log_weights` to
   compute it for the K sampled slots only (K < T): whichever encodes fewer images."""
@@ -146,25 +158,29 @@ class VMA(nn.Module):
     encoding = self.encode(x_BxHxW, memory_BxTxHxW, embed_slots=embed_slots)
     return self.log_weights(x_BxHxW, encoding, keys_BxK)
 
-  def encode(self, x_BxHxW, memory_BxTxHxW, embed_slots: bool = True) -> MemoryEncoding:
+  def encode(self, x_BxHxW, memory_BxTxHxW, embed_slots: bool = True,
+             distinct: distinct_lib.DistinctRows | None = None) -> MemoryEncoding:
     """e(x), h(x), h of every slot, and (if `embed_slots`) e and skip terms of every slot.
 
     Each image goes through each encoder at most once. With `embed_slots=False`, e of the
-    memory is left to `log_weights`, which computes it for the sampled slots only.
+    memory is left to `log_weights`, which computes it for the sampled slots only. With
+    `distinct` (the distinct images among the rows of `stack_rows`, which must fit), h runs
+    once per distinct image instead of once per row.
     """
     batch, num_memory = memory_BxTxHxW.shape[:2]
     if x_BxHxW.shape[-2:] != (self.image_size,) * 2:
       raise ValueError(f"expected {self.image_size}x{self.image_size} images, "
                        f"got x of shape {x_BxHxW.shape}")
     # One encoder call for targets and memory items together: bigger, better-shaped convs.
-    # Episode-major rows (each target followed by its memory), so that a batch sharded over
-    # devices by episode stays split the same way: no data moves between devices.
-    images_NxHxW = jnp.concatenate([x_BxHxW[:, None], memory_BxTxHxW], axis=1).reshape(
-        (-1,) + x_BxHxW.shape[1:])
+    images_NxHxW = stack_rows(x_BxHxW, memory_BxTxHxW)
     per_episode = lambda v_N: v_N.reshape((batch, 1 + num_memory) + v_N.shape[1:])
     of_targets = lambda v_N: per_episode(v_N)[:, 0]
     to_memory = lambda v_N: per_episode(v_N)[:, 1:]
-    h_NxA, _ = self.match(images_NxHxW)
+    if distinct is None:
+      h_NxA, _ = self.match(images_NxHxW)
+    else:
+      h_UxA, _ = self.match(images_NxHxW[distinct.row_U])
+      h_NxA = h_UxA[distinct.inverse_N]
     h_dummy_DxA, _ = self.match(self.dummies_DxHxW)
     flatten = lambda v_BxTx: v_BxTx.reshape((-1,) + v_BxTx.shape[2:])
     as_memory = lambda v_BTx: v_BTx.reshape((batch, num_memory) + v_BTx.shape[1:])

@@ -33,6 +33,7 @@ import optax
 from flax.training import train_state
 
 from vma_jax import checkpoints
+from vma_jax import distinct as distinct_lib
 from vma_jax import episodes as episodes_lib
 from vma_jax import evaluate
 from vma_jax import model as vma_model
@@ -116,7 +117,7 @@ def make_loss_fn(config, model: vma_model.VMA) -> Callable:
     # With K < T, e runs on the K sampled slots only, not on all T.
     embed_slots = vma_model.embed_every_slot(memory_BxTxHxW.shape[1], num_samples)
     encoding = model.apply(params, x_BxHxW, memory_BxTxHxW, embed_slots=embed_slots,
-                           method=vma_model.VMA.encode)
+                           distinct=episodes.distinct, method=vma_model.VMA.encode)
     weights = model.apply(params, x_BxHxW, encoding, keys_BxK,
                           method=vma_model.VMA.log_weights)
     surrogate_B = objective.vimco_surrogate(weights.log_w_BxK, weights.log_q_a_BxK, baseline)
@@ -178,7 +179,10 @@ def make_episode_sampler(config, mesh: Mesh):
   """Jitted `sample(data, train_key, step) -> (episodes, sample_key)` for step `step`.
 
   The step's key fold_in(train_key, step) is split into the episodes' key and the samples'
-  key; episodes come out sharded along the batch, straight from device-resident data.
+  key; episodes come out sharded along the batch, straight from device-resident data. Where
+  it saves enough (`distinct.worthwhile`), `episodes.distinct` holds the batch's distinct
+  images, for `VMA.encode` to run h once per distinct image; a batch whose distinct images do
+  not fit (`distinct.fits`) must have it removed before the train step.
   """
   episodes_config, batch_size = config.episodes, config.train.batch_size
   if episodes_config.composition == "classes":
@@ -195,7 +199,14 @@ def make_episode_sampler(config, mesh: Mesh):
 
   def sample(data, train_key, step):
     episode_key, sample_key = jax.random.split(jax.random.fold_in(train_key, step))
-    return sample_fn(data, episode_key), sample_key
+    episodes = sample_fn(data, episode_key)
+    num_rows = batch_size * (1 + episodes_config.memory_size)
+    capacity = distinct_lib.capacity(num_rows, data.num_images,
+                                     multiple=8 * mesh.devices.size)
+    if distinct_lib.worthwhile(num_rows, capacity):
+      ids_N = vma_model.stack_rows(episodes.x_index_B, episodes.memory_index_BxT)
+      episodes = episodes._replace(distinct=distinct_lib.find(ids_N, capacity))
+    return episodes, sample_key
 
   replicated, batch = sharding.shardings(mesh)
   return jax.jit(sample, in_shardings=(replicated, replicated, replicated),
@@ -258,6 +269,32 @@ class _RunFunctions(NamedTuple):
             model, max_classes=v.max_classes, memory_size=v.memory_size,
             num_importance=v.num_samples, chunk_size=v.chunk_size, mesh=mesh),
         images=make_image_fn(config, model))
+
+
+def _batches(sample, data, train_key, start_step: int, num_steps: int):
+  """Yields (step, episodes, sample_key) for the steps start_step .. num_steps - 1.
+
+  A batch with more distinct images than its `distinct` rows hold is trained with every row
+  encoded (the same result, one slower step; the train step compiles a second time the first
+  time it happens). Batches are sampled one step ahead, so that this check waits for a
+  sampler queued before the previous train step, not after it.
+  """
+  upcoming = sample(data, train_key, np.int32(start_step)) if start_step < num_steps else None
+  num_unfit = 0
+  for step in range(start_step, num_steps):
+    episodes, sample_key = upcoming
+    if step + 1 < num_steps:
+      upcoming = sample(data, train_key, np.int32(step + 1))
+    rows = episodes.distinct
+    if rows is not None and not distinct_lib.fits(rows):
+      num_unfit += 1
+      if num_unfit == 1 or num_unfit % 100 == 0:
+        logging.info("step %d: %d distinct images, more than the %d rows kept for them; this "
+                     "step encodes all %d rows (%d such steps in this run)", step,
+                     int(distinct_lib.num_distinct(rows)), rows.row_U.shape[0],
+                     rows.inverse_N.shape[0], num_unfit)
+      episodes = episodes._replace(distinct=None)
+    yield step, episodes, sample_key
 
 
 def _check_finite(pending: list[tuple[int, dict]], workdir: str, last_checkpoint) -> None:
@@ -367,8 +404,8 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
     return step % period == 0 or step == num_steps
 
   try:
-    for step in range(start_step, num_steps):
-      episodes, sample_key = fns.sample(train_data, train_key, np.int32(step))
+    for step, episodes, sample_key in _batches(fns.sample, train_data, train_key, start_step,
+                                               num_steps):
       state, metrics = fns.train_step(state, episodes, sample_key)
       done = step + 1
       pending.append((done, metrics))

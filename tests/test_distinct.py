@@ -1,0 +1,96 @@
+"""Distinct images of a batch: found exactly, and encoding them once changes nothing."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vma_jax import distinct
+from vma_jax import model as vma_model
+
+
+def test_expected_distinct_matches_a_simulation():
+  rng = np.random.default_rng(0)
+  for num_rows, num_images in [(8448, 19280), (300, 200), (20, 10_000)]:
+    counts = [len(np.unique(rng.integers(0, num_images, num_rows))) for _ in range(200)]
+    assert distinct.expected_distinct(num_rows, num_images) == pytest.approx(
+        np.mean(counts), rel=0.005)
+  assert distinct.expected_distinct(1, 50) == pytest.approx(1.0)
+
+
+def test_capacity_is_a_rounded_margin_above_the_expected_count():
+  expected = distinct.expected_distinct(8448, 19280)
+  u = distinct.capacity(8448, 19280, multiple=16)
+  assert u % 16 == 0 and expected + 4 * math.sqrt(expected) <= u < expected + 4 * math.sqrt(
+      expected) + 16
+  assert distinct.worthwhile(8448, u)
+  # Few repeats: nothing to save, and never more than the rows (rounded up).
+  assert distinct.capacity(288, 19280, multiple=16) == 288
+  assert not distinct.worthwhile(288, 288)
+  assert distinct.capacity(20, 200, multiple=8) == 24
+  with pytest.raises(ValueError, match="num_rows"):
+    distinct.capacity(0, 10)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_find_maps_every_row_to_a_row_with_the_same_id(seed):
+  rng = np.random.default_rng(seed)
+  ids_N = rng.integers(0, 60, 100).astype(np.int32)
+  num_unique = len(np.unique(ids_N))
+  rows = jax.jit(distinct.find, static_argnums=1)(ids_N, num_unique + 5)
+  row_U, inverse_N = np.asarray(rows.row_U), np.asarray(rows.inverse_N)
+  assert row_U.shape == (num_unique + 5,) and inverse_N.shape == (100,)
+  assert distinct.fits(rows) and int(distinct.num_distinct(rows)) == num_unique
+  np.testing.assert_array_equal(ids_N[row_U][inverse_N], ids_N)
+  assert len(set(ids_N[row_U[:num_unique]].tolist())) == num_unique  # each id once
+  # Any per-row data: gathering through the distinct rows gives it back.
+  features_NxF = ids_N[:, None] * np.array([[1.0, -2.0, 0.5]])
+  np.testing.assert_array_equal(features_NxF[row_U][inverse_N], features_NxF)
+
+
+def test_find_reports_a_batch_that_does_not_fit():
+  ids_N = np.arange(40, dtype=np.int32) % 30  # 30 distinct ids
+  exact = distinct.find(ids_N, 30)
+  assert distinct.fits(exact)
+  short = distinct.find(ids_N, 29)
+  assert not distinct.fits(short) and int(distinct.num_distinct(short)) == 30
+
+
+def _episodes_with_repeats(seed=0, batch=3, memory=4, num_images=6, size=26):
+  """Episodes whose images repeat (ids drawn from a few images), and their distinct rows."""
+  rng = np.random.default_rng(seed)
+  pool_IxHxW = (rng.random((num_images, size, size)) < 0.3).astype(np.float32)
+  x_index_B = rng.integers(0, num_images, batch)
+  memory_index_BxT = rng.integers(0, num_images, (batch, memory))
+  ids_N = vma_model.stack_rows(jnp.asarray(x_index_B), jnp.asarray(memory_index_BxT))
+  rows = distinct.find(ids_N, num_images + 2)
+  assert distinct.fits(rows)
+  return pool_IxHxW[x_index_B], pool_IxHxW[memory_index_BxT], rows
+
+
+@pytest.mark.parametrize("embed_slots", [False, True])
+def test_encode_through_distinct_rows_is_encode_of_every_row(embed_slots):
+  x_BxHxW, memory_BxTxHxW, rows = _episodes_with_repeats()
+  model = vma_model.VMA(latent_dim=8, embed_dim=16, match_dim=16)
+  key = jax.random.key(0)
+  keys_BxK = vma_model.sample_keys(jax.random.split(key, 3), 0, 5)
+  params = model.init(key, x_BxHxW, memory_BxTxHxW, keys_BxK)
+
+  def loss(params, distinct_rows):
+    encoding = model.apply(params, x_BxHxW, memory_BxTxHxW, embed_slots=embed_slots,
+                           distinct=distinct_rows, method=vma_model.VMA.encode)
+    weights = model.apply(params, x_BxHxW, encoding, keys_BxK,
+                          method=vma_model.VMA.log_weights)
+    return jnp.sum(weights.log_w_BxK), encoding.address_logits_BxS
+
+  (value_all, logits_all), grads_all = jax.value_and_grad(loss, has_aux=True)(params, None)
+  (value_once, logits_once), grads_once = jax.value_and_grad(loss, has_aux=True)(params, rows)
+  np.testing.assert_allclose(logits_once, logits_all, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(value_once, value_all, rtol=1e-5)
+  # Repeats' cotangents are summed into one row of h: the same gradient up to rounding.
+  match_grads = jax.tree.leaves(grads_all["params"]["match"])
+  assert any(np.abs(np.asarray(g)).max() > 0 for g in match_grads)
+  for g_once, g_all in zip(jax.tree.leaves(grads_once), jax.tree.leaves(grads_all)):
+    np.testing.assert_allclose(g_once, g_all, rtol=2e-4, atol=1e-5)
