@@ -1,9 +1,9 @@
 """The timed workloads: the jitted training step and the large-K evaluation bound.
 
 Inputs are episodes of random binary images (a stand-in split of Omniglot's size), placed on
-the device once (no dataset is read). Each workload returns a `Workload`: a zero-argument function that runs one timed call
-and blocks until its result is ready, the model FLOPs of that call, and the compiled
-executable for XLA's own cost and memory analyses.
+the device once (no dataset is read). Each workload returns a `Workload`: a zero-argument
+function that runs one timed call and blocks until its result is ready, the model FLOPs of
+that call, and the compiled executable for XLA's own cost and memory analyses.
 """
 
 import dataclasses
