@@ -71,8 +71,7 @@ def train_workload(batch, memory, samples, dtype="float32", seed=0, num_classes=
   if episodes.distinct is not None:
     extra.update(distinct_rows=episodes.distinct.row_U.shape[0],
                  num_distinct=int(distinct.num_distinct(episodes.distinct)))
-    if not distinct.fits(episodes.distinct):
-      episodes = episodes._replace(distinct=None)
+  episodes, _ = train.fit_distinct(episodes)  # as the training loop does
   state = train.init_train_state(config, key, mesh)
   step = train.make_train_step(config, mesh=mesh)
   compiled = step.lower(state, episodes, sample_key).compile()

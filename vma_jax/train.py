@@ -271,6 +271,14 @@ class _RunFunctions(NamedTuple):
         images=make_image_fn(config, model))
 
 
+def fit_distinct(episodes: episodes_lib.Episodes) -> tuple[episodes_lib.Episodes, bool]:
+  """(episodes, True), or (episodes without `distinct`, False) where its rows do not hold every
+  distinct image of the batch (`distinct.fits`; blocks until they are computed)."""
+  if episodes.distinct is None or distinct_lib.fits(episodes.distinct):
+    return episodes, True
+  return episodes._replace(distinct=None), False
+
+
 def _batches(sample, data, train_key, start_step: int, num_steps: int):
   """Yields (step, episodes, sample_key) for the steps start_step .. num_steps - 1.
 
@@ -286,14 +294,14 @@ def _batches(sample, data, train_key, start_step: int, num_steps: int):
     if step + 1 < num_steps:
       upcoming = sample(data, train_key, np.int32(step + 1))
     rows = episodes.distinct
-    if rows is not None and not distinct_lib.fits(rows):
+    episodes, fitted = fit_distinct(episodes)
+    if not fitted:
       num_unfit += 1
       if num_unfit == 1 or num_unfit % 100 == 0:
         logging.info("step %d: %d distinct images, more than the %d rows kept for them; this "
                      "step encodes all %d rows (%d such steps in this run)", step,
                      int(distinct_lib.num_distinct(rows)), rows.row_U.shape[0],
                      rows.inverse_N.shape[0], num_unfit)
-      episodes = episodes._replace(distinct=None)
     yield step, episodes, sample_key
 
 
