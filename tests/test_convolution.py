@@ -125,3 +125,51 @@ def test_bad_strides_or_padding_are_rejected(strides, padding):
   x, kernel, _ = _inputs((1, 5, 5, 2), (3, 3), 2, (1, 1), ((1, 1), (1, 1)))
   with pytest.raises(ValueError, match="positive strides"):
     convolution.conv2d(x, kernel, strides, padding)
+
+
+# (input N x H x W x C, kernel kh x kw, output channels, strides, padding): every phase of
+# the input, including phases no tap reaches (kernel smaller than the stride), rows no output
+# reads (the encoder's 26 -> 13), inputs smaller than the stride, and negative shifts of dy.
+INPUT_GRAD_CASES = CASES + [
+    ((2, 26, 26, 3), (3, 3), 4, (2, 2), ((1, 1), (1, 1))),  # the encoder's conv2, 26 -> 13
+    ((2, 7, 7, 3), (3, 3), 4, (2, 2), ((1, 1), (1, 1))),  # its conv6, 7 -> 4
+    ((2, 9, 8, 2), (1, 1), 3, (2, 2), ((0, 0), (0, 0))),  # 1x1: odd phases get nothing
+    ((2, 10, 11, 2), (4, 4), 3, (3, 2), ((2, 1), (0, 3))),  # kernel > stride, pads on both
+    ((1, 2, 2, 2), (3, 3), 2, (3, 3), ((1, 1), (1, 1))),  # input smaller than the stride
+    ((2, 12, 9, 2), (5, 3), 2, (3, 3), ((0, 2), (2, 0))),
+]
+
+
+@pytest.mark.parametrize("x_shape, kernel_hw, features, strides, padding", INPUT_GRAD_CASES)
+def test_input_grad_is_the_convolution_input_gradient(x_shape, kernel_hw, features, strides,
+                                                      padding):
+  x, kernel, dy = _inputs(x_shape, kernel_hw, features, strides, padding)
+  _, vjp = jax.vjp(lambda x: _reference(x, kernel, strides, padding), x)
+  expected = vjp(dy)[0]
+  got = jax.jit(convolution.input_grad, static_argnums=(2, 3, 4))(
+      dy, kernel, x_shape[1:3], strides, padding)
+  assert got.shape == x.shape and got.dtype == dy.dtype
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def _lowered_input_grad(x_shape, strides, platform):
+  """The StableHLO of conv2d's input gradient for `platform`."""
+  x, kernel, dy = _inputs(x_shape, (3, 3), 8, strides, ((1, 1), (1, 1)))
+  grad_fn = jax.jit(jax.grad(
+      lambda x: jnp.sum(dy * convolution.conv2d(x, kernel, strides, ((1, 1), (1, 1))))))
+  return grad_fn.trace(x).lower(lowering_platforms=(platform,)).as_text()
+
+
+def test_strided_input_gradient_is_stride1_convs_on_cpu_above_the_threshold(monkeypatch):
+  """CPU, >= `_MIN_ROWS` output pixels, stride 2: four stride-1 convs of dy, none over a dilated
+  dy; fewer pixels, stride 1, or GPU and TPU: XLA's conv over dy dilated with zeros."""
+  monkeypatch.setattr(convolution, "_MIN_ROWS", 2 * 5 * 5)
+  dilated = "lhs_dilate = [2, 2]"
+  cpu_above = _lowered_input_grad((2, 10, 10, 16), (2, 2), "cpu")
+  assert cpu_above.count("stablehlo.convolution") == 4 and dilated not in cpu_above
+  for platform, x_shape in [("cpu", (1, 10, 10, 16)), ("cuda", (2, 10, 10, 16)),
+                            ("tpu", (2, 10, 10, 16))]:
+    lowered = _lowered_input_grad(x_shape, (2, 2), platform)
+    assert lowered.count("stablehlo.convolution") == 1 and dilated in lowered, platform
+  stride1 = _lowered_input_grad((2, 10, 10, 16), (1, 1), "cpu")
+  assert stride1.count("stablehlo.convolution") == 1

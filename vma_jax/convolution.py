@@ -1,17 +1,25 @@
-"""A 2-D convolution whose kernel gradient runs as matrix products on CPU.
+"""A 2-D convolution whose gradients run as matrix products and stride-1 convs on CPU.
 
 `conv2d(x, kernel, strides, padding)` is `jax.lax.conv_general_dilated` in NHWC/HWIO layout:
-the same function, the same input gradient (XLA's own). Its kernel gradient is
+the same function and the same gradients up to float rounding. On CPU, for layers of at least
+`_MIN_ROWS` output pixels, two of its gradients are computed differently from XLA's:
 
-    dkernel[i, j] = sum_{n, u, v} xpad[n, s*u + i, s*v + j, :]^T dy[n, u, v, :],
+- the kernel gradient,
 
-a contraction over the M = N*Ho*Wo output pixels that XLA:CPU runs as a convolution at a
-fraction of the speed of a matrix product. On CPU, where M is large, it is computed here as a
-product of the im2col patches (M x kh*kw*C) with dy (M x O) instead, accumulated over chunks of
-about a thousand pixels whose patches stay in cache: a loop whose every step is one small, fast
-product, rather than a large product over copies of x shifted once per tap. Elsewhere (GPU, TPU,
-or small M) it is XLA's. Both give the same gradient up to float rounding; docs/performance.md
-has the measurements behind the constants below.
+      dkernel[i, j] = sum_{n, u, v} xpad[n, s*u + i, s*v + j, :]^T dy[n, u, v, :],
+
+  a contraction over the M = N*Ho*Wo output pixels that XLA:CPU runs as a convolution at a
+  fraction of the speed of a matrix product. Here it is a product of the im2col patches, laid
+  out (kh*kw*C) x M, with dy (M x O), accumulated over chunks of about a thousand pixels whose
+  patches stay in cache: a loop whose every step is one small product in the layout that
+  XLA:CPU hands to its fast matrix-product library (YNNPACK), rather than a large product
+  over copies of x shifted once per tap (`kernel_grad`);
+- the input gradient of a strided conv, which XLA computes as a conv over dy dilated with
+  zeros, outside the fast convolution library. Here each phase of the input (the rows s*m + p
+  and columns s*m' + q) is a stride-1 conv of dy with the taps that reach it (`input_grad`).
+
+Elsewhere (GPU, TPU, or small layers) both are XLA's. docs/performance.md has the
+measurements behind the constants below.
 """
 
 import functools
@@ -19,15 +27,16 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-# Fewer output pixels (N*Ho*Wo, over the whole batch) than this: XLA's kernel gradient (on
-# such small layers the products gained nothing in whole training steps).
+# Fewer output pixels (N*Ho*Wo, over the whole batch) than this: XLA's gradients (on such
+# small layers the products gained nothing in whole training steps).
 _MIN_ROWS = 1 << 14
 # Output pixels per chunk and group: the patches of one chunk (~2 MB) stay in cache.
 _CHUNK_ROWS = 1024
 # Fewer input channels than this: one product over all M rows (a 1-channel input's patches are
-# 9 columns wide, too thin for the chunks to pay).
+# 9 rows high, too thin for the chunks to pay).
 _MIN_CHANNELS_PER_CHUNK = 16
 
 Padding = Sequence[tuple[int, int]]
@@ -43,8 +52,8 @@ def conv2d(x_NxHxWxC: jax.Array, kernel_KhxKwxCxO: jax.Array, strides: Sequence[
   """y[n, u, v, o] = sum_{i, j, c} xpad[n, s*u + i, s*v + j, c] kernel[i, j, c, o].
 
   `padding` is ((top, bottom), (left, right)) of non-negative zeros; `strides` is (sh, sw).
-  Gradients: as `jax.lax.conv_general_dilated`'s, the kernel's computed as matrix products on
-  CPU (see the module docstring).
+  Gradients: as `jax.lax.conv_general_dilated`'s; on CPU the kernel's computed as matrix
+  products and a strided conv's input gradient as stride-1 convs (see the module docstring).
   """
   strides = tuple(int(s) for s in strides)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -75,25 +84,30 @@ def kernel_grad(x_NxHxWxC, dy_NxHoxWoxO, kernel_shape, strides, padding, *,
 
   The N images are split into G contiguous groups (default: one per device, when that divides
   N; else G = 1), each group into chunks of I images with I * Ho * Wo <= `chunk_rows`; step t
-  of a loop adds patches_t^T dy_t of chunk t of every group to that group's sum. With the batch
-  sharded over the devices, each device sums its own group, and no device waits for another
-  inside the loop (with G = 1, XLA would reduce the partial sums across devices at every step).
+  of a loop adds patches_t dy_t of chunk t of every group to that group's sum, where the
+  (kh*kw*C) x M patches_t hold, row (i, j, c), the channel-c inputs that tap (i, j) multiplies
+  at the M = I * Ho * Wo output pixels. With the batch sharded over the devices, each device
+  sums its own group, and no device waits for another inside the loop (with G = 1, XLA would
+  reduce the partial sums across devices at every step). In this layout (the contraction over
+  the left operand's last axis) XLA:CPU runs the product in YNNPACK, about 1.8 times as fast
+  as the transposed product of pixels x (kh*kw*C) patches (docs/performance.md).
   """
   kh, kw, c, o = kernel_shape
   n = x_NxHxWxC.shape[0]
   (sh, sw), (ho, wo) = strides, dy_NxHoxWoxO.shape[1:3]
-  width = kh * kw * c
 
-  def patches(images_NxHxWxC):
-    """Row (n, u, v) holds the kh * kw * C inputs that output pixel (u, v) of image n sees."""
-    xpad_NxHpxWpxC = jnp.pad(images_NxHxWxC, ((0, 0), *padding, (0, 0)))
-    taps = [xpad_NxHpxWpxC[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
-            for i in range(kh) for j in range(kw)]
-    return jnp.concatenate(taps, axis=-1)  # N x Ho x Wo x kh*kw*C
+  def taps(images_NxHxWxC):
+    """T x C x N x Ho x Wo, T = kh * kw: [kw*i + j, c, n, u, v] = xpad[n, s*u + i, s*v + j, c].
+
+    Channels before pixels: reshaped, the product's left operand, with no transpose to copy.
+    """
+    xpad_CxNxHpxWp = jnp.pad(images_NxHxWxC, ((0, 0), *padding, (0, 0))).transpose(3, 0, 1, 2)
+    return jnp.stack([xpad_CxNxHpxWp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+                      for i in range(kh) for j in range(kw)])
 
   if c < _MIN_CHANNELS_PER_CHUNK:
-    patches_MxP = patches(x_NxHxWxC).reshape(-1, width)
-    return jnp.matmul(patches_MxP.T, dy_NxHoxWoxO.reshape(-1, o),
+    taps_TCxM = taps(x_NxHxWxC).reshape(kh * kw * c, -1)
+    return jnp.matmul(taps_TCxM, dy_NxHoxWoxO.reshape(-1, o),
                       preferred_element_type=jnp.float32).reshape(kh, kw, c, o)
 
   groups = jax.device_count() if groups is None else groups
@@ -105,24 +119,78 @@ def kernel_grad(x_NxHxWxC, dy_NxHoxWoxO, kernel_shape, strides, padding, *,
   x_GxIxSxHxWxC = x_NxHxWxC.reshape(groups, images, steps, *x_NxHxWxC.shape[1:])
   dy_GxIxSxHoxWoxO = dy_NxHoxWoxO.reshape(groups, images, steps, ho, wo, o)
 
-  def add_chunk(dkernel_GxPxO, t):
+  def add_chunk(dkernel_GxTCxO, t):
     x_GIxHxWxC = jax.lax.dynamic_index_in_dim(x_GxIxSxHxWxC, t, 2, keepdims=False).reshape(
         groups * images, *x_NxHxWxC.shape[1:])
-    patches_GxMxP = patches(x_GIxHxWxC).reshape(groups, -1, width)
+    taps_GxTCxM = taps(x_GIxHxWxC).reshape(kh * kw * c, groups, -1).transpose(1, 0, 2)
     dy_GxMxO = jax.lax.dynamic_index_in_dim(dy_GxIxSxHoxWoxO, t, 2, keepdims=False).reshape(
         groups, -1, o)
-    return dkernel_GxPxO + jnp.einsum("gmp,gmo->gpo", patches_GxMxP, dy_GxMxO,
-                                      preferred_element_type=jnp.float32), None
+    return dkernel_GxTCxO + jnp.einsum("gpm,gmo->gpo", taps_GxTCxM, dy_GxMxO,
+                                       preferred_element_type=jnp.float32), None
 
-  dkernel_GxPxO, _ = jax.lax.scan(add_chunk, jnp.zeros((groups, width, o), jnp.float32),
-                                  jnp.arange(steps))
-  return dkernel_GxPxO.sum(0).reshape(kh, kw, c, o)
+  dkernel_GxTCxO, _ = jax.lax.scan(
+      add_chunk, jnp.zeros((groups, kh * kw * c, o), jnp.float32), jnp.arange(steps))
+  return dkernel_GxTCxO.sum(0).reshape(kh, kw, c, o)
+
+
+def _phase_taps(phase: int, pad_lo: int, stride: int, size: int) -> list[tuple[int, int]]:
+  """Along one axis, the taps i through which dy[m + d] reaches x[stride*m + phase], as (i, d).
+
+  Output u reads xpad[stride*u + i] = x[stride*u + i - pad_lo], so x[stride*m + phase] is read
+  by u = m + d with d = (phase + pad_lo - i) / stride, for the taps i where that is an integer:
+  every stride-th tap, whose offsets d are consecutive.
+  """
+  return [(i, (phase + pad_lo - i) // stride) for i in range(size)
+          if (phase + pad_lo - i) % stride == 0]
+
+
+def input_grad(dy_NxHoxWoxO, kernel_KhxKwxCxO, input_hw, strides, padding):
+  """The input gradient of `conv2d`, as one stride-1 conv of dy per phase of the input.
+
+  With strides (s, t), phase (p, q) of dx, dx[n, s*m + p, t*m' + q], is
+
+      sum over the taps (i, d) of p and (j, d') of q of  dy[n, m + d, m' + d'] kernel[i, j]^T,
+
+  a VALID stride-1 conv of dy (shifted by the smallest offsets, padded with zeros past its
+  edges) with those taps, in the order of their offsets. The s*t phases are interleaved.
+  Returns dx_NxHxWxC, H x W = `input_hw`, in dy's dtype.
+  """
+  n, ho, wo, _ = dy_NxHoxWoxO.shape
+  h, w = input_hw
+  kh, kw, c, _ = kernel_KhxKwxCxO.shape
+  (sh, sw), ((lo_h, _), (lo_w, _)) = strides, padding
+  hs, ws = -(-h // sh), -(-w // sw)  # rows and columns per phase, the last ones padded
+
+  def phase(p, q):
+    taps_h, taps_w = _phase_taps(p, lo_h, sh, kh), _phase_taps(q, lo_w, sw, kw)
+    zeros = jnp.zeros((n, hs, ws, c), dy_NxHoxWoxO.dtype)
+    if not taps_h or not taps_w:
+      return zeros  # no tap reaches this phase: the conv never reads it
+    # Offsets ascending: taps descending.
+    i_h, d_h = zip(*sorted(taps_h, key=lambda tap: tap[1]))
+    i_w, d_w = zip(*sorted(taps_w, key=lambda tap: tap[1]))
+    kernel_AxBxOxC = kernel_KhxKwxCxO[np.array(i_h)][:, np.array(i_w)].transpose(0, 1, 3, 2)
+    # Rows m + d_h[0] .. hs - 1 + d_h[-1] of dy: negative pads crop.
+    dy_shifted = jax.lax.pad(dy_NxHoxWoxO, jnp.zeros((), dy_NxHoxWoxO.dtype), (
+        (0, 0, 0), (-d_h[0], hs - 1 + d_h[-1] - (ho - 1), 0),
+        (-d_w[0], ws - 1 + d_w[-1] - (wo - 1), 0), (0, 0, 0)))
+    return _conv(dy_shifted, kernel_AxBxOxC, (1, 1), ((0, 0), (0, 0)))
+
+  # N x hs x (p) x ws x (q) x C -> N x hs*sh x ws*sw x C, then crop the padded phases.
+  dx = jnp.stack([jnp.stack([phase(p, q) for q in range(sw)], axis=3) for p in range(sh)],
+                 axis=2)
+  return dx.reshape(n, hs * sh, ws * sw, c)[:, :h, :w]
 
 
 def _conv2d_bwd(strides, padding, residuals, dy_NxHoxWoxO):
   x_NxHxWxC, kernel_KhxKwxCxO = residuals
-  of_x = lambda x: _conv(x, kernel_KhxKwxCxO, strides, padding)
-  (dx_NxHxWxC,) = jax.linear_transpose(of_x, x_NxHxWxC)(dy_NxHoxWoxO)
+
+  def xla_input_grad(dy, kernel):
+    of_x = lambda x: _conv(x, kernel, strides, padding)
+    return jax.linear_transpose(of_x, x_NxHxWxC)(dy)[0]
+
+  def phase_input_grad(dy, kernel):
+    return input_grad(dy, kernel, x_NxHxWxC.shape[1:3], strides, padding)
 
   def xla_kernel_grad(x, dy):
     of_kernel = lambda kernel: _conv(x, kernel, strides, padding)
@@ -138,6 +206,11 @@ def _conv2d_bwd(strides, padding, residuals, dy_NxHoxWoxO):
   else:
     dkernel_KhxKwxCxO = jax.lax.platform_dependent(
         x_NxHxWxC, dy_NxHoxWoxO, cpu=matmul_kernel_grad, default=xla_kernel_grad)
+  if rows < _MIN_ROWS or strides == (1, 1):
+    dx_NxHxWxC = xla_input_grad(dy_NxHoxWoxO, kernel_KhxKwxCxO)
+  else:
+    dx_NxHxWxC = jax.lax.platform_dependent(
+        dy_NxHoxWoxO, kernel_KhxKwxCxO, cpu=phase_input_grad, default=xla_input_grad)
   return dx_NxHxWxC, dkernel_KhxKwxCxO
 
 
