@@ -162,24 +162,24 @@ def input_grad(dy_NxHoxWoxO, kernel_KhxKwxCxO, input_hw, strides, padding):
   hs, ws = -(-h // sh), -(-w // sw)  # rows and columns per phase, the last ones padded
 
   def phase(p, q):
+    """dx_NxHsxWsxC[:, m, m'] = dx[:, sh*m + p, sw*m' + q] (zeros past the input's edge)."""
     taps_h, taps_w = _phase_taps(p, lo_h, sh, kh), _phase_taps(q, lo_w, sw, kw)
-    zeros = jnp.zeros((n, hs, ws, c), dy_NxHoxWoxO.dtype)
     if not taps_h or not taps_w:
-      return zeros  # no tap reaches this phase: the conv never reads it
-    # Offsets ascending: taps descending.
+      return jnp.zeros((n, hs, ws, c), dy_NxHoxWoxO.dtype)  # the conv never reads this phase
+    # Offsets ascending: taps descending. A x B taps reach the phase.
     i_h, d_h = zip(*sorted(taps_h, key=lambda tap: tap[1]))
     i_w, d_w = zip(*sorted(taps_w, key=lambda tap: tap[1]))
     kernel_AxBxOxC = kernel_KhxKwxCxO[np.array(i_h)][:, np.array(i_w)].transpose(0, 1, 3, 2)
-    # Rows m + d_h[0] .. hs - 1 + d_h[-1] of dy: negative pads crop.
-    dy_shifted = jax.lax.pad(dy_NxHoxWoxO, jnp.zeros((), dy_NxHoxWoxO.dtype), (
+    # Rows d_h[0] .. hs - 1 + d_h[-1] of dy (zeros past its edges; negative pads crop).
+    dy_NxHs1xWs1xO = jax.lax.pad(dy_NxHoxWoxO, jnp.zeros((), dy_NxHoxWoxO.dtype), (
         (0, 0, 0), (-d_h[0], hs - 1 + d_h[-1] - (ho - 1), 0),
         (-d_w[0], ws - 1 + d_w[-1] - (wo - 1), 0), (0, 0, 0)))
-    return _conv(dy_shifted, kernel_AxBxOxC, (1, 1), ((0, 0), (0, 0)))
+    return _conv(dy_NxHs1xWs1xO, kernel_AxBxOxC, (1, 1), ((0, 0), (0, 0)))
 
-  # N x hs x (p) x ws x (q) x C -> N x hs*sh x ws*sw x C, then crop the padded phases.
-  dx = jnp.stack([jnp.stack([phase(p, q) for q in range(sw)], axis=3) for p in range(sh)],
-                 axis=2)
-  return dx.reshape(n, hs * sh, ws * sw, c)[:, :h, :w]
+  dx_NxHsxShxWsxSwxC = jnp.stack(
+      [jnp.stack([phase(p, q) for q in range(sw)], axis=3) for p in range(sh)], axis=2)
+  # Interleaved, then the padded phases' last rows and columns cropped.
+  return dx_NxHsxShxWsxSwxC.reshape(n, hs * sh, ws * sw, c)[:, :h, :w]
 
 
 def _conv2d_bwd(strides, padding, residuals, dy_NxHoxWoxO):
