@@ -12,6 +12,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["vma_jax", "vma_jax.*"]),
     python_requires=">=3.10",
     install_requires=[
+        "absl-py",  # logging in the library and the entry points' flags
         "jax>=0.8",
         "flax>=0.12",
         "optax>=0.2.5",

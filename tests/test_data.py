@@ -5,6 +5,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import zipfile
@@ -42,6 +43,12 @@ def _tfds_checksums():
   from tensorflow_datasets.image_classification import omniglot  # pylint: disable=g-import-not-at-top
 
   return data._tfds_checksums(omniglot)  # pylint: disable=protected-access
+
+
+def tfds_tqdm_active():
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
+
+  return tqdm_utils._active  # pylint: disable=protected-access
 
 
 # ----------------------------------------------------------------------------------------
@@ -207,13 +214,19 @@ def test_test_split_alone_loads_from_its_cache(omniglot_test, tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_prepares_small_archives_with_tfds_own_checksums(archive_dir, omniglot_small1, tmp_path):
+def test_prepares_small_archives_with_tfds_own_checksums(archive_dir, omniglot_small1, tmp_path,
+                                                          capfd):
   # SHA256SUMS lists only the rebuilt archives; the original small zips are then checked
   # against the checksums TFDS ships.
   listed = _listed_sums(archive_dir)
   rebuilt = {n: listed[n] for n in ("images_background.zip", "images_evaluation.zip")}
   folder = _archive_copy(archive_dir, tmp_path / "archives", rebuilt)
+  capfd.readouterr()
   split = data.load_omniglot("small1", data_dir=str(tmp_path / "tfds"), archive_dir=folder)
+  # stderr is not a terminal here: no progress bars (a line per update in a log file), and
+  # TFDS's own setting is back as it was.
+  assert not re.search(r"\d+%\|", capfd.readouterr().err)
+  assert tfds_tqdm_active()
   np.testing.assert_array_equal(split.images_NxHxW, omniglot_small1.images_NxHxW)
   np.testing.assert_array_equal(split.labels_N, omniglot_small1.labels_N)
   # Nothing was written next to the archives, and the scratch extraction is gone.

@@ -36,6 +36,7 @@ and within a class by their pixels, so the order does not depend on TFDS's shuff
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -46,6 +47,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 
+from absl import logging
 import ml_collections
 import numpy as np
 
@@ -348,6 +350,22 @@ def _local_builder(tfds, omniglot, data_dir: str, archive_dir: str, checksums: d
   return LocalOmniglot(data_dir=data_dir)
 
 
+@contextlib.contextmanager
+def _progress_bars(tfds, enable: bool):
+  """TFDS's progress bars on (as TFDS had them) or off, for the block.
+
+  Off when stderr is not a terminal: there, each of TFDS's bars writes a new line per update,
+  some 200,000 lines (20 MB) of a log file for one preparation.
+  """
+  tqdm_utils = tfds.core.utils.tqdm_utils
+  was_active = getattr(tqdm_utils, "_active", True)
+  tfds.display_progress_bar(enable and was_active)
+  try:
+    yield
+  finally:
+    tfds.display_progress_bar(was_active)
+
+
 def _tfds_checksums(omniglot) -> dict[str, str]:
   infos = omniglot.Omniglot.url_infos or {}
   return {info.filename or url.rsplit("/", 1)[-1]: info.checksum for url, info in infos.items()}
@@ -365,17 +383,20 @@ def _load_with_tfds(split: str, data_dir: str, archive_dir: str | None) -> dict[
       # removed afterwards: the extracted PNGs are ~160 MB and not needed once prepared.
       os.makedirs(data_dir, exist_ok=True)
       scratch = tempfile.mkdtemp(prefix="omniglot-extract-", dir=data_dir)
+      logging.info("Preparing Omniglot with TFDS from %s into %s (once)", archive_dir, data_dir)
       try:
-        builder.download_and_prepare(
-            download_dir=scratch,
-            download_config=tfds.download.DownloadConfig(manual_dir=archive_dir),
-        )
+        with _progress_bars(tfds, sys.stderr.isatty()):
+          builder.download_and_prepare(
+              download_dir=scratch,
+              download_config=tfds.download.DownloadConfig(manual_dir=archive_dir),
+          )
       finally:
         shutil.rmtree(scratch, ignore_errors=True)
   else:
     builder = tfds.builder("omniglot", data_dir=data_dir)
     try:
-      builder.download_and_prepare()
+      with _progress_bars(tfds, sys.stderr.isatty()):
+        builder.download_and_prepare()
     except tfds.core.download.download_manager.NonMatchingChecksumError as e:
       raise DataError(
           f"TFDS downloaded an Omniglot archive whose checksum differs from its table"
