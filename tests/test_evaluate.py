@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
 import pathlib
 import subprocess
@@ -174,6 +175,87 @@ def test_evaluate_workdir_end_to_end(untrained_run):
   assert gaps[0].bound == pytest.approx(low[0].bound, abs=1e-9)
   assert sorted(os.listdir(run)) == sorted(["checkpoints", "config.json", "eval",
                                                          "eval_bfloat16"])
+
+
+def test_cell_bounds_logs_progress_and_drops_the_padding(caplog):
+  """Every batch but the last logs its count (log_every_s=0); the values come back in order."""
+  caplog.set_level(logging.INFO)
+  bound_fn = lambda params, data, key, targets_B: jnp.asarray(targets_B, jnp.float32) / 2
+  bounds_N = evaluate.cell_bounds(bound_fn, None, None, None, np.arange(10), batch_size=4,
+                                  log_every_s=0.0, name="C=1 T=5: ")
+  np.testing.assert_array_equal(bounds_N, np.arange(10) / 2)
+  progress = [r.getMessage() for r in caplog.records if "targets," in r.getMessage()]
+  assert [m.split(" s left")[0].rsplit(",", 1)[0] for m in progress] == [
+      "C=1 T=5: 4/10 targets", "C=1 T=5: 8/10 targets"]
+
+
+def test_finished_cells_are_kept_per_settings(tmp_path, caplog):
+  identity = dict(params_sha256="ab", step=3, dtype="float32", seed=0, num_importance=8,
+                  num_targets=6)
+  finished = evaluate._FinishedCells(str(tmp_path / "eval"), identity)  # pylint: disable=protected-access
+  assert finished.cells == {}
+  first, second = _results()
+  finished.add(first)
+  again = evaluate._FinishedCells(str(tmp_path / "eval"), identity)  # pylint: disable=protected-access
+  assert again.cells == {(1, 5): first} and again.path == finished.path
+  # Other settings: another file, nothing taken from this one.
+  other = evaluate._FinishedCells(str(tmp_path / "eval"), dict(identity, num_importance=9))  # pylint: disable=protected-access
+  assert other.cells == {} and other.path != finished.path
+  # Removed once the results written hold all its cells, not before.
+  finished.remove_if_within([second])
+  assert os.path.exists(finished.path)
+  finished.remove_if_within([first, second])
+  assert not os.path.exists(finished.path)
+  # An unreadable file is ignored with a warning, not an error.
+  pathlib.Path(finished.path).write_text("{not json")
+  caplog.set_level(logging.WARNING)
+  assert evaluate._FinishedCells(str(tmp_path / "eval"), identity).cells == {}  # pylint: disable=protected-access
+  assert "cannot be read" in caplog.text
+
+
+def test_interrupted_evaluation_takes_up_where_it_stopped(untrained_run, monkeypatch):
+  """A rerun evaluates only the cells left, with any batch size; the results are the same."""
+  workdir, eval_dir = untrained_run, pathlib.Path(untrained_run) / "eval"
+  settings = dict(cells="1:1,2:3", num_targets=6, chunk_size=8)
+  evaluate_cell, evaluated = evaluate.evaluate_cell, []
+
+  def run(interrupt_at=None, batch_size=4, num_importance=8):
+    """evaluate_workdir, stopped by a KeyboardInterrupt at the `interrupt_at`-th new cell."""
+    evaluated.clear()
+
+    def recorded(*args, **kwargs):
+      evaluated.append((kwargs["max_classes"], kwargs["memory_size"]))
+      if len(evaluated) == interrupt_at:
+        raise KeyboardInterrupt
+      return evaluate_cell(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_cell", recorded)
+    return evaluate.evaluate_workdir(workdir, batch_size=batch_size,
+                                     num_importance=num_importance, **settings)
+
+  with pytest.raises(KeyboardInterrupt):
+    run(interrupt_at=2)
+  [partial] = eval_dir.glob("partial-*.json")
+  assert not (eval_dir / "results.json").exists()
+
+  resumed = run(batch_size=2)
+  assert evaluated == [(2, 3)]
+  assert [(r.max_classes, r.memory_size) for r in resumed] == [(1, 1), (2, 3)]
+  saved = json.loads((eval_dir / "results.json").read_text())["results"]
+  assert [(r["max_classes"], r["memory_size"]) for r in saved] == [(1, 1), (2, 3)]
+  assert not partial.exists()
+
+  whole = run()  # nothing left over: both cells anew
+  assert evaluated == [(1, 1), (2, 3)]
+  for a, b in zip(resumed, whole):
+    np.testing.assert_allclose(a.bound, b.bound, rtol=1e-6)
+
+  # Another K takes nothing from an interrupted K = 8 evaluation, which stays for its rerun.
+  with pytest.raises(KeyboardInterrupt):
+    run(interrupt_at=2)
+  run(num_importance=4)
+  assert evaluated == [(1, 1), (2, 3)]
+  assert [p.name for p in eval_dir.glob("partial-*.json")] == [partial.name]
 
 
 def test_precision_gaps_are_paired(small_model_and_params):

@@ -12,12 +12,13 @@ computation dtypes on the same checkpoint differ by the precision alone (`precis
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
 import os
 import time
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from absl import logging
 import jax
@@ -105,19 +106,29 @@ def make_cell_bound_fn(model: vma_model.VMA, *, max_classes: int, memory_size: i
                  out_shardings=batch)
 
 
-def cell_bounds(bound_fn, params, data, key, targets_N: np.ndarray,
-                batch_size: int) -> np.ndarray:
+def cell_bounds(bound_fn, params, data, key, targets_N: np.ndarray, batch_size: int, *,
+                log_every_s: float = 60.0, name: str = "") -> np.ndarray:
   """L_K of every target in targets_N (float64, shape N), in batches of batch_size.
 
   The last batch is padded (with targets repeated from the start of targets_N) to keep one
-  compiled shape; the padding's bounds are dropped.
+  compiled shape; the padding's bounds are dropped. Every `log_every_s` seconds a log line
+  (prefixed `name`) says how many targets are done and how long the rest should take.
   """
   num_targets = len(targets_N)
   padded_N = np.resize(targets_N, -(-num_targets // batch_size) * batch_size).astype(np.int32)
   # Dispatch every batch before reading any back: the host never waits between batches.
   bounds = [bound_fn(params, data, key, padded_N[i:i + batch_size])
             for i in range(0, len(padded_N), batch_size)]
-  return np.concatenate(jax.device_get(bounds)).astype(np.float64)[:num_targets]
+  start = last_log = time.perf_counter()
+  bounds_N = []
+  for i, bound_B in enumerate(bounds):
+    bounds_N.append(np.asarray(jax.device_get(bound_B), np.float64))
+    now, done = time.perf_counter(), min((i + 1) * batch_size, num_targets)
+    if now - last_log >= log_every_s and done < num_targets:
+      left_s = (now - start) / done * (num_targets - done)
+      logging.info("%s%d/%d targets, %.0f s left", name, done, num_targets, left_s)
+      last_log = now
+  return np.concatenate(bounds_N)[:num_targets]
 
 
 def cell_key(seed: int, max_classes: int, memory_size: int) -> jax.Array:
@@ -139,7 +150,7 @@ def cell_neg_bounds(model: vma_model.VMA, params, data, *, max_classes: int, mem
                                 mesh=mesh)
   start_time = time.perf_counter()
   neg_bound_N = -cell_bounds(bound_fn, params, data, cell_key(seed, max_classes, memory_size),
-                             targets, batch_size)
+                             targets, batch_size, name=f"C={max_classes} T={memory_size}: ")
   seconds = time.perf_counter() - start_time
   if not np.all(np.isfinite(neg_bound_N)):
     raise FloatingPointError(
@@ -181,18 +192,31 @@ def _on_devices(split: "vma_data.OmniglotSplit", num_targets: int):
 
 def evaluate_grid(model: vma_model.VMA, params, split: "vma_data.OmniglotSplit",
                   cells: Sequence[tuple[int, int]], *, num_importance: int, num_targets: int,
-                  batch_size: int, chunk_size: int, seed: int) -> list[CellResult]:
-  """Every cell of `cells` on `split`, each target once per cell."""
+                  batch_size: int, chunk_size: int, seed: int,
+                  done: Mapping[tuple[int, int], CellResult] | None = None,
+                  on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
+  """Every cell of `cells` on `split`, each target once per cell.
+
+  Cells in `done` (keyed (C, T), from an evaluation with the same settings) are taken from it,
+  not evaluated again; `on_result` is called with each newly evaluated cell's result.
+  """
+  done = done or {}
   mesh, data, targets = _on_devices(split, num_targets)
   results = []
   for max_classes, memory_size in cells:
-    result = evaluate_cell(
-        model, params, data, max_classes=max_classes, memory_size=memory_size,
-        num_importance=num_importance, targets=targets, batch_size=batch_size,
-        chunk_size=chunk_size, seed=seed, mesh=mesh)
-    logging.info("C=%d T=%2d  -L_%d = %.2f +- %.2f nats  (%d targets, %.0f s)", max_classes,
+    reused = (max_classes, memory_size) in done
+    if reused:
+      result = done[(max_classes, memory_size)]
+    else:
+      result = evaluate_cell(
+          model, params, data, max_classes=max_classes, memory_size=memory_size,
+          num_importance=num_importance, targets=targets, batch_size=batch_size,
+          chunk_size=chunk_size, seed=seed, mesh=mesh)
+      if on_result is not None:
+        on_result(result)
+    logging.info("C=%d T=%2d  -L_%d = %.2f +- %.2f nats  (%d targets, %.0f s%s)", max_classes,
                  memory_size, num_importance, result.bound, result.stderr, result.num_targets,
-                 result.seconds)
+                 result.seconds, ", done before" if reused else "")
     results.append(result)
   return results
 
@@ -260,6 +284,54 @@ def write_results(results: Sequence[CellResult], out_dir: str, meta: dict) -> di
   return paths
 
 
+def _params_digest(params) -> str:
+  """sha256 of the parameters' bytes: tells two checkpoints apart, even of the same step."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get(params)):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
+class _FinishedCells:
+  """The cells an evaluation has finished, in out_dir/partial-<id>.json until it completes.
+
+  <id> is a digest of what the bounds depend on (`identity`: the parameters, dtype, seed, K,
+  number of targets; not the batch or chunk sizes, nor the devices), so a rerun of an
+  interrupted evaluation takes up its cells, and other settings never read them.
+  """
+
+  def __init__(self, out_dir: str, identity: dict):
+    self.identity = identity
+    name = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    self.path = os.path.join(out_dir, f"partial-{name}.json")
+    self.cells: dict[tuple[int, int], CellResult] = {}
+    if os.path.exists(self.path):
+      try:
+        with open(self.path) as f:
+          saved = json.load(f)
+        if saved["identity"] == identity:
+          self.cells = {(r["max_classes"], r["memory_size"]): CellResult(**r)
+                        for r in saved["results"]}
+      except (ValueError, KeyError, TypeError) as e:
+        logging.warning("Ignoring %s, which cannot be read (%s): its cells are evaluated "
+                        "again, and it is replaced when the first one finishes", self.path, e)
+
+  def add(self, result: CellResult) -> None:
+    """Records a finished cell (atomically: a kill leaves the previous file whole)."""
+    self.cells[(result.max_classes, result.memory_size)] = result
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    with open(self.path + ".tmp", "w") as f:
+      json.dump({"identity": self.identity,
+                 "results": [dataclasses.asdict(r) for r in self.cells.values()]}, f, indent=1)
+    os.replace(self.path + ".tmp", self.path)
+
+  def remove_if_within(self, results: Sequence[CellResult]) -> None:
+    """Removes the file once `results` hold every cell it has (else it stays, for later)."""
+    written = {(r.max_classes, r.memory_size) for r in results}
+    if os.path.exists(self.path) and set(self.cells) <= written:
+      os.remove(self.path)
+
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -318,20 +390,29 @@ def evaluate_workdir(workdir: str, *, cells: str = GRID, num_importance: int | N
   Returns:
     One CellResult per cell; also written to workdir/eval/results.{json,csv,md}, or to
     workdir/eval_<dtype>/ for a dtype other than the run's (so that a lower-precision
-    evaluation never replaces the run's own results).
+    evaluation never replaces the run's own results). Each cell is recorded as it finishes
+    (`_FinishedCells`): the same call after an interruption evaluates only the cells left.
   """
   params, step, run_config = checkpoints.restore_params(workdir)
   config = _with_dtype(run_config, dtype)
   settings, split = _settings_and_test_split(
       config, data_config, cells=cells, num_importance=num_importance, num_targets=num_targets,
       seed=seed, batch_size=batch_size, chunk_size=chunk_size)
-  results = evaluate_grid(vma_model.make_model(config), params, split, **settings)
+  out_dir = os.path.join(workdir, "eval" if config.model.dtype == run_config.model.dtype
+                         else f"eval_{config.model.dtype}")
+  finished = _FinishedCells(out_dir, dict(
+      params_sha256=_params_digest(params), step=int(step), dtype=config.model.dtype,
+      **{k: settings[k] for k in ("seed", "num_importance", "num_targets")}))
+  if finished.cells:
+    logging.info("Taking up an interrupted evaluation: %d cell(s) done, in %s",
+                 len(finished.cells), finished.path)
+  results = evaluate_grid(vma_model.make_model(config), params, split, **settings,
+                          done=dict(finished.cells), on_result=finished.add)
   meta = dict(workdir=os.path.abspath(workdir), step=int(step), seed=settings["seed"],
               dtype=config.model.dtype, device=str(jax.devices()[0].device_kind),
               num_devices=jax.device_count())
-  out_dir = ("eval" if config.model.dtype == run_config.model.dtype
-             else f"eval_{config.model.dtype}")
-  write_results(results, os.path.join(workdir, out_dir), meta)
+  write_results(results, out_dir, meta)
+  finished.remove_if_within(results)
   return results
 
 
