@@ -10,6 +10,7 @@ the chunking, so a figure is reproducible on any device count, and the bounds of
 computation dtypes on the same checkpoint differ by the precision alone (`precision_gaps`).
 """
 
+import collections
 import csv
 import dataclasses
 import hashlib
@@ -40,6 +41,8 @@ REFERENCE = {
     (2, 5): (79.1, 77.5), (2, 10): (77.0, 75.2), (2, 19): (75.0, 73.5),
 }
 GRID = ",".join(f"{c}:{t}" for c, t in REFERENCE)
+# Batches of targets dispatched before the oldest is read back (`cell_bounds`).
+_BATCHES_AHEAD = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,18 +119,20 @@ def cell_bounds(bound_fn, params, data, key, targets_N: np.ndarray, batch_size: 
   """
   num_targets = len(targets_N)
   padded_N = np.resize(targets_N, -(-num_targets // batch_size) * batch_size).astype(np.int32)
-  # Dispatch every batch before reading any back: the host never waits between batches.
-  bounds = [bound_fn(params, data, key, padded_N[i:i + batch_size])
-            for i in range(0, len(padded_N), batch_size)]
+  in_flight, bounds_N = collections.deque(), []
   start = last_log = time.perf_counter()
-  bounds_N = []
-  for i, bound_B in enumerate(bounds):
-    bounds_N.append(np.asarray(jax.device_get(bound_B), np.float64))
-    now, done = time.perf_counter(), min((i + 1) * batch_size, num_targets)
-    if now - last_log >= log_every_s and done < num_targets:
-      left_s = (now - start) / done * (num_targets - done)
-      logging.info("%s%d/%d targets, %.0f s left", name, done, num_targets, left_s)
-      last_log = now
+  for i in range(0, len(padded_N), batch_size):
+    in_flight.append(bound_fn(params, data, key, padded_N[i:i + batch_size]))
+    # Batches queued ahead: the devices never wait for the host, which meanwhile reads the
+    # oldest back (and so knows how far the cell has got).
+    last = i + batch_size == len(padded_N)
+    while len(in_flight) > _BATCHES_AHEAD or (last and in_flight):
+      bounds_N.append(np.asarray(jax.device_get(in_flight.popleft()), np.float64))
+      done, now = min(len(bounds_N) * batch_size, num_targets), time.perf_counter()
+      if now - last_log >= log_every_s and done < num_targets:
+        left_s = (now - start) / done * (num_targets - done)
+        logging.info("%s%d/%d targets, %.0f s left", name, done, num_targets, left_s)
+        last_log = now
   return np.concatenate(bounds_N)[:num_targets]
 
 
