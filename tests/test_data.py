@@ -45,7 +45,7 @@ def _tfds_checksums():
   return data._tfds_checksums(omniglot)  # pylint: disable=protected-access
 
 
-def tfds_tqdm_active():
+def _tfds_progress_bars_on():
   from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
 
   return tqdm_utils._active  # pylint: disable=protected-access
@@ -226,7 +226,7 @@ def test_prepares_small_archives_with_tfds_own_checksums(archive_dir, omniglot_s
   # stderr is not a terminal here: no progress bars (a line per update in a log file), and
   # TFDS's own setting is back as it was.
   assert not re.search(r"\d+%\|", capfd.readouterr().err)
-  assert tfds_tqdm_active()
+  assert _tfds_progress_bars_on()
   np.testing.assert_array_equal(split.images_NxHxW, omniglot_small1.images_NxHxW)
   np.testing.assert_array_equal(split.labels_N, omniglot_small1.labels_N)
   # Nothing was written next to the archives, and the scratch extraction is gone.

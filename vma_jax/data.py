@@ -351,15 +351,16 @@ def _local_builder(tfds, omniglot, data_dir: str, archive_dir: str, checksums: d
 
 
 @contextlib.contextmanager
-def _progress_bars(tfds, enable: bool):
-  """TFDS's progress bars on (as TFDS had them) or off, for the block.
+def _progress_bars_only_on_a_terminal(tfds):
+  """TFDS's progress bars off for the block where stderr is not a terminal, as TFDS had
+  them otherwise (and after the block).
 
-  Off when stderr is not a terminal: there, each of TFDS's bars writes a new line per update,
-  some 200,000 lines (20 MB) of a log file for one preparation.
+  Off a terminal, each of TFDS's bars writes a new line per update: some 200,000 lines
+  (20 MB) of a log file for one preparation.
   """
   tqdm_utils = tfds.core.utils.tqdm_utils
   was_active = getattr(tqdm_utils, "_active", True)
-  tfds.display_progress_bar(enable and was_active)
+  tfds.display_progress_bar(was_active and sys.stderr.isatty())
   try:
     yield
   finally:
@@ -385,7 +386,7 @@ def _load_with_tfds(split: str, data_dir: str, archive_dir: str | None) -> dict[
       scratch = tempfile.mkdtemp(prefix="omniglot-extract-", dir=data_dir)
       logging.info("Preparing Omniglot with TFDS from %s into %s (once)", archive_dir, data_dir)
       try:
-        with _progress_bars(tfds, sys.stderr.isatty()):
+        with _progress_bars_only_on_a_terminal(tfds):
           builder.download_and_prepare(
               download_dir=scratch,
               download_config=tfds.download.DownloadConfig(manual_dir=archive_dir),
@@ -395,7 +396,7 @@ def _load_with_tfds(split: str, data_dir: str, archive_dir: str | None) -> dict[
   else:
     builder = tfds.builder("omniglot", data_dir=data_dir)
     try:
-      with _progress_bars(tfds, sys.stderr.isatty()):
+      with _progress_bars_only_on_a_terminal(tfds):
         builder.download_and_prepare()
     except tfds.core.download.download_manager.NonMatchingChecksumError as e:
       raise DataError(

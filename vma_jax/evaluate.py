@@ -119,7 +119,7 @@ def cell_bounds(bound_fn, params, data, key, targets_N: np.ndarray, batch_size: 
   """
   num_targets = len(targets_N)
   padded_N = np.resize(targets_N, -(-num_targets // batch_size) * batch_size).astype(np.int32)
-  in_flight, bounds_N = collections.deque(), []
+  in_flight, bounds_by_batch = collections.deque(), []
   start = last_log = time.perf_counter()
   for i in range(0, len(padded_N), batch_size):
     in_flight.append(bound_fn(params, data, key, padded_N[i:i + batch_size]))
@@ -127,13 +127,13 @@ def cell_bounds(bound_fn, params, data, key, targets_N: np.ndarray, batch_size: 
     # oldest back (and so knows how far the cell has got).
     last = i + batch_size == len(padded_N)
     while len(in_flight) > _BATCHES_AHEAD or (last and in_flight):
-      bounds_N.append(np.asarray(jax.device_get(in_flight.popleft()), np.float64))
-      done, now = min(len(bounds_N) * batch_size, num_targets), time.perf_counter()
+      bounds_by_batch.append(np.asarray(jax.device_get(in_flight.popleft()), np.float64))
+      done, now = min(len(bounds_by_batch) * batch_size, num_targets), time.perf_counter()
       if now - last_log >= log_every_s and done < num_targets:
         left_s = (now - start) / done * (num_targets - done)
         logging.info("%s%d/%d targets, %.0f s left", name, done, num_targets, left_s)
         last_log = now
-  return np.concatenate(bounds_N)[:num_targets]
+  return np.concatenate(bounds_by_batch)[:num_targets]
 
 
 def cell_key(seed: int, max_classes: int, memory_size: int) -> jax.Array:
