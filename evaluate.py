@@ -3,10 +3,10 @@
     python evaluate.py --workdir=runs/default --num_importance=1000
 
 Writes workdir/eval/results.{json,csv,md} (earlier results there are kept as
-results.<n>.*) and prints the Markdown table. Each cell is recorded as it finishes: after an
-interruption, the same command evaluates only the cells left. With --dtype other than the run's (e.g.
-bfloat16 on a GPU, after `benchmarks/precision.py` has shown the bounds move by less than
-0.1 nat), it writes workdir/eval_<dtype>/ instead.
+results.<n>.*) and prints the Markdown table. Each cell is recorded as it finishes: after
+an interruption, the same command evaluates only the cells left. With --dtype other than the
+run's (e.g. bfloat16 on a GPU, after `benchmarks/precision.py` has shown the bounds move by
+less than 0.1 nat), it writes workdir/eval_<dtype>/ instead.
 """
 
 import sys

@@ -192,14 +192,16 @@ def test_cell_bounds_logs_progress_and_drops_the_padding(caplog):
 def test_finished_cells_are_kept_per_settings(tmp_path, caplog):
   identity = dict(params_sha256="ab", step=3, dtype="float32", seed=0, num_importance=8,
                   num_targets=6)
-  finished = evaluate._FinishedCells(str(tmp_path / "eval"), identity)  # pylint: disable=protected-access
+  finished_cells = evaluate._FinishedCells  # pylint: disable=protected-access
+  eval_dir = str(tmp_path / "eval")
+  finished = finished_cells(eval_dir, identity)
   assert finished.cells == {}
   first, second = _results()
   finished.add(first)
-  again = evaluate._FinishedCells(str(tmp_path / "eval"), identity)  # pylint: disable=protected-access
+  again = finished_cells(eval_dir, identity)
   assert again.cells == {(1, 5): first} and again.path == finished.path
   # Other settings: another file, nothing taken from this one.
-  other = evaluate._FinishedCells(str(tmp_path / "eval"), dict(identity, num_importance=9))  # pylint: disable=protected-access
+  other = finished_cells(eval_dir, dict(identity, num_importance=9))
   assert other.cells == {} and other.path != finished.path
   # Removed once the results written hold all its cells, not before.
   finished.remove_if_within([second])
@@ -209,7 +211,7 @@ def test_finished_cells_are_kept_per_settings(tmp_path, caplog):
   # An unreadable file is ignored with a warning, not an error.
   pathlib.Path(finished.path).write_text("{not json")
   caplog.set_level(logging.WARNING)
-  assert evaluate._FinishedCells(str(tmp_path / "eval"), identity).cells == {}  # pylint: disable=protected-access
+  assert finished_cells(eval_dir, identity).cells == {}
   assert "cannot be read" in caplog.text
 
 
