@@ -8,7 +8,8 @@ baseline; training memories of T = 32 images, 4 per class (the target's class an
 
 Expected: ELBO@1000 of about 85 nats at (C=1, T=1) down to about 72 at (C=1, T=19) on the
 Omniglot test split (model.md's reproduction row); see docs/results.md for what this project
-measured. Time: weeks on a 2-core CPU; see docs/performance.md for one GPU.
+measured. Time: about four days on a 2-core CPU (3.4 s per step) and up to 9 hours for the
+evaluation (docs/performance.md); on one GPU not measured yet.
 """
 
 import ml_collections
