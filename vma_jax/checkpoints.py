@@ -23,10 +23,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import ml_collections
 import orbax.checkpoint as ocp
 
 from vma_jax import model as vma_model
+from vma_jax import sharding
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -227,18 +229,22 @@ def saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.Co
 def restore(manager: ocp.CheckpointManager, step: int, **abstract_items) -> dict:
   """Restores the named items (params=..., opt_state=...) onto abstract targets.
 
-  Targets are pytrees of jax.ShapeDtypeStruct (with shardings, to place the arrays); a
-  stored array of another shape or structure is a CheckpointError.
+  Targets are pytrees of jax.ShapeDtypeStruct with shardings: the arrays are placed as
+  those say, whatever devices wrote them. A stored array of another shape or structure is a
+  CheckpointError.
   """
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**{
         name: ocp.args.StandardRestore(target) for name, target in abstract_items.items()}))
   except (ValueError, KeyError, TypeError) as e:
+    # Orbax raises these for other shapes or trees, but also for arrays it cannot place (a
+    # target without shardings, for a checkpoint written on other devices): say both.
     raise CheckpointError(
-        f"the checkpoint at step {step} in {manager.directory} does not match this "
-        f"config's {', '.join(abstract_items)} ({type(e).__name__}: {str(e)[:500]}). It "
-        "was written by another model or optimiser (e.g. optim.grad_clip_norm switched "
-        "on or off): use a new --workdir, or the config the run was started with.") from e
+        f"the checkpoint at step {step} in {manager.directory} could not be restored as "
+        f"this config's {', '.join(abstract_items)} ({type(e).__name__}: {str(e)[:500]}). "
+        "If its shapes or structure differ, it was written by another model or optimiser "
+        "(e.g. optim.grad_clip_norm switched on or off): use a new --workdir, or the config "
+        "the run was started with.") from e
   return {name: restored[name] for name in abstract_items}
 
 
@@ -256,12 +262,15 @@ def init_params(config, key):
   return vma_model.make_model(config).init(key, *_init_inputs(config))
 
 
-def restore_params(workdir: str, step: int | None = None):
+def restore_params(workdir: str, step: int | None = None, mesh: Mesh | None = None):
   """(params, step, config) of the checkpoint at `step` (default: the latest) in workdir.
 
   The model is rebuilt from the config saved with the checkpoint, so evaluation needs only
-  the workdir.
+  the workdir. The parameters are replicated over `mesh` (default: every device of every
+  process), whatever the devices and mesh that wrote them.
   """
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  replicated, _ = sharding.shardings(mesh)
   manager = make_manager(workdir, read_only=True)
   try:
     steps = manager.all_steps()
@@ -278,7 +287,9 @@ def restore_params(workdir: str, step: int | None = None):
     config = saved_config(manager, step)
     check_model_revision(model_revision(manager, step, config),
                          source=os.path.join(manager.directory, str(step)))
-    abstract = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(functools.partial(init_params, config), jax.random.key(0)))
     params = restore(manager, step, params=abstract)["params"]
   finally:
     manager.close()
