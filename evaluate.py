@@ -17,8 +17,9 @@ from absl import logging
 
 from vma_jax import checkpoints
 from vma_jax import data
+from vma_jax import distributed
 from vma_jax import evaluate
-from vma_jax import host
+from vma_jax.cpu import host
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", "runs/quick", "The training run to evaluate (default: the README's quick run).")
@@ -39,6 +40,15 @@ _DTYPE = flags.DEFINE_enum(
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", None, "On a CPU-only host, the JAX devices to split it into (default: one "
     "per core, as many as divide the batch size); no effect on GPU or TPU.")
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None, "Several processes: host:port where process 0 serves the "
+    "others (default: $VMA_COORDINATOR_ADDRESS; detected on Cloud TPU and under srun).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Several processes: how many (default: $VMA_NUM_PROCESSES; "
+    "detected on Cloud TPU and under srun; else 1). See docs/training.md.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Several processes: this one's index, 0..num_processes-1 (default: "
+    "$VMA_PROCESS_ID; detected on Cloud TPU and under srun).")
 
 
 def main(argv):
@@ -49,6 +59,8 @@ def main(argv):
     batch_size = _BATCH_SIZE.value or checkpoints.load_config(_WORKDIR.value).eval.batch_size
     # Before JAX starts: the targets are sharded over one CPU device per core.
     host.use_cpu_cores([batch_size], _CPU_DEVICES.value)
+    # Also before JAX starts: joins the other processes of a run on several hosts, if any.
+    distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     results = evaluate.evaluate_workdir(
         _WORKDIR.value, cells=_CELLS.value, num_importance=_NUM_IMPORTANCE.value,
         num_targets=_NUM_TARGETS.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
@@ -59,5 +71,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host.reexec_with_malloc_tunables()  # before anything allocates: see vma_jax/host.py
+  host.reexec_with_malloc_tunables()  # before anything allocates: see vma_jax/cpu/host.py
   app.run(main)

@@ -2,11 +2,14 @@
 
     python benchmarks/check_equal.py --save ref.npz     # with the code before the change
     python benchmarks/check_equal.py --compare ref.npz  # with the code after it
+    python benchmarks/check_equal.py --compare ref.npz --cpu_kernels=off  # the stock layers
 
 On random binary episodes (two sizes, one with T = 0) it records the parameter tree (names,
 shapes, initial values), the log-weights of explicit sample keys, the decoder logits, and the
 gradient of the VIMCO loss with respect to every parameter; `--compare` reports the largest
-differences and fails beyond float32 rounding (relative 1e-4 of each array's scale).
+differences and fails beyond float32 rounding (relative 3e-4 of each array's scale: the
+dummies' gradient, a sum through both encoders and the decoder, moves by 1.2e-4 between the
+stock and the CPU layers, each within 3e-5 of a float64 computation of it).
 """
 
 import argparse
@@ -26,8 +29,9 @@ from vma_jax import objective
 CASES = {"b3_t5_k4": (3, 5, 4), "b2_t0_k3": (2, 0, 3), "b2_t2_k6": (2, 2, 6)}
 
 
-def _arrays(batch, memory, samples, seed=0):
+def _arrays(batch, memory, samples, seed=0, cpu_kernels="auto"):
   config = default_config.get_config()
+  config.model.cpu_kernels = cpu_kernels
   vma = vma_model.make_model(config)
   size = config.data.image_size
   key = jax.random.key(seed)
@@ -61,10 +65,12 @@ def main():
   group = parser.add_mutually_exclusive_group(required=True)
   group.add_argument("--save")
   group.add_argument("--compare")
+  parser.add_argument("--cpu_kernels", default="auto", choices=vma_model.CPU_KERNELS,
+                      help="config.model.cpu_kernels of this run: compare the two paths")
   args = parser.parse_args()
   current = {}
   for case, sizes in CASES.items():
-    for k, v in _arrays(*sizes).items():
+    for k, v in _arrays(*sizes, cpu_kernels=args.cpu_kernels).items():
       current[f"{case}/{k}"] = v
   if args.save:
     np.savez(args.save, **current)
@@ -84,7 +90,7 @@ def main():
     scale = max(float(np.max(np.abs(a))), 1e-6) if a.size else 1.0
     err = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
     worst.append((err / scale, err, k))
-    if err > 1e-4 * scale:
+    if err > 3e-4 * scale:
       ok = False
   worst.sort(reverse=True)
   for rel, err, k in worst[:8]:

@@ -25,8 +25,8 @@ import jax.numpy as jnp  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import timing  # noqa: E402  pylint: disable=g-import-not-at-top
-from vma_jax import convolution  # noqa: E402  pylint: disable=g-import-not-at-top
-from vma_jax import host  # noqa: E402  pylint: disable=g-import-not-at-top
+from vma_jax.cpu import convolution  # noqa: E402  pylint: disable=g-import-not-at-top
+from vma_jax.cpu import host  # noqa: E402  pylint: disable=g-import-not-at-top
 
 # (input size, input channels, output channels, stride): the encoder's conv1 ... conv6.
 LAYERS = [(26, 1, 48, 1), (26, 48, 48, 2), (13, 48, 48, 1), (13, 48, 64, 2), (7, 64, 64, 1),

@@ -23,7 +23,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-from vma_jax import host  # pylint: disable=g-import-not-at-top
+from vma_jax.cpu import host  # pylint: disable=g-import-not-at-top
 
 
 def _parse(argv):

@@ -12,7 +12,7 @@ hand, benchmarks/flops.py), XLA's own FLOP and memory figures of the compiled st
 GFLOP/s of a float32 matrix product timed in the same process (the roofline reference).
 As train.py and evaluate.py do, a CPU-only host is split into one JAX device per core, the
 batch sharded over them (`--cpu-devices 1`: one device), and the processes run with glibc's
-allocator tunables of vma_jax/host.py (set GLIBC_TUNABLES, even to "", to choose otherwise).
+allocator tunables of vma_jax/cpu/host.py (set GLIBC_TUNABLES, even to "", to choose otherwise).
 Environment variables (XLA_FLAGS, GLIBC_TUNABLES, LD_PRELOAD) pass to the benchmark processes.
 
 Benchmarks:
@@ -44,14 +44,9 @@ BENCHMARKS = {
     "episodes": ("script", {}, 0),
 }
 
-# The reference PyTorch implementation on the same machine class (2 CPU cores), seconds:
-# (best, typical low, typical high) of the median per call, measured on that machine class
-# (docs/performance.md compares every entry with these).
-REFERENCE_CPU_S = {
-    "train_small": (1.45, 1.45, 1.51),
-    "train_recipe": (15.3, 27.0, 46.0),
-    "eval_t19_k1000": (53.0, 67.0, 117.0),
-}
+# The time per call this project aims at on a 2-core CPU (docs/performance.md). Speed against
+# the reference PyTorch implementation is measured side by side, in the same window:
+# `bash ../shared/reference/run.sh ref.json` beside `python benchmarks/run.py --out bench.json`.
 TARGET_CPU_S = {"train_small": 0.5, "train_recipe": 7.0, "eval_t19_k1000": 10.0}
 
 
@@ -93,16 +88,17 @@ def run_child(name, args):
     if getattr(args, field) is not None:
       sizes[field] = getattr(args, field)
   repeats = args.repeats or repeats
-  from vma_jax import host  # pylint: disable=g-import-not-at-top
+  from vma_jax.cpu import host  # pylint: disable=g-import-not-at-top
   host.use_cpu_cores([sizes["batch"]], args.cpu_devices)  # as train.py and evaluate.py do
   device = jax.devices()[0]
 
   if kind == "train":
     work = workloads.train_workload(sizes["batch"], sizes["memory"], sizes["samples"],
-                                    dtype=args.dtype)
+                                    dtype=args.dtype, cpu_kernels=args.cpu_kernels)
   else:
     work = workloads.eval_workload(sizes["batch"], sizes["memory"], sizes["samples"],
-                                   chunk_size=args.chunk_size, dtype=args.dtype)
+                                   chunk_size=args.chunk_size, dtype=args.dtype,
+                                   cpu_kernels=args.cpu_kernels)
   times, cpu_times = timing.times(work.run, warmup=args.warmup, repeats=repeats)
   median = statistics.median(times)
 
@@ -113,7 +109,8 @@ def run_child(name, args):
   entry = dict(
       name=name, device=f"{device.platform}:{device.device_kind}",
       num_devices=jax.device_count(), cpu_count=os.cpu_count(),
-      jax_version=jax.__version__, dtype=args.dtype, step_fn=work.step_fn,
+      jax_version=jax.__version__, dtype=args.dtype, cpu_kernels=args.cpu_kernels,
+      step_fn=work.step_fn,
       **sizes, repeats=repeats, warmup=args.warmup,
       median_s=median, min_s=min(times), max_s=max(times), times_s=times,
       cpu_median_s=statistics.median(cpu_times), load_avg_1min=os.getloadavg()[0],
@@ -130,12 +127,8 @@ def run_child(name, args):
     stats = device.memory_stats() or {}
     if "peak_bytes_in_use" in stats:
       entry["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
-  if name in REFERENCE_CPU_S and device.platform == "cpu":
-    best, low, high = REFERENCE_CPU_S[name]
-    entry.update(reference_cpu_s=[low, high], reference_cpu_best_s=best,
-                 speedup_vs_reference=[low / median, high / median],
-                 speedup_vs_reference_best=best / median,
-                 target_cpu_s=TARGET_CPU_S[name], meets_target=median <= TARGET_CPU_S[name])
+  if name in TARGET_CPU_S and device.platform == "cpu":
+    entry.update(target_cpu_s=TARGET_CPU_S[name], meets_target=median <= TARGET_CPU_S[name])
   return entry
 
 
@@ -170,6 +163,7 @@ def _run_script(name, args):
 def _child_argv(name, args, out):
   argv = [sys.executable, os.path.abspath(__file__), "--child", name, "--out", out,
           "--warmup", str(args.warmup), "--dtype", args.dtype,
+          "--cpu-kernels", args.cpu_kernels,
           "--matmul-n", str(args.matmul_n)]
   for field in ("batch", "memory", "samples", "repeats", "chunk_size", "cpu_devices"):
     value = getattr(args, field)
@@ -192,6 +186,8 @@ def main(argv=None):
   parser.add_argument("--chunk-size", type=int, help="samples per chunk of the bound "
                       "(default config.eval.chunk_size)")
   parser.add_argument("--dtype", default="float32", help="config.model.dtype")
+  parser.add_argument("--cpu-kernels", default="auto", choices=("auto", "on", "off"),
+                      help="config.model.cpu_kernels: the CPU layers or stock Flax layers")
   parser.add_argument("--cpu-devices", type=int, help="JAX devices a CPU-only host is split "
                       "into (default: one per core, as many as divide B; 1: one device)")
   parser.add_argument("--matmul-n", type=int, default=2048, help="size of the reference matmul")
@@ -234,6 +230,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  from vma_jax import host  # pylint: disable=g-import-not-at-top
+  from vma_jax.cpu import host  # pylint: disable=g-import-not-at-top
   host.reexec_with_malloc_tunables()  # as train.py and evaluate.py; inherited by each entry
   main()

@@ -27,7 +27,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-from vma_jax import host  # pylint: disable=g-import-not-at-top
+from vma_jax.cpu import host  # pylint: disable=g-import-not-at-top
 
 # (input size, input channels, output channels, stride): the encoder's conv1 ... conv6.
 LAYERS = [(26, 1, 48, 1), (26, 48, 48, 2), (13, 48, 48, 1), (13, 48, 64, 2), (7, 64, 64, 1),
@@ -41,6 +41,8 @@ def main(argv=None):
   parser.add_argument("--samples", type=int, default=4)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--cpu-devices", type=int, default=None)
+  parser.add_argument("--cpu-kernels", default="auto", choices=("auto", "on", "off"),
+                      help="the networks' layers, as config.model.cpu_kernels")
   parser.add_argument("--out", help="also write the rows as JSON here")
   args = parser.parse_args(argv)
   host.use_cpu_cores([args.batch], args.cpu_devices)
@@ -50,9 +52,11 @@ def main(argv=None):
   from benchmarks import flops as flops_lib  # pylint: disable=g-import-not-at-top
   from benchmarks import timing  # pylint: disable=g-import-not-at-top
   from configs import default as default_config  # pylint: disable=g-import-not-at-top
-  from vma_jax import convolution  # pylint: disable=g-import-not-at-top
+  from vma_jax.cpu import convolution  # pylint: disable=g-import-not-at-top
+  from vma_jax import model as vma_model  # pylint: disable=g-import-not-at-top
   from vma_jax import networks  # pylint: disable=g-import-not-at-top
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vma_jax.cpu import layers as cpu_layers  # pylint: disable=g-import-not-at-top
 
   config = default_config.get_config()
   size = config.data.image_size
@@ -82,13 +86,14 @@ def main(argv=None):
 
   b, t, k = args.batch, args.memory, args.samples
   h_rows, e_rows, samples = b * (1 + t), b + b * k, b * k
-  time_part("h", networks.Encoder(config.model.match_dim), (images(h_rows),),
+  layers = cpu_layers if vma_model.use_cpu_kernels(args.cpu_kernels) else networks
+  time_part("h", layers.Encoder(config.model.match_dim), (images(h_rows),),
             h_rows * flops_lib.encoder_flops(out=config.model.match_dim),
             used=lambda outputs: outputs[0])  # h's features; its skips are unused
-  time_part("e", networks.Encoder(config.model.embed_dim), (images(e_rows),),
+  time_part("e", layers.Encoder(config.model.embed_dim), (images(e_rows),),
             e_rows * flops_lib.encoder_flops(out=config.model.embed_dim))
   skips = networks.Skips(on_batch((samples, 13, 13, 48)), on_batch((samples, 7, 7, 64)))
-  decoder = networks.Decoder(image_size=size)
+  decoder = layers.Decoder(image_size=size)
   code_dim = config.model.latent_dim * 2  # [z, g(e(m_a))]
   time_part("decoder", decoder, (on_batch((samples, code_dim)), skips),
             samples * flops_lib.decoder_flops(), method=decoder.decode)

@@ -29,8 +29,9 @@ class Workload:
   extra: dict = dataclasses.field(default_factory=dict)  # more fields for the entry
 
 
-def _config(batch, memory, samples, dtype):
+def _config(batch, memory, samples, dtype, cpu_kernels="auto"):
   config = default_config.get_config()
+  config.model.cpu_kernels = cpu_kernels
   config.train.batch_size = batch
   config.episodes.memory_size = memory
   # The recipe's 4 images per class where 4 divides T (the cost does not depend on it).
@@ -52,7 +53,7 @@ def _stand_in_data(key, num_classes, per_class, image_size):
 
 
 def train_workload(batch, memory, samples, dtype="float32", seed=0, num_classes=964,
-                   per_class=20):
+                   per_class=20, cpu_kernels="auto"):
   """`vma_jax.train.make_train_step` (forward, VIMCO gradient, Adam, donated state).
 
   One batch of episodes drawn by `train.make_episode_sampler`, as in training, from a random
@@ -62,16 +63,18 @@ def train_workload(batch, memory, samples, dtype="float32", seed=0, num_classes=
   from vma_jax import distinct  # pylint: disable=g-import-not-at-top
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
   from vma_jax import train  # pylint: disable=g-import-not-at-top
-  config = _config(batch, memory, samples, dtype)
+  config = _config(batch, memory, samples, dtype, cpu_kernels)
   key = jax.random.key(seed)
   mesh = sharding.make_mesh()
   data = _stand_in_data(key, num_classes, per_class, config.data.image_size)
   episodes, sample_key = train.make_episode_sampler(config, mesh)(data, key, np.int32(0))
   extra = dict(rows=batch * (1 + memory))
+  match_rows = None  # h's rows: all of them, unless the train step runs it on the distinct ones
   if episodes.distinct is not None:
     extra.update(distinct_rows=episodes.distinct.row_U.shape[0],
                  num_distinct=int(distinct.num_distinct(episodes.distinct)))
-  episodes, _ = train.fit_distinct(episodes)  # as the training loop does
+    if distinct.fits(episodes.distinct):
+      match_rows = extra["distinct_rows"]
   state = train.init_train_state(config, key, mesh)
   step = train.make_train_step(config, mesh=mesh)
   compiled = step.lower(state, episodes, sample_key).compile()
@@ -83,13 +86,12 @@ def train_workload(batch, memory, samples, dtype="float32", seed=0, num_classes=
     holder["state"] = state
     jax.block_until_ready((state, metrics))
 
-  match_rows = None if episodes.distinct is None else extra["distinct_rows"]
   return Workload(run, flops_lib.train_step_flops(batch, memory, samples, match_rows=match_rows),
                   compiled, "vma_jax.train.make_train_step", extra)
 
 
 def eval_workload(targets, memory, samples, chunk_size=None, dtype="float32", seed=0,
-                  max_classes=2, num_classes=659, per_class=20):
+                  max_classes=2, num_classes=659, per_class=20, cpu_kernels="auto"):
   """`vma_jax.evaluate.make_cell_bound_fn`: L_K of `targets` cell episodes (C, T), K samples.
 
   The episodes are drawn from a random binary stand-in for the test split (659 classes x 20
@@ -97,7 +99,7 @@ def eval_workload(targets, memory, samples, chunk_size=None, dtype="float32", se
   """
   from vma_jax import evaluate  # pylint: disable=g-import-not-at-top
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
-  config = _config(targets, memory, samples, dtype)
+  config = _config(targets, memory, samples, dtype, cpu_kernels)
   chunk_size = config.eval.chunk_size if chunk_size is None else chunk_size
   size = config.data.image_size
   key = jax.random.key(seed)

@@ -25,10 +25,11 @@ def get_config():
 
   # vma_jax.model.VMA fields (the image size comes from config.data). param_init: the layers'
   # initial values, "torch" (PyTorch's defaults, as the reference) or "flax" (lecun_normal
-  # kernels, zero biases).
+  # kernels, zero biases). cpu_kernels: "auto" takes vma_jax.cpu's layers (the same function,
+  # faster on XLA:CPU) when the backend is the CPU, stock Flax layers elsewhere; "on"/"off".
   config.model = ml_collections.ConfigDict(
       dict(latent_dim=64, embed_dim=128, match_dim=200, num_dummies=2, param_init="torch",
-           dtype="float32"))
+           dtype="float32", cpu_kernels="auto"))
 
   # Training episodes. composition "classes": memory_size images, per_class of each class (the
   # target's class plus memory_size // per_class - 1 others). composition "cell": the

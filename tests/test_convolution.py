@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vma_jax import convolution
+from vma_jax.cpu import convolution
 
 DN = ("NHWC", "HWIO", "NHWC")
 

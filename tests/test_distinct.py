@@ -1,6 +1,14 @@
-"""Distinct images of a batch: found exactly, and encoding them once changes nothing."""
+"""Distinct images of a batch: found exactly, and encoding them once changes nothing.
+
+The sharded check runs in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=4
+(the flag must be set before JAX starts); run as a script this file does that check itself.
+"""
 
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +17,9 @@ import pytest
 
 from vma_jax import distinct
 from vma_jax import model as vma_model
+from vma_jax import sharding
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_expected_distinct_matches_a_simulation():
@@ -50,29 +61,34 @@ def test_find_maps_every_row_to_a_row_with_the_same_id(seed):
   np.testing.assert_array_equal(features_NxF[row_U][inverse_N], features_NxF)
 
 
-def test_find_reports_a_batch_that_does_not_fit():
+def test_find_reports_a_batch_that_does_not_fit_on_the_device():
   ids_N = np.arange(40, dtype=np.int32) % 30  # 30 distinct ids
-  exact = distinct.find(ids_N, 30)
-  assert distinct.fits(exact)
-  short = distinct.find(ids_N, 29)
-  assert not distinct.fits(short) and int(distinct.num_distinct(short)) == 30
+  fits = jax.jit(lambda ids_N, capacity_u: distinct.fits(distinct.find(ids_N, capacity_u)),
+                 static_argnums=1)
+  exact = fits(ids_N, 30)
+  assert isinstance(exact, jax.Array) and exact.shape == () and exact.dtype == jnp.bool_
+  assert exact
+  assert not fits(ids_N, 29)
+  assert int(distinct.num_distinct(distinct.find(ids_N, 29))) == 30
 
 
-def _episodes_with_repeats(seed=0, batch=3, memory=4, num_images=6, size=26):
-  """Episodes whose images repeat (ids drawn from a few images), and their distinct rows."""
+def _episodes_with_repeats(seed=0, batch=3, memory=4, num_images=6, size=26, fits=True):
+  """Episodes whose images repeat (ids drawn from a few images), and their distinct rows:
+  room for all of them, or (fits=False) one row short."""
   rng = np.random.default_rng(seed)
   pool_IxHxW = (rng.random((num_images, size, size)) < 0.3).astype(np.float32)
   x_index_B = rng.integers(0, num_images, batch)
   memory_index_BxT = rng.integers(0, num_images, (batch, memory))
   ids_N = vma_model.stack_rows(jnp.asarray(x_index_B), jnp.asarray(memory_index_BxT))
-  rows = distinct.find(ids_N, num_images + 2)
-  assert distinct.fits(rows)
+  count = len(np.unique(np.asarray(ids_N)))
+  rows = distinct.find(ids_N, num_images + 2 if fits else count - 1)
+  assert bool(distinct.fits(rows)) == fits
   return pool_IxHxW[x_index_B], pool_IxHxW[memory_index_BxT], rows
 
 
-@pytest.mark.parametrize("embed_slots", [False, True])
-def test_encode_through_distinct_rows_is_encode_of_every_row(embed_slots):
-  x_BxHxW, memory_BxTxHxW, rows = _episodes_with_repeats()
+@pytest.mark.parametrize("embed_slots, fits", [(False, True), (True, True), (False, False)])
+def test_encode_through_distinct_rows_is_encode_of_every_row(embed_slots, fits):
+  x_BxHxW, memory_BxTxHxW, rows = _episodes_with_repeats(fits=fits)
   model = vma_model.VMA(latent_dim=8, embed_dim=16, match_dim=16)
   key = jax.random.key(0)
   keys_BxK = vma_model.sample_keys(jax.random.split(key, 3), 0, 5)
@@ -94,3 +110,61 @@ def test_encode_through_distinct_rows_is_encode_of_every_row(embed_slots):
   assert any(np.abs(np.asarray(g)).max() > 0 for g in match_grads)
   for g_once, g_all in zip(jax.tree.leaves(grads_once), jax.tree.leaves(grads_all)):
     np.testing.assert_allclose(g_once, g_all, rtol=2e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sharded_encode_is_exact_and_compiles_once_whether_or_not_the_batch_fits():
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  result = subprocess.run([sys.executable, __file__], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+  assert "sharded distinct encode matches, compiled once" in result.stdout
+
+
+def _sharded_check():
+  """value_and_grad under jit, the batch sharded over 4 devices: a batch whose distinct images
+  fit and one whose do not, through one compiled program, against every row encoded."""
+  mesh = sharding.make_mesh()
+  assert mesh.devices.size == 4, mesh
+  replicated, batch = sharding.shardings(mesh)
+  rng = np.random.default_rng(0)
+  num_episodes, num_memory, size, capacity_u = 8, 3, 26, 12
+  pool_IxHxW = (rng.random((16, size, size)) < 0.3).astype(np.float32)
+  model = vma_model.VMA(latent_dim=8, embed_dim=16, match_dim=16)
+  key = jax.random.key(0)
+  keys_BxK = vma_model.sample_keys(jax.random.split(key, num_episodes), 0, 2)
+  params = model.init(key, pool_IxHxW[:num_episodes], pool_IxHxW[:num_episodes, None].repeat(
+      num_memory, axis=1), keys_BxK)
+
+  def loss(params, x_BxHxW, memory_BxTxHxW, rows):
+    encoding = model.apply(params, x_BxHxW, memory_BxTxHxW, embed_slots=False, distinct=rows,
+                           method=vma_model.VMA.encode)
+    weights = model.apply(params, x_BxHxW, encoding, keys_BxK,
+                          method=vma_model.VMA.log_weights)
+    return jnp.sum(weights.log_w_BxK)
+
+  grad_fn = jax.jit(jax.value_and_grad(loss), in_shardings=(replicated, batch, batch, batch))
+  grad_all_fn = jax.jit(lambda params, x, memory: jax.value_and_grad(loss)(params, x, memory,
+                                                                           None),
+                        in_shardings=(replicated, batch, batch))
+  num_rows = num_episodes * (1 + num_memory)
+  # 8 distinct images (room for them all), then 14 (more than the 12 rows).
+  for num_ids in (8, 14):
+    ids_N = np.concatenate([np.arange(num_ids), rng.integers(0, num_ids, num_rows - num_ids)])
+    index_Bx1T = rng.permutation(ids_N).reshape(num_episodes, 1 + num_memory)
+    x_BxHxW, memory_BxTxHxW = pool_IxHxW[index_Bx1T[:, 0]], pool_IxHxW[index_Bx1T[:, 1:]]
+    rows = distinct.find(vma_model.stack_rows(index_Bx1T[:, 0], index_Bx1T[:, 1:]), capacity_u)
+    assert bool(distinct.fits(rows)) == (num_ids <= capacity_u)
+    value, grads = grad_fn(params, x_BxHxW, memory_BxTxHxW, rows)
+    value_all, grads_all = grad_all_fn(params, x_BxHxW, memory_BxTxHxW)
+    np.testing.assert_allclose(value, value_all, rtol=1e-5)
+    for g, g_all in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_all)):
+      np.testing.assert_allclose(g, g_all, rtol=2e-4, atol=1e-5)
+  assert grad_fn._cache_size() == 1  # pylint: disable=protected-access
+  print("sharded distinct encode matches, compiled once")
+
+
+if __name__ == "__main__":
+  jax.config.update("jax_numpy_rank_promotion", "raise")
+  _sharded_check()

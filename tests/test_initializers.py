@@ -138,6 +138,6 @@ def test_blank_dummies_learn_from_the_first_step_under_pytorchs_init(param_init,
 
 def test_unknown_param_init_is_a_clear_error():
   with pytest.raises(ValueError, match=r"config\.model\.param_init must be one of"):
-    networks.Dense(3, param_init="xavier").init(jax.random.key(0), jnp.zeros((1, 2)))
+    initializers.layer_kwargs("xavier", 2)
   with pytest.raises(ValueError, match="'xavier'"):
     initializers.layer_init("xavier", 4)

@@ -18,9 +18,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from scipy import special, stats  # noqa: E402
 
-from vma_jax import convolution  # noqa: E402
 from vma_jax import model as vma_model  # noqa: E402
 from vma_jax import networks  # noqa: E402
+from vma_jax.cpu import convolution  # noqa: E402
+from vma_jax.cpu import layers as cpu_layers  # noqa: E402
 
 NUM_DUMMIES = 2
 
@@ -124,60 +125,6 @@ def test_encoder_and_decoder_shapes(image_size, size_a, size_b):
   assert logits_NxHxW.shape == (3, image_size, image_size)
 
 
-def test_concat_conv_transpose_is_the_flax_layer_on_the_concatenation():
-  """conv(y) + project(skip) == nn.ConvTranspose(concat([y, skip])), same parameters."""
-  rng = np.random.default_rng(0)
-  y_NxHxWxC = jnp.asarray(rng.normal(size=(2, 7, 7, 5)), jnp.float32)
-  skip_NxHxWxC = jnp.asarray(rng.normal(size=(2, 7, 7, 3)), jnp.float32)
-  layer = networks.ConcatConvTranspose3x3(5, 3, 4)
-  reference = nn.ConvTranspose(4, (3, 3), padding=((1, 1), (1, 1)))
-  params = reference.init(jax.random.key(0), jnp.zeros((1, 7, 7, 8)))
-  params = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-  expected = reference.apply(params, jnp.concatenate([y_NxHxWxC, skip_NxHxWxC], axis=-1))
-  assert jax.tree.map(jnp.shape, layer.init(
-      jax.random.key(0), y_NxHxWxC, jnp.zeros((2, 7, 7, 4)))) == jax.tree.map(jnp.shape, params)
-  term = layer.apply(params, skip_NxHxWxC, method="project")
-  np.testing.assert_allclose(layer.apply(params, y_NxHxWxC, term), expected,
-                             rtol=1e-5, atol=1e-5)
-
-
-def _same_as_flax(layer, reference, x_NxHxWxC, rng):
-  """`layer` has the parameters of `reference` and computes its function on them."""
-  params = reference.init(jax.random.key(0), x_NxHxWxC)
-  assert jax.tree.map(jnp.shape, layer.init(jax.random.key(0), x_NxHxWxC)) == jax.tree.map(
-      jnp.shape, params)
-  params = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-  np.testing.assert_allclose(layer.apply(params, x_NxHxWxC), reference.apply(params, x_NxHxWxC),
-                             rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("stride", [1, 2])
-def test_conv_is_flax_conv(stride):
-  """The encoder's Conv: nn.Conv's parameters and function (and its initial values with
-  param_init="flax")."""
-  rng = np.random.default_rng(0)
-  x_NxHxWxC = jnp.asarray(rng.normal(size=(2, 9, 9, 3)), jnp.float32)
-  layer = networks.Conv(4, strides=(stride, stride), param_init="flax")
-  reference = nn.Conv(4, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)))
-  key = jax.random.key(1)
-  same = jax.tree.map(np.array_equal, layer.init(key, x_NxHxWxC), reference.init(key, x_NxHxWxC))
-  assert jax.tree.leaves(same) and all(jax.tree.leaves(same))
-  _same_as_flax(layer, reference, x_NxHxWxC, rng)
-
-
-def test_dense_is_flax_dense():
-  """Dense: nn.Dense's parameters and function, on rank-2 and rank-3 inputs (and its initial
-  values with param_init="flax")."""
-  rng = np.random.default_rng(4)
-  x_BxKxD = jnp.asarray(rng.normal(size=(2, 3, 5)), jnp.float32)
-  layer, reference = networks.Dense(4, param_init="flax"), nn.Dense(4)
-  key = jax.random.key(1)
-  same = jax.tree.map(np.array_equal, layer.init(key, x_BxKxD), reference.init(key, x_BxKxD))
-  assert jax.tree.leaves(same) and all(jax.tree.leaves(same))
-  _same_as_flax(layer, reference, x_BxKxD, rng)
-  _same_as_flax(layer, reference, x_BxKxD[0], rng)
-
-
 class _SpecEncoder(nn.Module):
   """model.md's encoder from stock Flax layers: conv3x3 1->48, ReLU; conv3x3 48->48 stride 2,
   ReLU; conv3x3 48->48, ReLU [skip A]; conv3x3 48->64 stride 2, ReLU; conv3x3 64->64, ReLU
@@ -228,11 +175,17 @@ def _random_like(tree, rng, scale):
       lambda p: jnp.asarray(rng.normal(scale=scale, size=p.shape), jnp.float32), tree)
 
 
-def test_encoder_is_model_md_encoder():
-  """e and h compute model.md's encoder on the same parameters (features and both skips)."""
+ENCODERS = {"stock": networks.Encoder, "cpu": cpu_layers.Encoder}
+DECODERS = {"stock": networks.Decoder, "cpu": cpu_layers.Decoder}
+
+
+@pytest.mark.parametrize("layers", ["stock", "cpu"])
+def test_encoder_is_model_md_encoder(layers):
+  """e and h compute model.md's encoder on the same parameters (features and both skips),
+  on stock Flax layers and on the CPU layers."""
   rng = np.random.default_rng(5)
   x_NxHxW = jnp.asarray(rng.integers(0, 2, (3, 26, 26)), jnp.float32)
-  encoder, spec = networks.Encoder(128), _SpecEncoder(128)
+  encoder, spec = ENCODERS[layers](128), _SpecEncoder(128)
   params = jax.eval_shape(spec.init, jax.random.key(0), x_NxHxW)
   assert jax.tree.map(jnp.shape, params) == jax.tree.map(
       jnp.shape, jax.eval_shape(encoder.init, jax.random.key(0), x_NxHxW))
@@ -244,15 +197,16 @@ def test_encoder_is_model_md_encoder():
   np.testing.assert_allclose(skips.b_NxH2xW2xC, want_b, rtol=1e-4, atol=1e-4)
 
 
-def test_decoder_is_model_md_decoder():
-  """The decoder (with its skip terms split off and its phase-split transposed convs)
-  computes model.md's decoder on the same parameters: a missing or extra ReLU, a wrong
-  padding or a swapped skip shows up here."""
+@pytest.mark.parametrize("layers", ["stock", "cpu"])
+def test_decoder_is_model_md_decoder(layers):
+  """The decoder computes model.md's decoder on the same parameters, on stock Flax layers and
+  on the CPU layers (skip terms split off, phase-split transposed convs): a missing or extra
+  ReLU, a wrong padding or a swapped skip shows up here."""
   rng = np.random.default_rng(6)
   h_NxD = jnp.asarray(rng.normal(size=(3, 128)), jnp.float32)
   skips = networks.Skips(jnp.asarray(rng.random((3, 13, 13, 48)), jnp.float32),
                          jnp.asarray(rng.random((3, 7, 7, 64)), jnp.float32))
-  decoder, spec = networks.Decoder(), _SpecDecoder()
+  decoder, spec = DECODERS[layers](), _SpecDecoder()
   params = jax.eval_shape(spec.init, jax.random.key(0), h_NxD, *skips)
   assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, jax.eval_shape(
       functools.partial(decoder.init, method="decode"), jax.random.key(0), h_NxD, skips))
@@ -262,31 +216,6 @@ def test_decoder_is_model_md_decoder():
   assert want_NxHxW.shape == (3, 26, 26)
   np.testing.assert_allclose(logits_NxHxW, want_NxHxW, rtol=1e-4,
                              atol=1e-4 * float(jnp.max(jnp.abs(want_NxHxW))))
-
-
-def test_stride_1_conv_transpose_is_conv_with_the_same_kernel():
-  """tconv6: nn.ConvTranspose(3x3, padding 1) == Conv(padding 1) on the same parameters."""
-  rng = np.random.default_rng(1)
-  x_NxHxWxC = jnp.asarray(rng.normal(size=(2, 8, 8, 5)), jnp.float32)
-  _same_as_flax(networks.Conv(4), nn.ConvTranspose(4, (3, 3), padding=((1, 1), (1, 1))),
-                x_NxHxWxC, rng)
-
-
-@pytest.mark.parametrize("size, out_pad", [(4, 0), (7, 0), (13, 0), (4, 1)])
-def test_up_conv_is_the_flax_stride_2_conv_transpose(size, out_pad):
-  """UpConv3x3 == nn.ConvTranspose(3x3, stride 2, padding (1, 1 + out_pad)): n -> 2n-1+out_pad."""
-  rng = np.random.default_rng(2)
-  x_NxHxWxC = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
-  reference = nn.ConvTranspose(4, (3, 3), strides=(2, 2), padding=((1, 1 + out_pad),) * 2)
-  _same_as_flax(networks.UpConv3x3(4, out_pad), reference, x_NxHxWxC, rng)
-
-
-def test_one_channel_conv_transpose_is_the_flax_layer():
-  """tconv7: OneChannelConvTranspose(2, (1, 1)) == nn.ConvTranspose(1, (2, 2), padding 1)."""
-  rng = np.random.default_rng(3)
-  x_NxHxWxC = jnp.asarray(rng.normal(size=(2, 25, 25, 6)), jnp.float32)
-  _same_as_flax(networks.OneChannelConvTranspose(2, (1, 1)),
-                nn.ConvTranspose(1, (2, 2), padding=((1, 1), (1, 1))), x_NxHxWxC, rng)
 
 
 def test_log_weight_shapes_for_28x28_images():
@@ -367,7 +296,7 @@ def test_sampled_slot_encoding_equals_every_slot_encoding(num_memory, num_sample
 def test_matmul_kernel_gradients_give_the_models_xla_gradients(monkeypatch):
   """Every conv's kernel gradient as matrix products (the recipe's path on CPU) or XLA's:
   the same gradient of log w and log q for every parameter of both encoders and the decoder."""
-  model = vma_model.VMA()
+  model = vma_model.VMA(cpu_kernels="on")
   variables = init_variables(model, seed=4)
   x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes(2, 3, 2)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from test_train import mock_splits, small_config
-from vma_jax import convolution
+from vma_jax.cpu import convolution
 from vma_jax import episodes as episodes_lib
 from vma_jax import evaluate
 from vma_jax import model as vma_model
@@ -37,7 +37,6 @@ def lowered_train_step():
   data = episodes_lib.EpisodeData.from_split(mock_splits()["train"])
   state = train.init_train_state(config, jax.random.key(0), mesh)
   episodes, key = train.make_episode_sampler(config, mesh)(data, jax.random.key(1), np.int32(0))
-  episodes, _ = train.fit_distinct(episodes)
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(convolution, "_MIN_ROWS", 0)  # the CPU paths wherever they could apply
     traced = train.make_train_step(config, mesh=mesh).trace(state, episodes, key)

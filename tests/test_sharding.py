@@ -37,7 +37,7 @@ def _compare():
   sys.path.insert(0, str(REPO_ROOT))
   sys.path.insert(0, str(REPO_ROOT / "tests"))
   from test_train import mock_splits, small_config  # pylint: disable=g-import-not-at-top
-  from vma_jax import convolution  # pylint: disable=g-import-not-at-top
+  from vma_jax.cpu import convolution  # pylint: disable=g-import-not-at-top
   from vma_jax import episodes as episodes_lib  # pylint: disable=g-import-not-at-top
   from vma_jax import evaluate  # pylint: disable=g-import-not-at-top
   from vma_jax import model as vma_model  # pylint: disable=g-import-not-at-top

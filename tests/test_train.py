@@ -102,7 +102,7 @@ def test_train_step_learns_and_reports_metrics():
   assert int(state.step) == 8
   assert losses[-1] < losses[0] - 10.0, losses
   expected = {"loss", "bound", "neg_bound", "address_kl", "address_entropy", "kl_z", "log_px",
-              "frac_dummy", "frac_same_class", "grad_norm", "param_norm"}
+              "frac_dummy", "frac_same_class", "distinct_fallback", "grad_norm", "param_norm"}
   assert set(metrics) == expected
   m = {k: float(v) for k, v in metrics.items()}
   assert m["neg_bound"] == pytest.approx(-m["bound"])
@@ -112,6 +112,7 @@ def test_train_step_learns_and_reports_metrics():
   assert 0.0 <= m["frac_dummy"] <= 1.0 and 0.0 <= m["frac_same_class"] <= 1.0
   assert m["frac_dummy"] + m["frac_same_class"] <= 1.0
   assert m["log_px"] < 0.0 and m["grad_norm"] > 0.0
+  assert m["distinct_fallback"] == 0.0  # B = 4: too few repeats to look for them
 
 
 def test_train_batches_encode_each_distinct_image_once_with_the_same_result():
@@ -130,42 +131,56 @@ def test_train_batches_encode_each_distinct_image_once_with_the_same_result():
   loss_fn = train.make_loss_fn(config, vma_model.make_model(config))
   params = train.create_train_state(config, jax.random.key(0)).params
   grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-  (loss_once, _), grads_once = grad_fn(params, episodes, sample_key)
   (loss_all, _), grads_all = grad_fn(params, episodes._replace(distinct=None), sample_key)
-  np.testing.assert_allclose(loss_once, loss_all, rtol=1e-5)
-  for g_once, g_all in zip(leaves(grads_once), leaves(grads_all)):
-    np.testing.assert_allclose(g_once, g_all, rtol=1e-3, atol=1e-5)
+  # Room for every distinct image, and one row short (h then also runs on the rows left
+  # without one).
+  short = distinct.find(ids_N, len(np.unique(ids_N)) - 1)
+  assert not distinct.fits(short)
+  for rows in (rows, short):
+    (loss, _), grads = grad_fn(params, episodes._replace(distinct=rows), sample_key)
+    np.testing.assert_allclose(loss, loss_all, rtol=1e-5)
+    for g, g_all in zip(leaves(grads), leaves(grads_all)):
+      np.testing.assert_allclose(g, g_all, rtol=1e-3, atol=1e-5)
 
 
-def test_a_batch_whose_distinct_images_do_not_fit_is_encoded_row_by_row(caplog):
+def _num_distinct(episodes) -> int:
+  return len(np.unique(np.asarray(
+      vma_model.stack_rows(episodes.x_index_B, episodes.memory_index_BxT))))
+
+
+def test_batches_that_do_not_fit_train_in_one_program_without_reading_the_device(monkeypatch):
   config = small_config(train__batch_size=32, episodes__memory_size=8)
   mesh = sharding.make_mesh()
   data = episodes_lib.EpisodeData.from_split(mock_splits()["train"])
+  train_key, num_steps = jax.random.key(1), 4
   sample = train.make_episode_sampler(config, mesh)
-  too_small = {}
+  counts = [_num_distinct(sample(data, train_key, np.int32(s))[0]) for s in range(num_steps)]
+  # U rows for the fewest distinct images: the other batches do not fit.
+  capacity_u = min(counts)
+  assert max(counts) > capacity_u, counts
+  monkeypatch.setattr(distinct, "capacity", lambda *args, **kwargs: capacity_u)
+  sample = train.make_episode_sampler(config, mesh)
+  train_step = train.make_train_step(config, mesh=mesh)
+  state = train.init_train_state(config, jax.random.key(0), mesh)
 
-  def sample_short(data, key, step):
-    """The sampler, but step 1's distinct rows are one short of its distinct images."""
-    episodes, sample_key = sample(data, key, step)
-    if int(step) == 1:
-      ids_N = vma_model.stack_rows(episodes.x_index_B, episodes.memory_index_BxT)
-      count = int(distinct.num_distinct(episodes.distinct))
-      episodes = episodes._replace(distinct=distinct.find(ids_N, count - 1))
-      too_small["count"] = count
-    return episodes, sample_key
+  def read_on_host(array):
+    raise AssertionError(f"the training loop read a {array.shape} device array on the host")
 
-  with caplog.at_level("INFO"):
-    batches = list(train._batches(sample_short, data, jax.random.key(1), 0, 3))
-  assert [step for step, _, _ in batches] == [0, 1, 2]
-  assert [b.distinct is None for _, b, _ in batches] == [False, True, False]
-  assert f"step 1: {too_small['count']} distinct images" in caplog.text
-  # The same episodes and keys as the plain sampler's, whichever way they are encoded.
-  for step, episodes, sample_key in batches:
-    expected, expected_key = sample(data, jax.random.key(1), np.int32(step))
-    np.testing.assert_array_equal(episodes.memory_index_BxT, expected.memory_index_BxT)
-    np.testing.assert_array_equal(jax.random.key_data(sample_key),
-                                  jax.random.key_data(expected_key))
-  assert list(train._batches(sample, data, jax.random.key(1), 3, 3)) == []
+  steps, metrics_per_step = [], []
+  with monkeypatch.context() as patch:
+    # int(), bool() and jax.device_get of a device array wait for it and read it via _value.
+    patch.setattr(type(jnp.zeros(())), "_value", property(read_on_host))
+    for step, episodes, sample_key in train._batches(sample, data, train_key, 0, num_steps):
+      assert episodes.distinct.row_U.shape == (capacity_u,)
+      state, metrics = train_step(state, episodes, sample_key)
+      steps.append(step)
+      metrics_per_step.append(metrics)
+  assert steps == list(range(num_steps))
+  assert train_step._cache_size() == 1  # pylint: disable=protected-access
+  assert [float(m["distinct_fallback"]) for m in metrics_per_step] == [
+      float(count > capacity_u) for count in counts]
+  assert np.isfinite([float(m["loss"]) for m in metrics_per_step]).all()
+  assert list(train._batches(sample, data, train_key, 3, 3)) == []
 
 
 def test_optimizer_clipping():
@@ -371,7 +386,7 @@ def test_checkpoint_logs_keep_warnings_and_drop_orbax_info(tmp_path):
       records.append(record)
 
   logger = logging.getLogger("absl")
-  handler, level = Keep(), absl_logging.get_verbosity()
+  handler, level = Keep(), logger.level  # restored as it was, not as absl's verbosity
   logger.addHandler(handler)
   absl_logging.set_verbosity(absl_logging.INFO)
   try:
@@ -383,7 +398,7 @@ def test_checkpoint_logs_keep_warnings_and_drop_orbax_info(tmp_path):
                                     None))
   finally:
     logger.removeHandler(handler)
-    absl_logging.set_verbosity(level)
+    logger.setLevel(level)
   assert step == 1
   np.testing.assert_array_equal(jax.tree.leaves(restored)[0], jax.tree.leaves(params)[0])
   from_orbax = [r for r in records if f"{os.sep}orbax{os.sep}" in r.pathname]

@@ -3,8 +3,10 @@
 Modules, bottom to top (imports flow upwards only):
 
   distributions   log-densities: diagonal Gaussian, Bernoulli, categorical.
-  convolution     conv2d: XLA's conv, its kernel gradient as matrix products on CPU.
-  networks        the conv encoder (e, h) and the skip-connected decoder.
+  initializers    the layers' initial values: PyTorch's defaults (the reference's) or Flax's.
+  networks        the conv encoder (e, h) and the skip-connected decoder, in stock Flax layers.
+  cpu             opt-in speed-ups for XLA:CPU (`config.model.cpu_kernels`, on by default on a
+                  CPU backend): the same networks on faster kernels, and host settings.
   data            Omniglot through TFDS (offline from local archives), numpy cache.
   distinct        a batch's repeated images, found on the device: each is encoded once.
   episodes        jittable few-shot episode sampling on device arrays.
@@ -12,7 +14,7 @@ Modules, bottom to top (imports flow upwards only):
                   and the per-sample log-weights log w_k.
   objective       the K-sample bound L_K, VIMCO surrogate, streaming large-K bound, KL(q(a)||p(a)).
   sharding        the device mesh: batches sharded, parameters replicated.
-  host            CPU host settings made before JAX starts: one device per core, allocator.
+  distributed     runs on several hosts: the processes joined into one JAX program.
   checkpoints     Orbax checkpoints and saved configs of a workdir.
   summaries       metrics.jsonl and PNG grids of few-shot generations.
   evaluate        the Table 1 grid of few-shot bounds (also the validation bound of training).

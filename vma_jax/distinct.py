@@ -8,8 +8,10 @@ gather h back to all N: the same h, and (the gather's transpose adds up the repe
 cotangents) the same gradient up to float rounding.
 
 U must be static. `capacity` sizes it for the expected number of distinct images plus a
-margin; `find` marks a batch with more distinct images than that, and training encodes such a
-batch row by row (`fits`). The result never depends on U, only the time does.
+margin; `find` marks a batch with more distinct images than that (`fits` is False), and
+`VMA.encode` then also runs h on the rows left without a distinct row, in a branch taken
+inside the jitted step: one program for every batch, and no wait for the device. The result
+never depends on U, only the time does.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class DistinctRows(NamedTuple):
   """The distinct images of a batch of N rows, at most U of them.
 
   row_U[u] is a row holding distinct image u (padding: row 0), and inverse_N[n] the distinct
-  image of row n, so that rows_NxF == rows_NxF[row_U][inverse_N] whenever `fits`.
+  image of row n, so that rows_NxF == rows_NxF[row_U][inverse_N] where `fits`.
   """
 
   row_U: jax.Array  # int32
@@ -84,6 +86,6 @@ def num_distinct(rows: DistinctRows) -> jax.Array:
   return jnp.max(rows.inverse_N) + 1
 
 
-def fits(rows: DistinctRows) -> bool:
-  """Whether every distinct id got a row (blocks until `rows` is computed)."""
-  return int(num_distinct(rows)) <= rows.row_U.shape[0]
+def fits(rows: DistinctRows) -> jax.Array:
+  """Whether every distinct id got a row: a bool scalar, jittable (nothing waits for it)."""
+  return num_distinct(rows) <= rows.row_U.shape[0]

@@ -23,11 +23,13 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
 from vma_jax import checkpoints
 from vma_jax import data as vma_data
+from vma_jax import distributed
 from vma_jax import episodes as vma_episodes
 from vma_jax import model as vma_model
 from vma_jax import objective
@@ -90,8 +92,9 @@ def make_cell_bound_fn(model: vma_model.VMA, *, max_classes: int, memory_size: i
                        num_importance: int, chunk_size: int, mesh=None):
   """A jitted `(params, data, key, target_index_B) -> L_K per target` on cell episodes.
 
-  The episode of target i and its K samples depend only on (key, i). Targets are sharded
-  over `mesh` (default: all local devices); params and data are replicated.
+  The episode of target i and its K samples depend only on (key, i). Targets (and their
+  bounds) are sharded over `mesh` (default: every process's devices); params and data are
+  replicated. `cell_bounds` feeds it and reads the bounds back.
   """
   mesh = sharding.make_mesh() if mesh is None else mesh
   replicated, batch = sharding.shardings(mesh)
@@ -110,24 +113,33 @@ def make_cell_bound_fn(model: vma_model.VMA, *, max_classes: int, memory_size: i
 
 
 def cell_bounds(bound_fn, params, data, key, targets_N: np.ndarray, batch_size: int, *,
-                log_every_s: float = 60.0, name: str = "") -> np.ndarray:
+                mesh=None, log_every_s: float = 60.0, name: str = "") -> np.ndarray:
   """L_K of every target in targets_N (float64, shape N), in batches of batch_size.
 
   The last batch is padded (with targets repeated from the start of targets_N) to keep one
   compiled shape; the padding's bounds are dropped. Every `log_every_s` seconds a log line
   (prefixed `name`) says how many targets are done and how long the rest should take.
+
+  With `mesh` (the one `bound_fn` shards the targets over) each batch goes to the devices as
+  one array sharded over it, each process placing its own devices' targets, as several
+  processes need; without, as a numpy array (one process). Every process gets all bounds.
   """
   num_targets = len(targets_N)
   padded_N = np.resize(targets_N, -(-num_targets // batch_size) * batch_size).astype(np.int32)
   in_flight, bounds_by_batch = collections.deque(), []
   start = last_log = time.perf_counter()
   for i in range(0, len(padded_N), batch_size):
-    in_flight.append(bound_fn(params, data, key, padded_N[i:i + batch_size]))
+    target_index_B = padded_N[i:i + batch_size]
+    if mesh is not None:
+      target_index_B = sharding.shard_batch(target_index_B, mesh)
+    in_flight.append(bound_fn(params, data, key, target_index_B))
     # Batches queued ahead: the devices never wait for the host, which meanwhile reads the
     # oldest back (and so knows how far the cell has got).
     last = i + batch_size == len(padded_N)
     while len(in_flight) > _BATCHES_AHEAD or (last and in_flight):
-      bounds_by_batch.append(np.asarray(jax.device_get(in_flight.popleft()), np.float64))
+      # The bounds of other processes' devices too (on one process, a plain read-back).
+      bounds_by_batch.append(np.asarray(
+          multihost_utils.process_allgather(in_flight.popleft(), tiled=True), np.float64))
       done, now = min(len(bounds_by_batch) * batch_size, num_targets), time.perf_counter()
       if now - last_log >= log_every_s and done < num_targets:
         left_s = (now - start) / done * (num_targets - done)
@@ -155,7 +167,8 @@ def cell_neg_bounds(model: vma_model.VMA, params, data, *, max_classes: int, mem
                                 mesh=mesh)
   start_time = time.perf_counter()
   neg_bound_N = -cell_bounds(bound_fn, params, data, cell_key(seed, max_classes, memory_size),
-                             targets, batch_size, name=f"C={max_classes} T={memory_size}: ")
+                             targets, batch_size, mesh=mesh,
+                             name=f"C={max_classes} T={memory_size}: ")
   seconds = time.perf_counter() - start_time
   if not np.all(np.isfinite(neg_bound_N)):
     raise FloatingPointError(
@@ -185,12 +198,14 @@ def evaluate_cell(model: vma_model.VMA, params, data, *, max_classes: int, memor
 
 def device_data(split: "vma_data.OmniglotSplit", mesh) -> vma_episodes.EpisodeData:
   """The split's images and labels, replicated on every device of `mesh`: episodes are then
-  drawn on the devices (training and evaluation alike)."""
-  return jax.device_put(vma_episodes.EpisodeData.from_split(split), sharding.shardings(mesh)[0])
+  drawn on the devices (training and evaluation alike). Each process copies them onto its own
+  devices of the mesh."""
+  arrays = jax.device_get(vma_episodes.EpisodeData.from_split(split))
+  return sharding.replicate(arrays, mesh)
 
 
 def _on_devices(split: "vma_data.OmniglotSplit", num_targets: int):
-  """(mesh over all local devices, the split's images replicated on it, target indices)."""
+  """(mesh over every process's devices, the split's images replicated on it, targets)."""
   mesh = sharding.make_mesh()
   return mesh, device_data(split, mesh), target_indices(len(split.labels_N), num_targets)
 
@@ -397,6 +412,7 @@ def evaluate_workdir(workdir: str, *, cells: str = GRID, num_importance: int | N
     workdir/eval_<dtype>/ for a dtype other than the run's (so that a lower-precision
     evaluation never replaces the run's own results). Each cell is recorded as it finishes
     (`_FinishedCells`): the same call after an interruption evaluates only the cells left.
+    With several processes, every one returns the results and process 0 writes the files.
   """
   params, step, run_config = checkpoints.restore_params(workdir)
   config = _with_dtype(run_config, dtype)
@@ -411,13 +427,16 @@ def evaluate_workdir(workdir: str, *, cells: str = GRID, num_importance: int | N
   if finished.cells:
     logging.info("Taking up an interrupted evaluation: %d cell(s) done, in %s",
                  len(finished.cells), finished.path)
+  # Every process reads the finished cells (all skip the same ones); process 0 writes.
+  is_chief = distributed.is_chief()
   results = evaluate_grid(vma_model.make_model(config), params, split, **settings,
-                          done=dict(finished.cells), on_result=finished.add)
+                          done=dict(finished.cells), on_result=finished.add if is_chief else None)
   meta = dict(workdir=os.path.abspath(workdir), step=int(step), seed=settings["seed"],
               dtype=config.model.dtype, device=str(jax.devices()[0].device_kind),
-              num_devices=jax.device_count())
-  write_results(results, out_dir, meta)
-  finished.remove_if_within(results)
+              num_devices=jax.device_count(), num_processes=jax.process_count())
+  if is_chief:
+    write_results(results, out_dir, meta)
+    finished.remove_if_within(results)
   return results
 
 

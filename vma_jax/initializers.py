@@ -37,6 +37,12 @@ def layer_init(init: str, fan_in: int) -> tuple[Initializer, Initializer]:
   raise ValueError(f"unknown init {init!r}: config.model.param_init must be one of {INITS}")
 
 
+def layer_kwargs(init: str, fan_in: int) -> dict[str, Initializer]:
+  """`layer_init` as the keyword arguments of a Flax layer (nn.Dense, nn.Conv, ...)."""
+  kernel_init, bias_init = layer_init(init, fan_in)
+  return dict(kernel_init=kernel_init, bias_init=bias_init)
+
+
 def conv_init(init: str, kernel_shape: tuple[int, ...], *,
               transposed: bool) -> tuple[Initializer, Initializer]:
   """`layer_init` of a conv with a KhxKwxCinxCout kernel: fan_in = Kh*Kw*Cin, or Kh*Kw*Cout

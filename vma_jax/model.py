@@ -37,7 +37,9 @@ import jax.numpy as jnp
 
 from vma_jax import distinct as distinct_lib
 from vma_jax import distributions
+from vma_jax import initializers
 from vma_jax import networks
+from vma_jax.cpu import layers as cpu_layers
 
 # The revision of the function that `VMA`'s parameters compute. It goes up whenever that
 # function changes without changing the parameters' shapes, so that a checkpoint of another
@@ -49,13 +51,30 @@ REVISION_CHANGES = {
 }
 
 
+CPU_KERNELS = ("auto", "on", "off")
+
+
+def use_cpu_kernels(setting: str, backend: str | None = None) -> bool:
+  """Whether `cpu_kernels` = setting takes the CPU layers on `backend` (default: JAX's)."""
+  if setting not in CPU_KERNELS:
+    raise ValueError(f"unknown cpu_kernels {setting!r}: config.model.cpu_kernels must be one "
+                     f"of {', '.join(CPU_KERNELS)}")
+  if setting == "auto":
+    return (backend or jax.default_backend()) == "cpu"
+  return setting == "on"
+
+
 class SlotEncoding(NamedTuple):
-  """e and the decoder's skip terms of every slot. Dummies carry no batch axis."""
+  """e and the decoder's skip terms of every slot. Dummies carry no batch axis.
+
+  The terms are `Decoder.project_skips` of the slot's skips: the skips themselves on stock
+  layers, their terms in the merge layers on the CPU layers (`cpu.layers.SkipTerms`).
+  """
 
   e_memory_BxTxE: jax.Array  # e(m_i), memory slots
-  terms_memory: networks.SkipTerms  # skip terms of m_i, each BxTx...
+  terms_memory: Any  # skip terms of m_i, each BxTx...
   e_dummy_DxE: jax.Array  # e(dummy_d)
-  terms_dummy: networks.SkipTerms  # each Dx...
+  terms_dummy: Any  # each Dx...
 
 
 class MemoryEncoding(NamedTuple):
@@ -123,6 +142,9 @@ class VMA(nn.Module):
     param_init: the layers' initial values, "torch" (the reference's PyTorch defaults) or
       "flax" (see `vma_jax.initializers`).
     dtype: computation dtype of the networks; parameters and log-densities stay float32.
+    cpu_kernels: "auto" (the default: on when JAX's default backend is the CPU), "on" or
+      "off": the networks on `vma_jax.cpu.layers`, the same function on layers XLA:CPU runs
+      faster (custom gradients: no forward-mode differentiation), or on stock Flax layers.
   """
 
   image_size: int = 26
@@ -132,23 +154,27 @@ class VMA(nn.Module):
   num_dummies: int = 2
   param_init: str = "torch"
   dtype: Any = "float32"
+  cpu_kernels: str = "auto"
 
   def setup(self):
     if self.image_size % 2:
       raise ValueError(f"image_size must be even, got {self.image_size}")
     dtype = jnp.dtype(self.dtype)
     param_init = self.param_init
-    dense = lambda name: networks.Dense(self.latent_dim, param_init=param_init, dtype=dtype,
-                                        name=name)
-    self.embed = networks.Encoder(self.embed_dim, param_init=param_init, dtype=dtype)  # e
-    self.match = networks.Encoder(self.match_dim, param_init=param_init, dtype=dtype)  # h
-    self.posterior_mean = dense("posterior_mean")  # mu_q
-    self.posterior_scale = dense("posterior_scale")  # sigma_q (through softplus)
-    self.prior_mean = dense("prior_mean")  # mu_p
-    self.prior_scale = dense("prior_scale")  # sigma_p (through softplus)
-    self.memory_code = dense("memory_code")  # g (after a ReLU)
-    self.decoder = networks.Decoder(image_size=self.image_size, param_init=param_init,
-                                    dtype=dtype)
+    encoder, decoder = ((cpu_layers.Encoder, cpu_layers.Decoder)
+                        if use_cpu_kernels(self.cpu_kernels) else
+                        (networks.Encoder, networks.Decoder))
+    dense = lambda fan_in, name: nn.Dense(
+        self.latent_dim, dtype=dtype, name=name, **initializers.layer_kwargs(param_init, fan_in))
+    self.embed = encoder(self.embed_dim, param_init=param_init, dtype=dtype)  # e
+    self.match = encoder(self.match_dim, param_init=param_init, dtype=dtype)  # h
+    self.posterior_mean = dense(2 * self.embed_dim, "posterior_mean")  # mu_q of [e(x), e(m_a)]
+    self.posterior_scale = dense(2 * self.embed_dim, "posterior_scale")  # sigma_q (softplus)
+    self.prior_mean = dense(self.embed_dim, "prior_mean")  # mu_p of e(m_a)
+    self.prior_scale = dense(self.embed_dim, "prior_scale")  # sigma_p (through softplus)
+    self.memory_code = dense(self.embed_dim, "memory_code")  # g (after a ReLU)
+    self.decoder = decoder(input_dim=2 * self.latent_dim, image_size=self.image_size,
+                           param_init=param_init, dtype=dtype)
     self.dummies_DxHxW = self.param(
         "dummies", nn.initializers.zeros, (self.num_dummies, self.image_size, self.image_size))
 
@@ -164,8 +190,8 @@ class VMA(nn.Module):
 
     Each image goes through each encoder at most once. With `embed_slots=False`, e of the
     memory is left to `log_weights`, which computes it for the sampled slots only. With
-    `distinct` (the distinct images among the rows of `stack_rows`, which must fit), h runs
-    once per distinct image instead of once per row.
+    `distinct` (the distinct images among the rows of `stack_rows`), h runs once per distinct
+    image instead of once per row where they fit (`distinct.fits`, decided on the device).
     """
     batch, num_memory = memory_BxTxHxW.shape[:2]
     if x_BxHxW.shape[-2:] != (self.image_size,) * 2:
@@ -179,8 +205,25 @@ class VMA(nn.Module):
     if distinct is None:
       h_NxA, _ = self.match(images_NxHxW)
     else:
+      # h of the U distinct rows, gathered back to the N rows. The rows whose image got none
+      # (a batch with more than U distinct images, rare) take h computed in a cond, decided on
+      # the device: one program for every batch. Only those rows run inside the cond (XLA:CPU
+      # runs convs slower in a conditional), V = N - U at most (each of the U images has a
+      # row), recomputed for the gradient (a cond keeps the residuals of both branches).
+      num_rows, capacity_u = distinct.inverse_N.shape[0], distinct.row_U.shape[0]
       h_UxA, _ = self.match(images_NxHxW[distinct.row_U])
-      h_NxA = h_UxA[distinct.inverse_N]
+      has_row_N = distinct.inverse_N < capacity_u
+      h_NxA = h_UxA[jnp.where(has_row_N, distinct.inverse_N, 0)]
+      num_rest = num_rows - capacity_u
+      if num_rest > 0:
+        (rest_V,) = jnp.nonzero(~has_row_N, size=num_rest, fill_value=0)
+        no_rest = lambda vma, images_NxHxW, rest_V: jnp.zeros(
+            (num_rest,) + h_UxA.shape[1:], h_UxA.dtype)
+        rest = nn.remat(lambda vma, images_NxHxW, rest_V: vma.match(images_NxHxW[rest_V])[0])
+        h_rest_VxA = nn.cond(distinct_lib.fits(distinct), no_rest, rest, self, images_NxHxW,
+                             rest_V)
+        rest_of_N = jnp.clip(jnp.cumsum(~has_row_N) - 1, 0, num_rest - 1)
+        h_NxA = jnp.where(has_row_N[:, None], h_NxA, h_rest_VxA[rest_of_N])
     h_dummy_DxA, _ = self.match(self.dummies_DxHxW)
     flatten = lambda v_BxTx: v_BxTx.reshape((-1,) + v_BxTx.shape[2:])
     as_memory = lambda v_BTx: v_BTx.reshape((batch, num_memory) + v_BTx.shape[1:])

@@ -7,12 +7,13 @@ and takes an Adam step on
 
 Randomness comes from one key, jax.random.key(config.seed): step s uses fold_in(train_key, s),
 so a resumed run draws exactly the episodes and samples of an uninterrupted one. Steps are
-jitted over a Mesh of all local devices (axis "data"): the batch is sharded, the parameters
-and optimiser state are replicated.
+jitted over a Mesh of all devices, of every process (axis "data"): the batch is sharded, the
+parameters and optimiser state are replicated.
 
 Workdir: config.json, checkpoints/ (see `vma_jax.checkpoints`), metrics.jsonl (one JSON object
 per logged step), TensorBoard event files (where CLU and TensorFlow are installed, see
-`summaries.create_writer`), images/ (PNG grids of few-shot generations).
+`summaries.create_writer`), images/ (PNG grids of few-shot generations). With several
+processes (`vma_jax.distributed`), process 0 writes these files and all save the checkpoints.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
@@ -34,6 +36,7 @@ from flax.training import train_state
 
 from vma_jax import checkpoints
 from vma_jax import distinct as distinct_lib
+from vma_jax import distributed
 from vma_jax import episodes as episodes_lib
 from vma_jax import evaluate
 from vma_jax import model as vma_model
@@ -127,7 +130,8 @@ def make_loss_fn(config, model: vma_model.VMA) -> Callable:
 
 
 def step_metrics(episodes, address_logits_BxS, weights: vma_model.LogWeights) -> dict:
-  """Scalar summaries of one batch: the bound, its terms, and where the samples address."""
+  """Scalar summaries of one batch: the bound, its terms, where the samples address, and
+  whether the batch's distinct images did not fit (h then ran on more rows, `VMA.encode`)."""
   num_memory = episodes.memory_BxTxHxW.shape[1]
   num_slots = address_logits_BxS.shape[-1]
   bound_B = objective.iw_bound(weights.log_w_BxK)
@@ -140,6 +144,8 @@ def step_metrics(episodes, address_logits_BxS, weights: vma_model.LogWeights) ->
     same_class_BxK = ~is_dummy_BxK & (label_BxK == episodes.x_label_B[:, None])
   else:
     same_class_BxK = jnp.zeros_like(is_dummy_BxK)
+  rows = episodes.distinct
+  fallback = jnp.zeros((), bool) if rows is None else ~distinct_lib.fits(rows)
   return {
       "bound": jnp.mean(bound_B),  # L_K, nats per image
       "neg_bound": -jnp.mean(bound_B),  # -L_K, the number reported (lower is better)
@@ -149,6 +155,8 @@ def step_metrics(episodes, address_logits_BxS, weights: vma_model.LogWeights) ->
       "log_px": jnp.mean(weights.log_px_BxK),  # log p(x|z,m_a)
       "frac_dummy": jnp.mean(is_dummy_BxK.astype(jnp.float32)),
       "frac_same_class": jnp.mean(same_class_BxK.astype(jnp.float32)),
+      # Logged as its mean: the fraction of steps whose distinct images did not fit.
+      "distinct_fallback": fallback.astype(jnp.float32),
   }
 
 
@@ -181,8 +189,8 @@ def make_episode_sampler(config, mesh: Mesh):
   The step's key fold_in(train_key, step) is split into the episodes' key and the samples'
   key; episodes come out sharded along the batch, straight from device-resident data. Where
   it saves enough (`distinct.worthwhile`), `episodes.distinct` holds the batch's distinct
-  images, for `VMA.encode` to run h once per distinct image; a batch whose distinct images do
-  not fit (`distinct.fits`) must have it removed before the train step.
+  images, for `VMA.encode` to run h once per distinct image (and, inside the same train
+  step, on the rows left without one where they do not fit).
   """
   episodes_config, batch_size = config.episodes, config.train.batch_size
   if episodes_config.composition == "classes":
@@ -271,37 +279,14 @@ class _RunFunctions(NamedTuple):
         images=make_image_fn(config, model))
 
 
-def fit_distinct(episodes: episodes_lib.Episodes) -> tuple[episodes_lib.Episodes, bool]:
-  """(episodes, True), or (episodes without `distinct`, False) where its rows do not hold every
-  distinct image of the batch (`distinct.fits`; blocks until they are computed)."""
-  if episodes.distinct is None or distinct_lib.fits(episodes.distinct):
-    return episodes, True
-  return episodes._replace(distinct=None), False
-
-
 def _batches(sample, data, train_key, start_step: int, num_steps: int):
   """Yields (step, episodes, sample_key) for the steps start_step .. num_steps - 1.
 
-  A batch with more distinct images than its `distinct` rows hold is trained with every row
-  encoded (the same result, one slower step; the train step compiles a second time the first
-  time it happens). Batches are sampled one step ahead, so that this check waits for a
-  sampler queued before the previous train step, not after it.
+  Nothing here waits for the device (whether a batch's distinct images fit is decided inside
+  the train step): each batch is the sampler's, queued behind the previous step.
   """
-  upcoming = sample(data, train_key, np.int32(start_step)) if start_step < num_steps else None
-  num_unfit = 0
   for step in range(start_step, num_steps):
-    episodes, sample_key = upcoming
-    if step + 1 < num_steps:
-      upcoming = sample(data, train_key, np.int32(step + 1))
-    rows = episodes.distinct
-    episodes, fitted = fit_distinct(episodes)
-    if not fitted:
-      num_unfit += 1
-      if num_unfit == 1 or num_unfit % 100 == 0:
-        logging.info("step %d: %d distinct images, more than the %d rows kept for them; this "
-                     "step encodes all %d rows (%d such steps in this run)", step,
-                     int(distinct_lib.num_distinct(rows)), rows.row_U.shape[0],
-                     rows.inverse_N.shape[0], num_unfit)
+    episodes, sample_key = sample(data, train_key, np.int32(step))
     yield step, episodes, sample_key
 
 
@@ -355,7 +340,11 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
   valid_targets_N = evaluate.target_indices(len(splits["test"].labels_N), v.num_targets)
   image_targets_B = evaluate.target_indices(len(splits["test"].labels_N), 8)
 
-  init_key, train_key, valid_key, image_key = jax.random.split(jax.random.key(config.seed), 4)
+  replicated, _ = sharding.shardings(mesh)
+  # Replicated by the jitted split itself: device_put cannot place keys on other processes'
+  # devices.
+  init_key, train_key, valid_key, image_key = jax.jit(
+      lambda: jax.random.split(jax.random.key(config.seed), 4), out_shardings=replicated)()
   with _config_errors():
     # Shapes only: some settings are checked where the functions are traced.
     abstract = jax.eval_shape(functools.partial(create_train_state, config), init_key)
@@ -379,32 +368,32 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
       logging.warning("Resuming with a config that differs from the checkpoint's in: %s",
                       ", ".join(differences))
 
-  is_chief = jax.process_index() == 0
+  # Process 0 alone writes config.json, metrics.jsonl, summaries and images; every process
+  # saves and restores the checkpoints (Orbax writes each array once).
+  is_chief = distributed.is_chief()
   writer = summaries.create_writer(workdir, just_logging=not is_chief)
   metrics_log = summaries.MetricsLog(os.path.join(workdir, METRICS_FILE))
-  replicated, _ = sharding.shardings(mesh)
   if start_step is not None:
     # Restore onto abstract targets: the fresh parameters are never computed.
     restored = checkpoints.restore(manager, start_step, **jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         {"params": abstract.params, "opt_state": abstract.opt_state}))
     state = abstract.replace(
-        step=jax.device_put(jnp.asarray(start_step, jnp.int32), replicated), **restored)
+        step=sharding.replicate(np.int32(start_step), mesh), **restored)
     logging.info("Resumed from step %d of %s", start_step, manager.directory)
   else:
     start_step = 0
     state = init_train_state(config, init_key, mesh)
     writer.write_hparams(_flatten(checkpoints.to_dict(config)))
   # Only once the checkpoint has restored: a config it cannot continue leaves no trace.
-  checkpoints.save_config(workdir, config)
-  logging.info("Training %d steps from step %d on %d device(s); workdir %s",
-               num_steps, start_step, num_devices, workdir)
+  _save_config(workdir, config, is_chief)
+  logging.info("Training %d steps from step %d on %d device(s) of %d process(es); workdir %s",
+               num_steps, start_step, num_devices, jax.process_count(), workdir)
 
   report_progress = summaries.progress_reporter(num_steps, writer)
   pending: list[tuple[int, dict]] = []  # per-step metrics (on device) since the last log
   last_checkpoint = manager.latest_step()
   log_time, log_step = time.monotonic(), start_step
-  train_key = jax.device_put(train_key, replicated)
 
   def every(period, step, at_end=True):
     if period <= 0:
@@ -443,7 +432,8 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
       if every(train_config.validate_every, done, at_end=False):
         start = time.monotonic()
         bound = float(np.mean(evaluate.cell_bounds(
-            fns.validation, state.params, test_data, valid_key, valid_targets_N, v.batch_size)))
+            fns.validation, state.params, test_data, valid_key, valid_targets_N, v.batch_size,
+            mesh=mesh)))
         _write_scalars(writer, metrics_log, is_chief, done, {
             "valid/neg_bound": -bound, "valid/seconds": time.monotonic() - start})
         logging.info("step %d: validation -L_%d = %.2f nats (cell C=%d, T=%d, %d targets)",
@@ -462,6 +452,18 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
   return state
 
 
+def _save_config(workdir: str, config, is_chief: bool) -> None:
+  """`checkpoints.save_config` by process 0, after every process has checked that the
+  workdir's config.json takes `config` (so that all stop together where it does not)."""
+  path = os.path.join(workdir, checkpoints.CONFIG_FILE)
+  if jax.process_count() > 1:
+    if os.path.exists(path):
+      checkpoints.check_compatible(checkpoints.load_config(workdir), config, source=path)
+    multihost_utils.sync_global_devices("config.json checked")  # before process 0 replaces it
+  if is_chief:
+    checkpoints.save_config(workdir, config)
+
+
 def _write_scalars(writer, metrics_log, is_chief: bool, step: int, scalars: dict) -> None:
   writer.write_scalars(step, scalars)
   if is_chief:
@@ -470,7 +472,9 @@ def _write_scalars(writer, metrics_log, is_chief: bool, step: int, scalars: dict
 
 def _write_images(image_fn, params, data, target_index_B, key, writer, workdir, step,
                   is_chief) -> None:
-  memory, x, retrieved, samples = jax.device_get(image_fn(params, data, target_index_B, key))
+  # Gathered by every process (the arrays may span other processes' devices).
+  memory, x, retrieved, samples = multihost_utils.process_allgather(
+      image_fn(params, data, target_index_B, key), tiled=True)
   grid_HxW = summaries.few_shot_grid(memory, x, retrieved, samples)
   writer.write_images(step, {"few_shot": grid_HxW[None, :, :, None]})
   if is_chief:

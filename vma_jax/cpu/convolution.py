@@ -64,6 +64,22 @@ def conv2d(x_NxHxWxC: jax.Array, kernel_KhxKwxCxO: jax.Array, strides: Sequence[
   return _conv2d(x_NxHxWxC, kernel_KhxKwxCxO, strides, padding)
 
 
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs):
+  """`jax.lax.conv_general_dilated` for nn.Conv(conv_general_dilated=...): `conv2d` where it
+  applies (NHWC/HWIO, explicit padding, no dilation or groups), else lax's own."""
+  if (lhs.ndim == 4 and not isinstance(padding, str) and feature_group_count == 1
+      and precision is None and not kwargs
+      and all(d == 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
+      and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+      == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DIMENSION_NUMBERS)):
+    return conv2d(lhs, rhs, window_strides, padding)
+  return jax.lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+      feature_group_count, precision=precision, **kwargs)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv2d(x_NxHxWxC, kernel_KhxKwxCxO, strides, padding):
   return _conv(x_NxHxWxC, kernel_KhxKwxCxO, strides, padding)
