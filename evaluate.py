@@ -40,15 +40,7 @@ _DTYPE = flags.DEFINE_enum(
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", None, "On a CPU-only host, the JAX devices to split it into (default: one "
     "per core, as many as divide the batch size); no effect on GPU or TPU.")
-_COORDINATOR_ADDRESS = flags.DEFINE_string(
-    "coordinator_address", None, "Several processes: host:port where process 0 serves the "
-    "others (default: $VMA_COORDINATOR_ADDRESS; detected on Cloud TPU and under srun).")
-_NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "Several processes: how many (default: $VMA_NUM_PROCESSES; "
-    "detected on Cloud TPU and under srun; else 1). See docs/training.md.")
-_PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "Several processes: this one's index, 0..num_processes-1 (default: "
-    "$VMA_PROCESS_ID; detected on Cloud TPU and under srun).")
+distributed.define_flags()
 
 
 def main(argv):
@@ -60,7 +52,7 @@ def main(argv):
     # Before JAX starts: the targets are sharded over one CPU device per core.
     host.use_cpu_cores([batch_size], _CPU_DEVICES.value)
     # Also before JAX starts: joins the other processes of a run on several hosts, if any.
-    distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    distributed.initialize_from_flags()
     results = evaluate.evaluate_workdir(
         _WORKDIR.value, cells=_CELLS.value, num_importance=_NUM_IMPORTANCE.value,
         num_targets=_NUM_TARGETS.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,

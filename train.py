@@ -30,15 +30,7 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_integer(
     "cpu_devices", None, "On a CPU-only host, the JAX devices to split it into (default: one "
     "per core, as many as divide every batch size); no effect on GPU or TPU.")
-flags.DEFINE_string(
-    "coordinator_address", None, "Several processes: host:port where process 0 serves the "
-    "others (default: $VMA_COORDINATOR_ADDRESS; detected on Cloud TPU and under srun).")
-flags.DEFINE_integer(
-    "num_processes", None, "Several processes: how many (default: $VMA_NUM_PROCESSES; "
-    "detected on Cloud TPU and under srun; else 1). See docs/training.md.")
-flags.DEFINE_integer(
-    "process_id", None, "Several processes: this one's index, 0..num_processes-1 (default: "
-    "$VMA_PROCESS_ID; detected on Cloud TPU and under srun).")
+distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -49,7 +41,7 @@ def main(argv):
   host.use_cpu_cores(train.batch_sizes(FLAGS.config), FLAGS.cpu_devices)
   # Also before JAX starts: joins the other processes of a run on several hosts, if any.
   try:
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    distributed.initialize_from_flags()
   except ValueError as e:
     sys.exit(f"error: {e}")
   logging.info("JAX process %d/%d, local devices: %s; GLIBC_TUNABLES=%s", jax.process_index(),

@@ -104,6 +104,30 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   return True
 
 
+def define_flags() -> None:
+  """Defines --coordinator_address, --num_processes and --process_id for an entry point."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  detected = "detected on Cloud TPU and under srun"
+  flags.DEFINE_string(
+      "coordinator_address", None, "Several processes: host:port where process 0 serves the "
+      f"others (default: ${ADDRESS_ENV}; {detected}).")
+  flags.DEFINE_integer(
+      "num_processes", None, f"Several processes: how many (default: ${NUM_PROCESSES_ENV}; "
+      f"{detected}; else 1). See docs/training.md.")
+  flags.DEFINE_integer(
+      "process_id", None, "Several processes: this one's index, 0..num_processes-1 (default: "
+      f"${PROCESS_ID_ENV}; {detected}).")
+
+
+def initialize_from_flags() -> bool:
+  """`initialize` with the flags of `define_flags`."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  values = flags.FLAGS
+  return initialize(values.coordinator_address, values.num_processes, values.process_id)
+
+
 def is_chief() -> bool:
   """Whether this process writes the workdir's files: process 0 (also the only process)."""
   return jax.process_index() == 0
