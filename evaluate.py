@@ -19,6 +19,7 @@ from vma_jax import checkpoints
 from vma_jax import data
 from vma_jax import distributed
 from vma_jax import evaluate
+from vma_jax import results as vma_results
 from vma_jax.cpu import host
 
 _WORKDIR = flags.DEFINE_string(
@@ -26,7 +27,7 @@ _WORKDIR = flags.DEFINE_string(
 _NUM_IMPORTANCE = flags.DEFINE_integer(
     "num_importance", None, "K, importance samples (default: the run's config.eval, 1000).")
 _CELLS = flags.DEFINE_string(
-    "cells", evaluate.GRID,
+    "cells", vma_results.GRID,
     "Cells C:T, comma-separated (default: all 14 of Table 1); 'config' for the run's own.")
 _NUM_TARGETS = flags.DEFINE_integer(
     "num_targets", None,
@@ -59,7 +60,7 @@ def main(argv):
         chunk_size=_CHUNK_SIZE.value, dtype=_DTYPE.value)
   except (checkpoints.CheckpointError, data.DataError, FloatingPointError, ValueError) as e:
     sys.exit(f"evaluate.py: {e}")
-  print(evaluate.results_markdown(results))
+  print(vma_results.results_markdown(results))
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def install(wheel_dir, target, carry=None):
 # probe: what this host runs on, and whether the package imports.
 
 _IMPORTS = ("ml_collections.config_flags", "configs.default", "vma_jax.data", "vma_jax.train",
-            "vma_jax.evaluate", "vma_jax.checkpoints")
+            "vma_jax.evaluate", "vma_jax.cells", "vma_jax.checkpoints")
 
 
 def probe():
@@ -257,7 +257,7 @@ def lower(platform="cuda"):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import default as default_config  # pylint: disable=g-import-not-at-top
   from vma_jax import episodes as episodes_lib  # pylint: disable=g-import-not-at-top
-  from vma_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from vma_jax import cells  # pylint: disable=g-import-not-at-top
   from vma_jax import model as vma_model  # pylint: disable=g-import-not-at-top
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
   from vma_jax import train  # pylint: disable=g-import-not-at-top
@@ -281,14 +281,14 @@ def lower(platform="cuda"):
     text = step.lower(lowering_platforms=(platform,)).as_text()
     result["train_step"][dtype] = dict(
         batch=config.train.batch_size, memory=config.episodes.memory_size,
-        samples=config.objective.num_samples, stablehlo_chars=len(text), **_op_counts(text))
+        samples=config.objective.num_importance, stablehlo_chars=len(text), **_op_counts(text))
 
     memory, samples, targets = 19, config.eval.num_importance, config.eval.batch_size
-    bound = evaluate.make_cell_bound_fn(
+    bound = cells.make_cell_bound_fn(
         vma_model.make_model(config), max_classes=2, memory_size=memory,
         num_importance=samples, chunk_size=config.eval.chunk_size, mesh=mesh)
     targets_B = jax.ShapeDtypeStruct((targets,), np.int32)
-    text = bound.trace(state.params, data, evaluate.cell_key(0, 2, memory), targets_B).lower(
+    text = bound.trace(state.params, data, cells.cell_key(0, 2, memory), targets_B).lower(
         lowering_platforms=(platform,)).as_text()
     result["eval_bound"][dtype] = dict(
         targets=targets, memory=memory, samples=samples, chunk_size=config.eval.chunk_size,
@@ -332,7 +332,7 @@ def train_summary(workdir):
   if config:
     summary.update(batch=config["train"]["batch_size"],
                    memory=config["episodes"]["memory_size"],
-                   samples=config["objective"]["num_samples"], dtype=config["model"]["dtype"],
+                   samples=config["objective"]["num_importance"], dtype=config["model"]["dtype"],
                    num_steps=config["train"]["num_steps"])
   if rows:
     first = rows[0]
@@ -449,7 +449,7 @@ def _print_report(out):
           f"{out['precision']['cells']}")
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("prepare", help="the wheels and the numpy cache to carry")
@@ -476,51 +476,70 @@ def main(argv=None):
   p.add_argument("--elapsed-s", type=int, required=True)
   p.add_argument("--setting", action="append", default=[], help="NAME=VALUE to record")
   p.add_argument("--out", required=True)
-  args = parser.parse_args(argv)
+  return parser
 
-  if args.command == "prepare":
-    manifest = prepare(args.carry, args.data_dir, args.image_size, not args.no_wheels,
-                       args.python_version)
-    for name, f in manifest["files"].items():
-      print(f"{f['bytes'] / 2**20:8.2f} MB  {name}")
-    print(f"{manifest['total_mb']:.1f} MB in {args.carry}: carry it to the GPU host's "
-          "repository root")
-    return 0
-  if args.command == "install":
-    result = install(args.wheels, args.target, args.carry)
-    _dump(result, args.out)
-    print(json.dumps({k: result[k] for k in ("present", "installed", "missing_without_wheel",
-                                             "carry")}))
-    bad = [n for n, v in result["carry"].items() if v != "ok"]
-    if result["missing_without_wheel"] or bad:
-      print(f"missing, with no wheel in {args.wheels}: {result['missing_without_wheel']}; "
-            f"carried files not as prepared: {bad}. Run `bash benchmarks/gpu_check.sh "
-            "--prepare` again and carry the folder.", file=sys.stderr)
-      return 1
-    return 0
-  if args.command == "probe":
-    result = probe()
-    _dump(result, args.out)
-    print(json.dumps(result, indent=1))
-    failed = {m: e for m, e in result["imports"].items() if e != "ok"}
-    if failed:
-      print(f"imports failed: {failed}", file=sys.stderr)
-      return 4
-    if args.mode == "gpu" and result["platform"] != "gpu":
-      print(f"JAX runs on {result['platform']}, not a GPU: install jax[cuda13] or jax[cuda12] "
-            "(README.md), or run with --dry-run.", file=sys.stderr)
-      return 3
-    return 0
-  if args.command == "lower":
-    result = lower(args.platform)
-    _dump(result, args.out)
-    print(json.dumps(result, indent=1))
-    return 0
+
+def _prepare_command(args) -> int:
+  manifest = prepare(args.carry, args.data_dir, args.image_size, not args.no_wheels,
+                     args.python_version)
+  for name, f in manifest["files"].items():
+    print(f"{f['bytes'] / 2**20:8.2f} MB  {name}")
+  print(f"{manifest['total_mb']:.1f} MB in {args.carry}: carry it to the GPU host's "
+        "repository root")
+  return 0
+
+
+def _install_command(args) -> int:
+  result = install(args.wheels, args.target, args.carry)
+  _dump(result, args.out)
+  print(json.dumps({k: result[k] for k in ("present", "installed", "missing_without_wheel",
+                                           "carry")}))
+  bad = [n for n, v in result["carry"].items() if v != "ok"]
+  if result["missing_without_wheel"] or bad:
+    print(f"missing, with no wheel in {args.wheels}: {result['missing_without_wheel']}; "
+          f"carried files not as prepared: {bad}. Run `bash benchmarks/gpu_check.sh "
+          "--prepare` again and carry the folder.", file=sys.stderr)
+    return 1
+  return 0
+
+
+def _probe_command(args) -> int:
+  result = probe()
+  _dump(result, args.out)
+  print(json.dumps(result, indent=1))
+  failed = {m: e for m, e in result["imports"].items() if e != "ok"}
+  if failed:
+    print(f"imports failed: {failed}", file=sys.stderr)
+    return 4
+  if args.mode == "gpu" and result["platform"] != "gpu":
+    print(f"JAX runs on {result['platform']}, not a GPU: install jax[cuda13] or jax[cuda12] "
+          "(README.md), or run with --dry-run.", file=sys.stderr)
+    return 3
+  return 0
+
+
+def _lower_command(args) -> int:
+  result = lower(args.platform)
+  _dump(result, args.out)
+  print(json.dumps(result, indent=1))
+  return 0
+
+
+def _report_command(args) -> int:
   settings = dict(s.split("=", 1) for s in args.setting)
   out = report(args.work, args.mode, args.limit_s, args.elapsed_s, settings)
   _dump(out, args.out)
   _print_report(out)
   return 0
+
+
+_COMMANDS = {"prepare": _prepare_command, "install": _install_command,
+             "probe": _probe_command, "lower": _lower_command, "report": _report_command}
+
+
+def main(argv=None):
+  args = _parser().parse_args(argv)
+  return _COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,107 @@ import dataclasses
 import json
 import os
 import sys
+from typing import Sequence
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-from vma_jax.cpu import host  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top
+from absl import logging
+import ml_collections
+import numpy as np
+
+from vma_jax import cells as vma_cells
+from vma_jax import checkpoints
+from vma_jax import data
+from vma_jax import evaluate
+from vma_jax import model as vma_model
+from vma_jax import results
+from vma_jax.cpu import host
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionGap:
+  """-L_K of one cell in two computation dtypes, on the same episodes and samples.
+
+  `gap` is the mean over targets of the paired difference (-L_K in `dtype`) - (-L_K in
+  `reference_dtype`), i.e. bound - reference_bound; `gap_stderr` its standard error.
+  """
+
+  max_classes: int
+  memory_size: int
+  reference_dtype: str
+  dtype: str
+  reference_bound: float
+  bound: float
+  gap: float
+  gap_stderr: float
+  max_abs_target_gap: float
+  reference_seconds: float
+  seconds: float
+  num_importance: int
+  num_targets: int
+
+
+def precision_gaps(config, params, split, grid: Sequence[tuple[int, int]], *, dtype: str,
+                   reference_dtype: str = "float32", num_importance: int, num_targets: int,
+                   batch_size: int, chunk_size: int, seed: int) -> list[PrecisionGap]:
+  """Each cell's -L_K with the networks computing in `dtype` and in `reference_dtype`.
+
+  Both use the same parameters, episodes and sample keys (they depend only on the seed, the
+  cell and the target), so the per-target differences are paired: they measure the effect of
+  the precision alone. Each dtype's seconds include compiling its bound function.
+  """
+  if dtype == reference_dtype:
+    raise ValueError(f"compare two different dtypes, got {dtype!r} twice")
+  mesh, data, targets = vma_cells.on_devices(split, num_targets)
+  models = {d: vma_model.make_model(evaluate.with_dtype(config, d))
+            for d in (reference_dtype, dtype)}
+  gaps = []
+  for max_classes, memory_size in grid:
+    neg_bounds, seconds = {}, {}
+    for d, dtype_model in models.items():
+      neg_bounds[d], seconds[d] = vma_cells.cell_neg_bounds(
+          dtype_model, params, data, max_classes=max_classes, memory_size=memory_size,
+          num_importance=num_importance, targets=targets, batch_size=batch_size,
+          chunk_size=chunk_size, seed=seed, mesh=mesh)
+    gap_N = neg_bounds[dtype] - neg_bounds[reference_dtype]
+    gap, gap_stderr = vma_cells.mean_and_stderr(gap_N)
+    gaps.append(PrecisionGap(
+        max_classes, memory_size, reference_dtype, dtype,
+        reference_bound=float(neg_bounds[reference_dtype].mean()),
+        bound=float(neg_bounds[dtype].mean()), gap=gap, gap_stderr=gap_stderr,
+        max_abs_target_gap=float(np.abs(gap_N).max()),
+        reference_seconds=seconds[reference_dtype], seconds=seconds[dtype],
+        num_importance=num_importance, num_targets=len(gap_N)))
+    logging.info("C=%d T=%2d  -L_%d: %s %.3f, %s %.3f, gap %+.3f +- %.3f nats", max_classes,
+                 memory_size, num_importance, reference_dtype, gaps[-1].reference_bound,
+                 dtype, gaps[-1].bound, gap, gap_stderr)
+  return gaps
+
+
+def compare_precision(workdir: str, *, dtype: str = "bfloat16",
+                      reference_dtype: str = "float32", cells: str = results.GRID,
+                      num_importance: int | None = None, num_targets: int | None = None,
+                      seed: int | None = None, batch_size: int | None = None,
+                      chunk_size: int | None = None,
+                      data_config: ml_collections.ConfigDict | None = None
+                      ) -> list[PrecisionGap]:
+  """`precision_gaps` of the latest checkpoint of a training run, on the test split.
+
+  Arguments left None take the run's `config.eval` values, as in
+  `evaluate.evaluate_workdir`. Nothing is written to the workdir.
+  """
+  params, _, config = checkpoints.restore_params(workdir)
+  for d in (dtype, reference_dtype):
+    evaluate.with_dtype(config, d)  # a clear error for an unknown dtype, before any data
+  settings, split = evaluate.settings_and_test_split(
+      config, data_config, cells=cells, num_importance=num_importance, num_targets=num_targets,
+      seed=seed, batch_size=batch_size, chunk_size=chunk_size)
+  grid = settings.pop("cells")
+  return precision_gaps(config, params, split, grid, dtype=dtype,
+                        reference_dtype=reference_dtype, **settings)
 
 
 def _parse(argv):
@@ -47,16 +142,13 @@ def _parse(argv):
 
 def main(argv=None):
   args = _parse(argv)
-  from vma_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from vma_jax import data  # pylint: disable=g-import-not-at-top
-  from vma_jax import evaluate  # pylint: disable=g-import-not-at-top
   try:
     batch_size = args.batch_size or checkpoints.load_config(args.workdir).eval.batch_size
     host.use_cpu_cores([batch_size], args.cpu_devices)
     import jax  # pylint: disable=g-import-not-at-top
-    gaps = evaluate.compare_precision(
+    gaps = compare_precision(
         args.workdir, dtype=args.dtype, reference_dtype=args.reference_dtype,
-        cells=args.cells or evaluate.GRID, num_importance=args.num_importance,
+        cells=args.cells or results.GRID, num_importance=args.num_importance,
         num_targets=args.num_targets, seed=args.seed, batch_size=args.batch_size,
         chunk_size=args.chunk_size)
   except (checkpoints.CheckpointError, data.DataError, FloatingPointError, ValueError) as e:

@@ -6,7 +6,7 @@
 A profile of the whole step under `jax.profiler` is distorted by the kernel gradients' many
 small loop iterations (docs/performance.md); this times each part as its own jitted function
 instead, with the batch sharded over one CPU device per core and the allocator tunables of
-vma_jax/host.py, as in `benchmarks/run.py`. Parts, forward and forward + backward (the gradient
+vma_jax/cpu/host.py, as in `benchmarks/run.py`. Parts, forward and forward + backward (the gradient
 of a sum of squares of the outputs with respect to the parameters):
 
   h        the address encoder on the B * (1 + T) targets and memory images (features)
@@ -27,14 +27,27 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-from vma_jax.cpu import host  # pylint: disable=g-import-not-at-top
+# JAX starts at the first computation, in main(), after `host.use_cpu_cores`.
+# pylint: disable=g-import-not-at-top
+import jax
+import jax.numpy as jnp
+
+from benchmarks import flops as flops_lib
+from benchmarks import timing
+from configs import default as default_config
+from vma_jax import model as vma_model
+from vma_jax import networks
+from vma_jax import sharding
+from vma_jax.cpu import convolution
+from vma_jax.cpu import host
+from vma_jax.cpu import layers as cpu_layers
 
 # (input size, input channels, output channels, stride): the encoder's conv1 ... conv6.
 LAYERS = [(26, 1, 48, 1), (26, 48, 48, 2), (13, 48, 48, 1), (13, 48, 64, 2), (7, 64, 64, 1),
           (7, 64, 64, 2)]
 
 
-def main(argv=None):
+def _parse(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=256)
   parser.add_argument("--memory", type=int, default=32)
@@ -44,39 +57,40 @@ def main(argv=None):
   parser.add_argument("--cpu-kernels", default="auto", choices=("auto", "on", "off"),
                       help="the networks' layers, as config.model.cpu_kernels")
   parser.add_argument("--out", help="also write the rows as JSON here")
-  args = parser.parse_args(argv)
-  host.use_cpu_cores([args.batch], args.cpu_devices)
+  return parser.parse_args(argv)
 
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from benchmarks import flops as flops_lib  # pylint: disable=g-import-not-at-top
-  from benchmarks import timing  # pylint: disable=g-import-not-at-top
-  from configs import default as default_config  # pylint: disable=g-import-not-at-top
-  from vma_jax.cpu import convolution  # pylint: disable=g-import-not-at-top
-  from vma_jax import model as vma_model  # pylint: disable=g-import-not-at-top
-  from vma_jax import networks  # pylint: disable=g-import-not-at-top
-  from vma_jax import sharding  # pylint: disable=g-import-not-at-top
-  from vma_jax.cpu import layers as cpu_layers  # pylint: disable=g-import-not-at-top
 
-  config = default_config.get_config()
-  size = config.data.image_size
-  replicated, batch_sharding = sharding.shardings(sharding.make_mesh())
-  key = jax.random.key(0)
-  on_batch = lambda shape, fn=jax.random.normal: jax.device_put(fn(key, shape), batch_sharding)
-  images = lambda n: on_batch((n, size, size), lambda k, s: jax.random.bernoulli(
-      k, 0.2, s).astype(jnp.float32))
+class _Inputs:
+  """Random inputs on the devices: batches sharded, parameters replicated."""
+
+  def __init__(self, image_size: int):
+    self.size = image_size
+    self.replicated, self.batch = sharding.shardings(sharding.make_mesh())
+    self.key = jax.random.key(0)
+
+  def normal(self, shape):
+    return jax.device_put(jax.random.normal(self.key, shape), self.batch)
+
+  def images(self, n):
+    return jax.device_put(jax.random.bernoulli(
+        self.key, 0.2, (n, self.size, self.size)).astype(jnp.float32), self.batch)
+
+
+def _network_parts(args, config, inputs: _Inputs) -> list[dict]:
+  """h, e and the decoder, each forward and forward + backward."""
   squares = lambda tree: sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(tree))
   rows = []
 
-  def time_part(name, module, inputs, model_flops, method=None, used=lambda outputs: outputs):
+  def time_part(name, module, xs, model_flops, method=None, used=lambda outputs: outputs):
     """`used` picks the outputs the step uses: XLA drops the work of the others."""
     params = jax.device_put(
-        module.init(key, *jax.tree.map(lambda v: v[:2], inputs), method=method), replicated)
+        module.init(inputs.key, *jax.tree.map(lambda v: v[:2], xs), method=method),
+        inputs.replicated)
     loss = lambda p, *xs: squares(used(module.apply(p, *xs, method=method)))
-    row = {"part": name, "rows": int(jax.tree.leaves(inputs)[0].shape[0]),
-           "forward_s": timing.median_s(jax.jit(loss), params, *inputs, repeats=args.repeats),
-           "forward_backward_s": timing.median_s(jax.jit(jax.grad(loss)), params, *inputs,
-                                           repeats=args.repeats),
+    row = {"part": name, "rows": int(jax.tree.leaves(xs)[0].shape[0]),
+           "forward_s": timing.median_s(jax.jit(loss), params, *xs, repeats=args.repeats),
+           "forward_backward_s": timing.median_s(jax.jit(jax.grad(loss)), params, *xs,
+                                                 repeats=args.repeats),
            "forward_gflop": model_flops / 1e9}
     rows.append(row)
     print(f"{name:>8} {row['rows']:6d} rows  forward {row['forward_s']:.3f} s "
@@ -87,23 +101,29 @@ def main(argv=None):
   b, t, k = args.batch, args.memory, args.samples
   h_rows, e_rows, samples = b * (1 + t), b + b * k, b * k
   layers = cpu_layers if vma_model.use_cpu_kernels(args.cpu_kernels) else networks
-  time_part("h", layers.Encoder(config.model.match_dim), (images(h_rows),),
+  time_part("h", layers.Encoder(config.model.match_dim), (inputs.images(h_rows),),
             h_rows * flops_lib.encoder_flops(out=config.model.match_dim),
             used=lambda outputs: outputs[0])  # h's features; its skips are unused
-  time_part("e", layers.Encoder(config.model.embed_dim), (images(e_rows),),
+  time_part("e", layers.Encoder(config.model.embed_dim), (inputs.images(e_rows),),
             e_rows * flops_lib.encoder_flops(out=config.model.embed_dim))
-  skips = networks.Skips(on_batch((samples, 13, 13, 48)), on_batch((samples, 7, 7, 64)))
-  decoder = layers.Decoder(image_size=size)
+  skips = networks.Skips(inputs.normal((samples, 13, 13, 48)), inputs.normal((samples, 7, 7, 64)))
+  decoder = layers.Decoder(image_size=config.data.image_size)
   code_dim = config.model.latent_dim * 2  # [z, g(e(m_a))]
-  time_part("decoder", decoder, (on_batch((samples, code_dim)), skips),
+  time_part("decoder", decoder, (inputs.normal((samples, code_dim)), skips),
             samples * flops_lib.decoder_flops(), method=decoder.decode)
+  return rows
 
+
+def _conv_parts(args, inputs: _Inputs) -> list[dict]:
+  """Each encoder conv at h's size: forward, input gradient, kernel gradient."""
+  rows, h_rows = [], args.batch * (1 + args.memory)
   for in_size, cin, cout, stride in LAYERS:
     strides, padding = (stride, stride), ((1, 1), (1, 1))
-    x = on_batch((h_rows, in_size, in_size, cin))
-    kernel = jax.device_put(0.1 * jax.random.normal(key, (3, 3, cin, cout)), replicated)
+    x = inputs.normal((h_rows, in_size, in_size, cin))
+    kernel = jax.device_put(0.1 * jax.random.normal(inputs.key, (3, 3, cin, cout)),
+                            inputs.replicated)
     conv = lambda x, kernel, s=strides: convolution.conv2d(x, kernel, s, padding)
-    dy = on_batch(jax.eval_shape(conv, x, kernel).shape)
+    dy = inputs.normal(jax.eval_shape(conv, x, kernel).shape)
     input_grad = jax.jit(lambda x, kernel, dy, f=conv: jax.vjp(lambda v: f(v, kernel), x)[1](dy))
     kernel_grad = jax.jit(lambda x, kernel, dy, f=conv: jax.vjp(lambda v: f(x, v), kernel)[1](dy))
     gflop = 2.0 * dy.size * 9 * cin / 1e9
@@ -117,11 +137,19 @@ def main(argv=None):
     print(f"{row['part']:>22}  {gflop:6.1f} GFLOP  forward {rate(row['forward_s']):5.1f}  "
           f"input grad {rate(row['input_grad_s']):5.1f}  kernel grad "
           f"{rate(row['kernel_grad_s']):5.1f} GFLOP/s", flush=True)
+  return rows
 
+
+def main(argv=None):
+  args = _parse(argv)
+  host.use_cpu_cores([args.batch], args.cpu_devices)
+  config = default_config.get_config()
+  inputs = _Inputs(config.data.image_size)
+  rows = _network_parts(args, config, inputs) + _conv_parts(args, inputs)
   if args.out:
     with open(args.out, "w") as f:
       json.dump({"device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),
-                 "batch": b, "memory": t, "samples": k,
+                 "batch": args.batch, "memory": args.memory, "samples": args.samples,
                  "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "rows": rows}, f, indent=1)
 
 

@@ -36,7 +36,7 @@ def _config(batch, memory, samples, dtype, cpu_kernels="auto"):
   config.episodes.memory_size = memory
   # The recipe's 4 images per class where 4 divides T (the cost does not depend on it).
   config.episodes.per_class = math.gcd(memory, config.episodes.per_class) or 1
-  config.objective.num_samples = samples
+  config.objective.num_importance = samples
   config.model.dtype = dtype
   return config
 
@@ -92,12 +92,12 @@ def train_workload(batch, memory, samples, dtype="float32", seed=0, num_classes=
 
 def eval_workload(targets, memory, samples, chunk_size=None, dtype="float32", seed=0,
                   max_classes=2, num_classes=659, per_class=20, cpu_kernels="auto"):
-  """`vma_jax.evaluate.make_cell_bound_fn`: L_K of `targets` cell episodes (C, T), K samples.
+  """`vma_jax.cells.make_cell_bound_fn`: L_K of `targets` cell episodes (C, T), K samples.
 
   The episodes are drawn from a random binary stand-in for the test split (659 classes x 20
   images), on the device; targets are sharded over all local devices as in evaluation.
   """
-  from vma_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from vma_jax import cells  # pylint: disable=g-import-not-at-top
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
   config = _config(targets, memory, samples, dtype, cpu_kernels)
   chunk_size = config.eval.chunk_size if chunk_size is None else chunk_size
@@ -110,11 +110,11 @@ def eval_workload(targets, memory, samples, chunk_size=None, dtype="float32", se
   params = vma.init(key, jnp.zeros((1, size, size)), jnp.zeros((1, memory, size, size)),
                     vma_model.sample_keys(jax.random.split(key, 1), 0, 2))
   params = jax.device_put(params, replicated)
-  bound = evaluate.make_cell_bound_fn(
+  bound = cells.make_cell_bound_fn(
       vma, max_classes=max_classes, memory_size=memory, num_importance=samples,
       chunk_size=chunk_size, mesh=mesh)
   targets_B = jax.device_put(jnp.arange(targets, dtype=jnp.int32), batch_sharding)
-  cell_key = evaluate.cell_key(seed, max_classes, memory)
+  cell_key = cells.cell_key(seed, max_classes, memory)
   args = (params, data, cell_key, targets_B)
   compiled = bound.lower(*args).compile()
 
@@ -124,7 +124,7 @@ def eval_workload(targets, memory, samples, chunk_size=None, dtype="float32", se
   num_chunks = math.ceil(samples / min(chunk_size, samples))
   padded = num_chunks * min(chunk_size, samples)
   model_flops = flops_lib.forward_flops(targets, memory, padded)
-  return Workload(run, model_flops, compiled, "evaluate.make_cell_bound_fn")
+  return Workload(run, model_flops, compiled, "vma_jax.cells.make_cell_bound_fn")
 
 
 def matmul_workload(n=2048, dtype="float32"):

@@ -7,7 +7,7 @@ target's class among them (see configs/cell.py); everything else is configs/defa
     python evaluate.py --workdir=runs/c2_m19 --cells=config
 
 Produces: runs/c2_m19/ with checkpoints, metrics.jsonl and TensorBoard summaries; the
-evaluation reports ELBO@1000 on the test split at cell (C=2, T=19) (model.md's Table 1 for
+evaluation reports ELBO@1000 on the test split at cell (C=2, T=19) (docs/model.md, Table 1, for
 the paper's and the reproduction's numbers). Time: one to three days on a 2-core CPU
 (100,000 steps of 256 episodes at about 1.1 s per step for T = 1, 2.6 s for T = 19;
 docs/performance.md); on one GPU not measured yet.

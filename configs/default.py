@@ -7,7 +7,7 @@ baseline; training memories of T = 32 images, 4 per class (the target's class an
     python evaluate.py --workdir=runs/default --num_importance=1000
 
 Expected: ELBO@1000 of about 85 nats at (C=1, T=1) down to about 72 at (C=1, T=19) on the
-Omniglot test split (model.md's reproduction row); see docs/results.md for what this project
+Omniglot test split (the reproduction's row of docs/model.md, Table 1); see docs/results.md for what this project
 measured. Time: about four days on a 2-core CPU (3.4 s per step) and up to 9 hours for the
 evaluation (docs/performance.md); on one GPU not measured yet.
 """
@@ -37,7 +37,7 @@ def get_config():
   config.episodes = ml_collections.ConfigDict(
       dict(composition="classes", memory_size=32, per_class=4, max_classes=2))
 
-  config.objective = ml_collections.ConfigDict(dict(num_samples=4, baseline="arithmetic"))
+  config.objective = ml_collections.ConfigDict(dict(num_importance=4, baseline="arithmetic"))
 
   config.optim = ml_collections.ConfigDict(
       dict(name="adam", lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=0.0))
@@ -48,7 +48,7 @@ def get_config():
 
   # Periodic validation bound during training, on test-split episodes of one cell.
   config.validation = ml_collections.ConfigDict(
-      dict(max_classes=1, memory_size=5, num_targets=1024, num_samples=100, batch_size=256,
+      dict(max_classes=1, memory_size=5, num_targets=1024, num_importance=100, batch_size=256,
            chunk_size=100))
 
   # evaluate.py: Table 1 cells "C:T,...", K importance samples, targets (0 = all 13,180).

@@ -23,11 +23,11 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.episodes.update(composition="classes", memory_size=4, per_class=2)
-  config.objective.num_samples = 4
+  config.objective.num_importance = 4
   config.optim.lr = 1e-3
   config.train.update(batch_size=32, num_steps=300, log_every=25, checkpoint_every=100,
                       max_checkpoints=3, validate_every=150, image_every=150)
-  config.validation.update(max_classes=1, memory_size=5, num_targets=256, num_samples=10,
+  config.validation.update(max_classes=1, memory_size=5, num_targets=256, num_importance=10,
                            batch_size=64, chunk_size=10)
   config.eval.update(cells="1:5", num_targets=256)
   return config

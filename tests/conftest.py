@@ -7,7 +7,6 @@ is set (so repeated runs reuse the cache), else to a session temp dir (about a m
 """
 
 import os
-import pathlib
 
 import jax
 import pytest
@@ -19,9 +18,9 @@ try:
 except ImportError:
   pass
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
+import helpers  # noqa: F401  (configures JAX for every test: helpers.configure_jax)
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+REPO_ROOT = helpers.REPO_ROOT
 
 
 def find_archive_dir() -> str | None:
@@ -73,10 +72,11 @@ def untrained_run(tmp_path, archive_dir, omniglot_data_dir, omniglot_test) -> st
   import optax  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from vma_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from vma_jax import model as vma_model  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
   config.data.archive_dir, config.data.data_dir = archive_dir, omniglot_data_dir
-  params = checkpoints.init_params(config, jax.random.key(1))
+  params = vma_model.init_params(config, jax.random.key(1))
   workdir = str(tmp_path / "run")
   checkpoints.save_config(workdir, config)
   manager = checkpoints.make_manager(workdir)

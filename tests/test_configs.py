@@ -5,11 +5,7 @@ import re
 import subprocess
 import sys
 
-import jax
-
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import flags
 from ml_collections import config_flags
 import pytest
 
@@ -27,11 +23,11 @@ REQUIRED = {
     "data": ["archive_dir", "data_dir", "image_size"],
     "model": ["latent_dim", "embed_dim", "match_dim", "num_dummies", "dtype"],
     "episodes": ["composition", "memory_size", "per_class", "max_classes"],
-    "objective": ["num_samples", "baseline"],
+    "objective": ["num_importance", "baseline"],
     "optim": ["name", "lr", "b1", "b2", "eps", "grad_clip_norm"],
     "train": ["batch_size", "num_steps", "log_every", "checkpoint_every", "max_checkpoints",
               "validate_every", "image_every"],
-    "validation": ["max_classes", "memory_size", "num_targets", "num_samples", "batch_size",
+    "validation": ["max_classes", "memory_size", "num_targets", "num_importance", "batch_size",
                    "chunk_size"],
     "eval": ["cells", "num_importance", "num_targets", "batch_size", "chunk_size", "seed"],
 }
@@ -87,7 +83,7 @@ def test_cell_configs_train_and_evaluate_their_cell(c, t):
 
 def test_quick_is_small():
   config = load("quick.py")
-  assert config.train.batch_size <= 64 and config.objective.num_samples == 4
+  assert config.train.batch_size <= 64 and config.objective.num_importance == 4
   assert config.train.num_steps * config.train.batch_size <= 100_000
 
 

@@ -94,12 +94,12 @@ def test_one_channel_conv_transpose_is_the_flax_layer():
                 nn.ConvTranspose(1, (2, 2), padding=((1, 1), (1, 1))), x_NxHxWxC, rng)
 
 
-def _episode(batch=2, num_memory=3, num_samples=4, seed=0):
+def _episode(batch=2, memory_size=3, num_importance=4, seed=0):
   key_x, key_m, key_k = jax.random.split(jax.random.key(seed), 3)
   x_BxHxW = jax.random.bernoulli(key_x, 0.3, (batch, 26, 26)).astype(jnp.float32)
-  memory_BxTxHxW = jax.random.bernoulli(key_m, 0.3, (batch, num_memory, 26, 26)).astype(
+  memory_BxTxHxW = jax.random.bernoulli(key_m, 0.3, (batch, memory_size, 26, 26)).astype(
       jnp.float32)
-  keys_BxK = vma_model.sample_keys(jax.random.split(key_k, batch), 0, num_samples)
+  keys_BxK = vma_model.sample_keys(jax.random.split(key_k, batch), 0, num_importance)
   return x_BxHxW, memory_BxTxHxW, keys_BxK
 
 
@@ -141,7 +141,7 @@ def test_both_paths_have_the_same_parameters_and_compute_the_same_function(param
 def test_forward_mode_differentiation_works_on_the_stock_path():
   """jax.jvp through VMA.apply (and a Hessian-vector product) on stock layers; the CPU layers'
   custom gradients do not support forward mode, which is why they are opt-in."""
-  episode = _episode(num_samples=2)
+  episode = _episode(num_importance=2)
   stock = vma_model.VMA(cpu_kernels="off")
   params = stock.init(jax.random.key(0), *episode)
   tangent = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), params)

@@ -9,40 +9,23 @@ over 2 devices).
 
 import functools
 import json
-import os
-import pathlib
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import jax
 import numpy as np
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-# The persistent compilation cache of tests/test_train.py: reruns load the programs.
-CACHE_DIR = os.path.join(tempfile.gettempdir(), "vma_jax_test_compilation_cache")
-
-
-def _small_config():
-  """The default config with tiny heads (B = 4, T = 4, K = 2), as tests/test_train.py's."""
-  sys.path.insert(0, str(REPO_ROOT))
-  from configs import default  # pylint: disable=g-import-not-at-top
-
-  config = default.get_config()
-  config.model.update(latent_dim=8, embed_dim=16, match_dim=16)
-  return config
-
+import helpers
+from vma_jax import model as vma_model
 
 def _distinct_params(config):
   """Parameters of `config`'s model, each leaf distinct (leaf i: i + 0, 1, 2, ... / 1000).
 
   Cheaper than initialising them, and a leaf restored into another's place shows.
   """
-  from vma_jax import checkpoints  # pylint: disable=g-import-not-at-top
-
-  abstract = jax.eval_shape(functools.partial(checkpoints.init_params, config),
+  abstract = jax.eval_shape(functools.partial(vma_model.init_params, config),
                             jax.random.key(0))
   leaves, treedef = jax.tree.flatten(abstract)
   return jax.tree.unflatten(treedef, [
@@ -57,7 +40,7 @@ def _save_on_two_devices(workdir):
   from vma_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
 
-  config = _small_config()
+  config = helpers.small_config()
   mesh = sharding.make_mesh()
   assert mesh.devices.size == 2, mesh
   replicated, _ = sharding.shardings(mesh)
@@ -74,13 +57,13 @@ def test_restore_params_onto_one_device_of_a_checkpoint_written_on_two(tmp_path)
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
 
   workdir = str(tmp_path / "run")
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = helpers.child_env()
   env.pop("XLA_FLAGS", None)
-  result = subprocess.run([sys.executable, __file__, workdir], env=env, cwd=REPO_ROOT,
+  result = subprocess.run([sys.executable, __file__, workdir], env=env, cwd=helpers.REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-4000:]
 
-  expected = _distinct_params(_small_config())
+  expected = _distinct_params(helpers.small_config())
   mesh = sharding.make_mesh(jax.local_devices()[:1])
   for restore_mesh in (mesh, None):  # one device, then all of this process's
     params, step, _ = checkpoints.restore_params(workdir, mesh=restore_mesh)
@@ -93,7 +76,7 @@ def test_restore_params_onto_one_device_of_a_checkpoint_written_on_two(tmp_path)
 
 
 def _run(args, env):
-  result = subprocess.run([sys.executable, *args], env=env, cwd=REPO_ROOT,
+  result = subprocess.run([sys.executable, *args], env=env, cwd=helpers.REPO_ROOT,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
   return result
@@ -102,9 +85,9 @@ def _run(args, env):
 @pytest.mark.slow
 def test_train_on_8_devices_resume_on_2_evaluate_on_1_and_3(
     tmp_path, archive_dir, omniglot_data_dir):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", VMA_OMNIGLOT_DIR=archive_dir,
-             TFDS_DATA_DIR=omniglot_data_dir, JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env = helpers.child_env(VMA_OMNIGLOT_DIR=archive_dir, TFDS_DATA_DIR=omniglot_data_dir,
+                          JAX_COMPILATION_CACHE_DIR=helpers.CACHE_DIR,
+                          JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   env.pop("XLA_FLAGS", None)
   workdir = tmp_path / "run"
   # Batches of 8: a multiple of every training device count (8, then 2).

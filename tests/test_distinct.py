@@ -5,8 +5,6 @@ The sharded check runs in a subprocess with XLA_FLAGS=--xla_force_host_platform_
 """
 
 import math
-import os
-import pathlib
 import subprocess
 import sys
 
@@ -15,11 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
+
 from vma_jax import distinct
 from vma_jax import model as vma_model
 from vma_jax import sharding
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_expected_distinct_matches_a_simulation():
@@ -114,9 +113,8 @@ def test_encode_through_distinct_rows_is_encode_of_every_row(embed_slots, fits):
 
 @pytest.mark.slow
 def test_sharded_encode_is_exact_and_compiles_once_whether_or_not_the_batch_fits():
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  result = subprocess.run([sys.executable, __file__], env=env, cwd=REPO_ROOT,
+  result = subprocess.run([sys.executable, __file__], env=helpers.child_env(cpu_devices=4),
+                          cwd=helpers.REPO_ROOT,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
   assert "sharded distinct encode matches, compiled once" in result.stdout
@@ -129,13 +127,13 @@ def _sharded_check():
   assert mesh.devices.size == 4, mesh
   replicated, batch = sharding.shardings(mesh)
   rng = np.random.default_rng(0)
-  num_episodes, num_memory, size, capacity_u = 8, 3, 26, 12
+  num_episodes, memory_size, size, capacity_u = 8, 3, 26, 12
   pool_IxHxW = (rng.random((16, size, size)) < 0.3).astype(np.float32)
   model = vma_model.VMA(latent_dim=8, embed_dim=16, match_dim=16)
   key = jax.random.key(0)
   keys_BxK = vma_model.sample_keys(jax.random.split(key, num_episodes), 0, 2)
   params = model.init(key, pool_IxHxW[:num_episodes], pool_IxHxW[:num_episodes, None].repeat(
-      num_memory, axis=1), keys_BxK)
+      memory_size, axis=1), keys_BxK)
 
   def loss(params, x_BxHxW, memory_BxTxHxW, rows):
     encoding = model.apply(params, x_BxHxW, memory_BxTxHxW, embed_slots=False, distinct=rows,
@@ -148,11 +146,11 @@ def _sharded_check():
   grad_all_fn = jax.jit(lambda params, x, memory: jax.value_and_grad(loss)(params, x, memory,
                                                                            None),
                         in_shardings=(replicated, batch, batch))
-  num_rows = num_episodes * (1 + num_memory)
+  num_rows = num_episodes * (1 + memory_size)
   # 8 distinct images (room for them all), then 14 (more than the 12 rows).
   for num_ids in (8, 14):
     ids_N = np.concatenate([np.arange(num_ids), rng.integers(0, num_ids, num_rows - num_ids)])
-    index_Bx1T = rng.permutation(ids_N).reshape(num_episodes, 1 + num_memory)
+    index_Bx1T = rng.permutation(ids_N).reshape(num_episodes, 1 + memory_size)
     x_BxHxW, memory_BxTxHxW = pool_IxHxW[index_Bx1T[:, 0]], pool_IxHxW[index_Bx1T[:, 1:]]
     rows = distinct.find(vma_model.stack_rows(index_Bx1T[:, 0], index_Bx1T[:, 1:]), capacity_u)
     assert bool(distinct.fits(rows)) == (num_ids <= capacity_u)
@@ -166,5 +164,4 @@ def _sharded_check():
 
 
 if __name__ == "__main__":
-  jax.config.update("jax_numpy_rank_promotion", "raise")
   _sharded_check()

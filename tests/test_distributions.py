@@ -2,7 +2,6 @@
 
 import jax
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

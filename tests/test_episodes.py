@@ -94,10 +94,10 @@ def test_from_split_groups_by_class(synthetic):
   split, data = synthetic
   assert (data.num_classes, data.per_class, data.num_images) == (30, 20, 600)
   for c in range(30):
-    np.testing.assert_array_equal(split.labels_N[np.asarray(data.index_CxP[c])], c)
-    np.testing.assert_array_equal(_decode(data.images_CxPxHxW[c]), np.asarray(data.index_CxP[c]))
+    np.testing.assert_array_equal(split.labels_N[np.asarray(data.index_LxP[c])], c)
+    np.testing.assert_array_equal(_decode(data.images_LxPxHxW[c]), np.asarray(data.index_LxP[c]))
   n = np.arange(600)
-  np.testing.assert_array_equal(np.asarray(data.index_CxP)[data.class_N, data.slot_N], n)
+  np.testing.assert_array_equal(np.asarray(data.index_LxP)[data.class_N, data.slot_N], n)
 
 
 def test_from_split_rejects_uneven_classes():

@@ -1,4 +1,5 @@
-"""Tests of the Table 1 evaluation: cells, determinism, result files, the command line."""
+"""Tests of the Table 1 evaluation: cells, determinism, result files, the command line, and
+the precision study of benchmarks/precision.py."""
 
 import csv
 import dataclasses
@@ -16,13 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vma_jax import checkpoints
+from benchmarks import precision
+from vma_jax import cells
 from vma_jax import episodes
 from vma_jax import evaluate
 from vma_jax import model as vma_model
 from vma_jax import objective
+from vma_jax import results as vma_results
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -47,22 +49,22 @@ def _synthetic_split(num_classes=6, per_class=20, size=26, seed=0):
 def small_model_and_params():
   config = _default_config()
   model = vma_model.make_model(config)
-  params = checkpoints.init_params(config, jax.random.key(0))
+  params = vma_model.init_params(config, jax.random.key(0))
   return config, model, params
 
 
 def test_parse_cells():
-  assert evaluate.parse_cells("1:1, 2:19,") == [(1, 1), (2, 19)]
-  assert len(evaluate.parse_cells(evaluate.GRID)) == 14
+  assert cells.parse_cells("1:1, 2:19,") == [(1, 1), (2, 19)]
+  assert len(cells.parse_cells(vma_results.GRID)) == 14
   for bad in ("1-5", "x:5", "0:3", ""):
     with pytest.raises(ValueError, match="cell"):
-      evaluate.parse_cells(bad)
+      cells.parse_cells(bad)
 
 
 def test_target_indices_cover_all_or_spread_evenly():
-  np.testing.assert_array_equal(evaluate.target_indices(50, 0), np.arange(50))
-  np.testing.assert_array_equal(evaluate.target_indices(50, 5), [0, 10, 20, 30, 40])
-  subset = evaluate.target_indices(13180, 1000)
+  np.testing.assert_array_equal(episodes.target_indices(50, 0), np.arange(50))
+  np.testing.assert_array_equal(episodes.target_indices(50, 5), [0, 10, 20, 30, 40])
+  subset = episodes.target_indices(13180, 1000)
   assert len(np.unique(subset)) == 1000 and subset.max() < 13180
   # A spacing of 13.18 < 20 images per class: every one of the 659 classes gets a target.
   assert len(np.unique(subset // 20)) == 659
@@ -90,7 +92,7 @@ def test_cell_bound_matches_direct_computation(small_model_and_params):
   result = evaluate.evaluate_cell(model, params, data, max_classes=1, memory_size=2,
                                   num_importance=16, targets=targets, batch_size=4,
                                   chunk_size=5, seed=7)
-  key = evaluate.cell_key(7, 1, 2)
+  key = cells.cell_key(7, 1, 2)
   episode_key, sample_key = jax.random.split(key)
   batch = episodes.sample_cell_episodes(data, episode_key, jnp.asarray(targets),
                                         max_classes=1, memory_size=2)
@@ -103,12 +105,12 @@ def test_cell_bound_matches_direct_computation(small_model_and_params):
 
 
 def _results():
-  return [evaluate.CellResult(1, 5, 80.123, 0.4, 1000, 13180, 1.0),
-          evaluate.CellResult(2, 19, 75.5, 0.3, 1000, 13180, 2.0)]
+  return [vma_results.CellResult(1, 5, 80.123, 0.4, 1000, 13180, 1.0),
+          vma_results.CellResult(2, 19, 75.5, 0.3, 1000, 13180, 2.0)]
 
 
 def test_write_results_files(tmp_path):
-  paths = evaluate.write_results(_results(), str(tmp_path / "eval"), dict(step=7))
+  paths = vma_results.write_results(_results(), str(tmp_path / "eval"), dict(step=7))
   saved = json.loads(pathlib.Path(paths["json"]).read_text())
   assert saved["meta"]["step"] == 7
   assert saved["results"][0]["bound"] == pytest.approx(80.123)
@@ -123,8 +125,8 @@ def test_write_results_files(tmp_path):
 
   # A second evaluation (another K, say) keeps the first one's files as results.1.*.
   later = [dataclasses.replace(r, num_importance=10) for r in _results()]
-  evaluate.write_results(later, str(tmp_path / "eval"), dict(step=9))
-  evaluate.write_results(later[:1], str(tmp_path / "eval"), dict(step=9))
+  vma_results.write_results(later, str(tmp_path / "eval"), dict(step=9))
+  vma_results.write_results(later[:1], str(tmp_path / "eval"), dict(step=9))
   names = sorted(p.name for p in (tmp_path / "eval").iterdir())
   assert names == ["results.1.csv", "results.1.json", "results.1.md", "results.2.csv",
                    "results.2.json", "results.2.md", "results.csv", "results.json",
@@ -169,8 +171,8 @@ def test_evaluate_workdir_end_to_end(untrained_run):
   low_saved = json.loads((run / "eval_bfloat16" / "results.json").read_text())
   assert low_saved["meta"]["dtype"] == "bfloat16" and len(low_saved["results"]) == 1
 
-  gaps = evaluate.compare_precision(workdir, dtype="bfloat16", cells="1:1", num_importance=8,
-                                    num_targets=6, batch_size=4, chunk_size=8)
+  gaps = precision.compare_precision(workdir, dtype="bfloat16", cells="1:1", num_importance=8,
+                                     num_targets=6, batch_size=4, chunk_size=8)
   assert gaps[0].reference_bound == pytest.approx(results[0].bound, abs=1e-9)
   assert gaps[0].bound == pytest.approx(low[0].bound, abs=1e-9)
   assert sorted(os.listdir(run)) == sorted(["checkpoints", "config.json", "eval",
@@ -181,8 +183,8 @@ def test_cell_bounds_logs_progress_and_drops_the_padding(caplog):
   """Every batch but the last logs its count (log_every_s=0); the values come back in order."""
   caplog.set_level(logging.INFO)
   bound_fn = lambda params, data, key, targets_B: jnp.asarray(targets_B, jnp.float32) / 2
-  bounds_N = evaluate.cell_bounds(bound_fn, None, None, None, np.arange(10), batch_size=4,
-                                  log_every_s=0.0, name="C=1 T=5: ")
+  bounds_N = cells.cell_bounds(bound_fn, None, None, None, np.arange(10), batch_size=4,
+                               log_every_s=0.0, name="C=1 T=5: ")
   np.testing.assert_array_equal(bounds_N, np.arange(10) / 2)
   progress = [r.getMessage() for r in caplog.records if "targets," in r.getMessage()]
   assert [m.split(" s left")[0].rsplit(",", 1)[0] for m in progress] == [
@@ -192,7 +194,7 @@ def test_cell_bounds_logs_progress_and_drops_the_padding(caplog):
 def test_finished_cells_are_kept_per_settings(tmp_path, caplog):
   identity = dict(params_sha256="ab", step=3, dtype="float32", seed=0, num_importance=8,
                   num_targets=6)
-  finished_cells = evaluate._FinishedCells  # pylint: disable=protected-access
+  finished_cells = vma_results.FinishedCells
   eval_dir = str(tmp_path / "eval")
   finished = finished_cells(eval_dir, identity)
   assert finished.cells == {}
@@ -265,12 +267,12 @@ def test_precision_gaps_are_paired(small_model_and_params):
   config, model, params = small_model_and_params
   split = _synthetic_split()
   settings = dict(num_importance=6, num_targets=8, batch_size=4, chunk_size=3, seed=0)
-  cells = [(1, 2), (2, 3)]
-  gaps = evaluate.precision_gaps(config, params, split, cells, dtype="bfloat16", **settings)
-  direct = evaluate.evaluate_grid(model, params, split, cells, **settings)
+  grid = [(1, 2), (2, 3)]
+  gaps = precision.precision_gaps(config, params, split, grid, dtype="bfloat16", **settings)
+  direct = evaluate.evaluate_grid(model, params, split, grid, **settings)
   low_config = config.copy_and_resolve_references()
   low_config.model.dtype = "bfloat16"
-  direct_low = evaluate.evaluate_grid(vma_model.make_model(low_config), params, split, cells,
+  direct_low = evaluate.evaluate_grid(vma_model.make_model(low_config), params, split, grid,
                                       **settings)
   assert [g.reference_bound for g in gaps] == pytest.approx([r.bound for r in direct],
                                                             abs=1e-9)
@@ -284,12 +286,12 @@ def test_precision_gaps_are_paired(small_model_and_params):
     assert np.isfinite(gap.gap_stderr) and gap.gap_stderr > 0
 
   with pytest.raises(ValueError, match="two different dtypes"):
-    evaluate.precision_gaps(config, params, split, cells, dtype="float32", **settings)
+    precision.precision_gaps(config, params, split, grid, dtype="float32", **settings)
 
 
 def test_unknown_dtype_is_a_clear_error(small_model_and_params):
   config, _, params = small_model_and_params
   with pytest.raises(ValueError, match="unknown dtype 'float8'.*bfloat16"):
-    evaluate.precision_gaps(config, params, _synthetic_split(), [(1, 1)], dtype="float8",
-                            num_importance=2, num_targets=2, batch_size=2, chunk_size=2,
-                            seed=0)
+    precision.precision_gaps(config, params, _synthetic_split(), [(1, 1)], dtype="float8",
+                             num_importance=2, num_targets=2, batch_size=2, chunk_size=2,
+                             seed=0)

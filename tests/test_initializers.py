@@ -1,7 +1,7 @@
 """Initial values: PyTorch's default layer init (the reference's) and Flax's.
 
 Reference: the PyTorch layer behind each parameter of the reference implementation
-(model.md's shapes), and PyTorch's rule for its default init, kernel and bias ~
+(docs/model.md, Networks), and PyTorch's rule for its default init, kernel and bias ~
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = in_features (Linear), Cin*k*k (Conv2d) and
 Cout*k*k (ConvTranspose2d, whose weight is Cin x Cout x k x k and whose fan-in PyTorch reads
 off the second axis).
@@ -90,7 +90,7 @@ def test_torch_init_draws_every_layer_uniformly_within_pytorchs_bound():
         assert abs(np.mean(values)) < 0.1 * bound, where
       else:
         assert np.max(np.abs(values)) > 0.3 * bound, where  # biases are not zero
-  np.testing.assert_array_equal(params["dummies"], 0.0)  # model.md: blank dummies
+  np.testing.assert_array_equal(params["dummies"], 0.0)  # docs/model.md: blank dummies
 
 
 def test_flax_init_has_lecun_normal_kernels_and_zero_biases():

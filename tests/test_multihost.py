@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-from vma_jax import checkpoints  # pylint: disable=g-import-not-at-top
-from vma_jax import distributed  # pylint: disable=g-import-not-at-top
-from vma_jax import summaries  # pylint: disable=g-import-not-at-top
+from vma_jax import checkpoints
+from vma_jax import distributed
+from vma_jax import summaries
 
 TRAIN_FLAGS = ("--config=configs/quick.py", "--config.train.num_steps=2",
                "--config.train.batch_size=8", "--config.train.log_every=1",

@@ -1,8 +1,8 @@
 """The VMA networks and model: sizes, cost structure, sampling and the log-weight formula.
 
-References: the parameter count and shapes of the PyTorch reproduction (model.md), method
-interception to count encoder and decoder work, and a hand recomputation of log w_k from the
-model's pieces with scipy densities.
+References: the parameter count and shapes of the PyTorch reproduction (docs/model.md,
+Networks), method interception to count encoder and decoder work, and a hand recomputation
+of log w_k from the model's pieces with scipy densities.
 """
 
 import functools
@@ -10,7 +10,6 @@ import math
 
 import jax
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import flax.linen as nn  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -26,19 +25,19 @@ from vma_jax.cpu import layers as cpu_layers  # noqa: E402
 NUM_DUMMIES = 2
 
 
-def _episodes(batch, num_memory, num_samples, image_size=26, seed=0):
+def _episodes(batch, memory_size, num_importance, image_size=26, seed=0):
   """Random binary (x_BxHxW, memory_BxTxHxW) and keys_BxK from `sample_keys`."""
   rng = np.random.default_rng(seed)
   x_BxHxW = rng.integers(0, 2, (batch, image_size, image_size)).astype(np.float32)
   memory_BxTxHxW = rng.integers(
-      0, 2, (batch, num_memory, image_size, image_size)).astype(np.float32)
+      0, 2, (batch, memory_size, image_size, image_size)).astype(np.float32)
   episode_keys_B = jax.random.split(jax.random.key(seed), batch)
-  return x_BxHxW, memory_BxTxHxW, vma_model.sample_keys(episode_keys_B, 0, num_samples)
+  return x_BxHxW, memory_BxTxHxW, vma_model.sample_keys(episode_keys_B, 0, num_importance)
 
 
-def _param_shapes(model, batch=1, num_memory=1, num_samples=1):
+def _param_shapes(model, batch=1, memory_size=1, num_importance=1):
   x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes(
-      batch, num_memory, num_samples, image_size=model.image_size)
+      batch, memory_size, num_importance, image_size=model.image_size)
   variables = jax.eval_shape(model.init, jax.random.key(0), x_BxHxW, memory_BxTxHxW, keys_BxK)
   return jax.tree.map(lambda leaf: leaf.shape, variables["params"])
 
@@ -111,7 +110,8 @@ def test_odd_image_size_is_rejected():
 @pytest.mark.parametrize(
     "image_size, size_a, size_b", [(26, 13, 7), (28, 14, 7)])
 def test_encoder_and_decoder_shapes(image_size, size_a, size_b):
-  """Skip A 13x13x48, skip B 7x7x64 and 26x26 logits (model.md); 28x28 works the same way."""
+  """Skip A 13x13x48, skip B 7x7x64 and 26x26 logits (docs/model.md, Networks); 28x28 works
+  the same way."""
   x_NxHxW = jnp.zeros((3, image_size, image_size))
   encoder = networks.Encoder(128)
   (features_NxE, skips), _ = jax.eval_shape(
@@ -126,7 +126,7 @@ def test_encoder_and_decoder_shapes(image_size, size_a, size_b):
 
 
 class _SpecEncoder(nn.Module):
-  """model.md's encoder from stock Flax layers: conv3x3 1->48, ReLU; conv3x3 48->48 stride 2,
+  """docs/model.md's encoder from stock Flax layers: conv3x3 1->48, ReLU; conv3x3 48->48 stride 2,
   ReLU; conv3x3 48->48, ReLU [skip A]; conv3x3 48->64 stride 2, ReLU; conv3x3 64->64, ReLU
   [skip B]; conv3x3 64->64 stride 2, ReLU; flatten; dense 100, ReLU; dense out. Pad 1."""
 
@@ -147,7 +147,7 @@ class _SpecEncoder(nn.Module):
 
 
 class _SpecDecoder(nn.Module):
-  """model.md's decoder from stock Flax layers, each transposed conv as PyTorch's
+  """docs/model.md's decoder from stock Flax layers, each transposed conv as PyTorch's
   ConvTranspose2d(k, stride, padding p, output_padding o): padding (k-1-p, k-1-p+o).
 
   dense 256, ReLU; dense 1024 -> 64x4x4 (no ReLU); tconv 3x3 s2 -> 7x7, ReLU; concat skip B;
@@ -181,7 +181,7 @@ DECODERS = {"stock": networks.Decoder, "cpu": cpu_layers.Decoder}
 
 @pytest.mark.parametrize("layers", ["stock", "cpu"])
 def test_encoder_is_model_md_encoder(layers):
-  """e and h compute model.md's encoder on the same parameters (features and both skips),
+  """e and h compute docs/model.md's encoder on the same parameters (features and both skips),
   on stock Flax layers and on the CPU layers."""
   rng = np.random.default_rng(5)
   x_NxHxW = jnp.asarray(rng.integers(0, 2, (3, 26, 26)), jnp.float32)
@@ -199,7 +199,7 @@ def test_encoder_is_model_md_encoder(layers):
 
 @pytest.mark.parametrize("layers", ["stock", "cpu"])
 def test_decoder_is_model_md_decoder(layers):
-  """The decoder computes model.md's decoder on the same parameters, on stock Flax layers and
+  """The decoder computes docs/model.md's decoder on the same parameters, on stock Flax layers and
   on the CPU layers (skip terms split off, phase-split transposed convs): a missing or extra
   ReLU, a wrong padding or a swapped skip shows up here."""
   rng = np.random.default_rng(6)
@@ -228,10 +228,10 @@ def test_log_weight_shapes_for_28x28_images():
   assert out.logits_BxKxHxW.shape == (2, 5, 28, 28)
 
 
-def _rows_per_module(batch, num_memory, num_samples):
+def _rows_per_module(batch, memory_size, num_importance):
   """Rows of input that each encoder and the decoder see in one forward pass."""
   model = vma_model.VMA()
-  x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes(batch, num_memory, num_samples)
+  x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes(batch, memory_size, num_importance)
   rows = {"embed": 0, "match": 0, "decoder": 0}
 
   def count_rows(next_fn, args, kwargs, context):
@@ -246,30 +246,30 @@ def _rows_per_module(batch, num_memory, num_samples):
 
 def test_memory_is_encoded_once_per_slot_not_per_sample():
   """With K >= T, e and h see each image once (x, T memory items, D dummies), whatever K is."""
-  batch, num_memory = 2, 3
-  rows_k3 = _rows_per_module(batch, num_memory, num_samples=3)
-  rows_k7 = _rows_per_module(batch, num_memory, num_samples=7)
+  batch, memory_size = 2, 3
+  rows_k3 = _rows_per_module(batch, memory_size, num_importance=3)
+  rows_k7 = _rows_per_module(batch, memory_size, num_importance=7)
   for name in ("embed", "match"):
-    assert rows_k3[name] == rows_k7[name] == batch * (1 + num_memory) + NUM_DUMMIES, name
+    assert rows_k3[name] == rows_k7[name] == batch * (1 + memory_size) + NUM_DUMMIES, name
 
 
-@pytest.mark.parametrize("num_samples", [1, 4])
-def test_with_fewer_samples_than_slots_e_sees_only_the_sampled_slots(num_samples):
+@pytest.mark.parametrize("num_importance", [1, 4])
+def test_with_fewer_samples_than_slots_e_sees_only_the_sampled_slots(num_importance):
   """K < T: h still sees every slot (q(a|x,M) needs it), e only x and the K sampled slots."""
-  batch, num_memory = 2, 8
-  rows = _rows_per_module(batch, num_memory, num_samples)
-  assert rows["match"] == batch * (1 + num_memory) + NUM_DUMMIES
-  assert rows["embed"] == batch * (1 + num_samples)
+  batch, memory_size = 2, 8
+  rows = _rows_per_module(batch, memory_size, num_importance)
+  assert rows["match"] == batch * (1 + memory_size) + NUM_DUMMIES
+  assert rows["embed"] == batch * (1 + num_importance)
 
 
-@pytest.mark.parametrize("num_memory, num_samples", [(5, 3), (2, 6), (0, 2)])
-def test_sampled_slot_encoding_equals_every_slot_encoding(num_memory, num_samples):
+@pytest.mark.parametrize("memory_size, num_importance", [(5, 3), (2, 6), (0, 2)])
+def test_sampled_slot_encoding_equals_every_slot_encoding(memory_size, num_importance):
   """Encoding every slot or only the sampled ones gives the same log-weights and gradients."""
   model = vma_model.VMA()
   variables = init_variables(model, seed=3)
   variables["params"]["dummies"] = jnp.asarray(
       np.random.default_rng(1).uniform(size=variables["params"]["dummies"].shape), jnp.float32)
-  x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes(3, num_memory, num_samples)
+  x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes(3, memory_size, num_importance)
 
   def surrogate(variables, embed_slots):
     encoding = model.apply(variables, x_BxHxW, memory_BxTxHxW, embed_slots=embed_slots,
@@ -317,10 +317,10 @@ def test_matmul_kernel_gradients_give_the_models_xla_gradients(monkeypatch):
                                err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize("num_samples", [1, 7])
-def test_decoder_runs_once_per_sample(num_samples):
+@pytest.mark.parametrize("num_importance", [1, 7])
+def test_decoder_runs_once_per_sample(num_importance):
   """The decoder sees B * K rows: one per (episode, sample)."""
-  assert _rows_per_module(2, 3, num_samples)["decoder"] == 2 * num_samples
+  assert _rows_per_module(2, 3, num_importance)["decoder"] == 2 * num_importance
 
 
 def init_variables(model, seed=0, **episode_sizes):
@@ -369,7 +369,7 @@ def _initialised():
 
 
 def test_dummies_are_initialised_to_zero():
-  """The D dummy slots start as blank images (model.md)."""
+  """The D dummy slots start as blank images (docs/model.md, Generative model and posterior)."""
   model = vma_model.VMA()
   x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes(1, 1, 1)
   # Only the dummies are materialised: the other initialisers are dead code under jit.
@@ -431,7 +431,7 @@ def test_empty_memory_uses_the_dummies_only():
 
 def _pieces(module, x_BxHxW, memory_BxTxHxW, a_BxK, z_BxKxZ):
   """The model's networks applied directly to the slot images m_{a_k} (no shared encoding)."""
-  batch, num_samples = a_BxK.shape
+  batch, num_importance = a_BxK.shape
   size = x_BxHxW.shape[-1]
   dummies_BxDxHxW = jnp.broadcast_to(
       module.dummies_DxHxW[None], (batch,) + module.dummies_DxHxW.shape)
@@ -444,9 +444,9 @@ def _pieces(module, x_BxHxW, memory_BxTxHxW, a_BxK, z_BxKxZ):
   h_slots_NxM, _ = module.match(slots_BxSxHxW.reshape(-1, size, size))
   address_logits_BxS = jnp.einsum(
       "bm,bsm->bs", h_x_BxM, h_slots_NxM.reshape(batch, -1, h_x_BxM.shape[-1]))
-  e_x_NxE = jnp.repeat(e_x_BxE, num_samples, axis=0)
+  e_x_NxE = jnp.repeat(e_x_BxE, num_importance, axis=0)
   q_input_Nx2E = jnp.concatenate([e_x_NxE, e_m_NxE], axis=-1)
-  z_NxZ = z_BxKxZ.reshape(batch * num_samples, -1)
+  z_NxZ = z_BxKxZ.reshape(batch * num_importance, -1)
   logits_NxHxW = module.decoder.decode(
       jnp.concatenate([z_NxZ, module.memory_code(nn.relu(e_m_NxE))], axis=-1), skips)
   return dict(
@@ -465,21 +465,21 @@ def test_log_weights_decompose_as_in_the_model():
   networks applied directly to x and to the image of slot a_k.
   """
   model, variables, forward = _initialised()
-  batch, num_memory, num_samples = 2, 3, 8
-  num_slots = num_memory + NUM_DUMMIES
-  x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes(batch, num_memory, num_samples, seed=5)
+  batch, memory_size, num_importance = 2, 3, 8
+  num_slots = memory_size + NUM_DUMMIES
+  x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes(batch, memory_size, num_importance, seed=5)
 
   out, z_NxZ = forward(variables, x_BxHxW, memory_BxTxHxW, keys_BxK)
   a_BxK = np.asarray(out.a_BxK)
   assert a_BxK.min() >= 0 and a_BxK.max() < num_slots
-  assert a_BxK.min() < num_memory <= a_BxK.max(), "the draw should hit memory and dummy slots"
-  z_BxKxZ = np.asarray(z_NxZ).reshape(batch, num_samples, -1)
+  assert a_BxK.min() < memory_size <= a_BxK.max(), "the draw should hit memory and dummy slots"
+  z_BxKxZ = np.asarray(z_NxZ).reshape(batch, num_importance, -1)
   p = {k: np.asarray(v, np.float64) for k, v in jax.jit(functools.partial(
       model.apply, method=_pieces))(
           variables, x_BxHxW, memory_BxTxHxW, jnp.asarray(a_BxK), z_BxKxZ).items()}
 
-  z_NxZ = z_BxKxZ.reshape(batch * num_samples, -1).astype(np.float64)
-  x_NxHxW = np.repeat(x_BxHxW, num_samples, axis=0)
+  z_NxZ = z_BxKxZ.reshape(batch * num_importance, -1).astype(np.float64)
+  x_NxHxW = np.repeat(x_BxHxW, num_importance, axis=0)
   softplus = lambda v: np.logaddexp(0.0, v)
   log_px_N = stats.bernoulli.logpmf(x_NxHxW, special.expit(p["logits_NxHxW"])).sum((1, 2))
   log_pz_N = stats.norm.logpdf(z_NxZ, p["p_mean_NxZ"], softplus(p["p_raw_scale_NxZ"])).sum(1)
@@ -487,7 +487,7 @@ def test_log_weights_decompose_as_in_the_model():
   log_q_a_BxK = np.take_along_axis(
       special.log_softmax(p["address_logits_BxS"], axis=-1), a_BxK, axis=1)
   log_pa = -math.log(num_slots)
-  as_BxK = lambda v_N: v_N.reshape(batch, num_samples)
+  as_BxK = lambda v_N: v_N.reshape(batch, num_importance)
   expected_log_w_BxK = (as_BxK(log_px_N) + as_BxK(log_pz_N) + log_pa - as_BxK(log_qz_N)
                         - log_q_a_BxK)
 

@@ -8,7 +8,6 @@ import math
 
 import jax
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -16,6 +15,7 @@ import optax  # noqa: E402
 import pytest  # noqa: E402
 from scipy import special, stats  # noqa: E402
 
+from vma_jax import cells
 from vma_jax import model as vma_model  # noqa: E402
 from vma_jax import objective  # noqa: E402
 
@@ -30,9 +30,9 @@ NUM_REPLICAS = 4000
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def _linear_gaussian_bounds(key, num_samples):
+def _linear_gaussian_bounds(key, num_importance):
   """L_K of NUM_REPLICAS independent sets of K samples from the proposal."""
-  z_RxK = PROPOSAL_MEAN + PROPOSAL_STD * jax.random.normal(key, (NUM_REPLICAS, num_samples))
+  z_RxK = PROPOSAL_MEAN + PROPOSAL_STD * jax.random.normal(key, (NUM_REPLICAS, num_importance))
   norm = jax.scipy.stats.norm
   log_w_RxK = (norm.logpdf(z_RxK) + norm.logpdf(X, A * z_RxK + B, S)
                - norm.logpdf(z_RxK, PROPOSAL_MEAN, PROPOSAL_STD))
@@ -55,9 +55,9 @@ def test_one_sample_bound_is_the_closed_form_elbo():
 def test_iw_bound_is_below_log_marginal_and_increases_with_k():
   """E[L_K] <= log p(x), increasing in K, and within 0.01 nats of log p(x) at K = 1000."""
   means = []
-  for i, num_samples in enumerate([1, 5, 50, 1000]):
-    mean, stderr = _mean_and_stderr(_linear_gaussian_bounds(jax.random.key(i), num_samples))
-    assert mean < LOG_MARGINAL + 3 * stderr, num_samples
+  for i, num_importance in enumerate([1, 5, 50, 1000]):
+    mean, stderr = _mean_and_stderr(_linear_gaussian_bounds(jax.random.key(i), num_importance))
+    assert mean < LOG_MARGINAL + 3 * stderr, num_importance
     means.append((mean, stderr))
   for (low, low_err), (high, high_err) in zip(means[:-1], means[1:]):
     assert high - low > 3 * math.hypot(low_err, high_err)
@@ -92,10 +92,10 @@ def test_address_kl_is_zero_for_uniform_logits():
 # Tests on the full VMA model.
 
 
-def _episodes(batch, num_memory, seed=0):
+def _episodes(batch, memory_size, seed=0):
   rng = np.random.default_rng(seed)
   x_BxHxW = rng.integers(0, 2, (batch, 26, 26)).astype(np.float32)
-  memory_BxTxHxW = rng.integers(0, 2, (batch, num_memory, 26, 26)).astype(np.float32)
+  memory_BxTxHxW = rng.integers(0, 2, (batch, memory_size, 26, 26)).astype(np.float32)
   return x_BxHxW, memory_BxTxHxW, jax.random.split(jax.random.key(seed), batch)
 
 
@@ -125,11 +125,11 @@ def _model_and_variables():
 
 
 @functools.cache
-def _unchunked_bound(model, num_samples):
+def _unchunked_bound(model, num_importance):
   """iw_bound of the samples of sample_keys(episode_keys_B, 0, K), in one pass."""
 
   def bound(variables, x_BxHxW, memory_BxTxHxW, episode_keys_B):
-    keys_BxK = vma_model.sample_keys(episode_keys_B, 0, num_samples)
+    keys_BxK = vma_model.sample_keys(episode_keys_B, 0, num_importance)
     out = model.apply(variables, x_BxHxW, memory_BxTxHxW, keys_BxK)
     return objective.iw_bound(out.log_w_BxK)
 
@@ -141,11 +141,11 @@ def test_streaming_bound_equals_unchunked_bound(chunk_size):
   """Chunks that do (5) and do not (3) divide K = 10 give the bound of the same samples."""
   model, variables = _model_and_variables()
   x_BxHxW, memory_BxTxHxW, episode_keys_B = _episodes(2, 2)
-  num_samples = 10
+  num_importance = 10
   streaming = jax.jit(functools.partial(
-      objective.streaming_bound, model.apply, num_samples=num_samples, chunk_size=chunk_size))
+      cells.streaming_bound, model.apply, num_importance=num_importance, chunk_size=chunk_size))
   bound_B = streaming(variables, x_BxHxW, memory_BxTxHxW, episode_keys_B)
-  expected_B = _unchunked_bound(model, num_samples)(
+  expected_B = _unchunked_bound(model, num_importance)(
       variables, x_BxHxW, memory_BxTxHxW, episode_keys_B)
   assert bound_B.shape == (2,)
   np.testing.assert_allclose(bound_B, expected_B, rtol=1e-6)
@@ -156,9 +156,9 @@ def test_streaming_bound_memory_does_not_grow_with_k():
   model, variables = _model_and_variables()
   x_BxHxW, memory_BxTxHxW, episode_keys_B = _episodes(2, 2)
 
-  def temp_bytes(num_samples):
+  def temp_bytes(num_importance):
     streaming = jax.jit(functools.partial(
-        objective.streaming_bound, model.apply, num_samples=num_samples, chunk_size=10))
+        cells.streaming_bound, model.apply, num_importance=num_importance, chunk_size=10))
     compiled = streaming.lower(variables, x_BxHxW, memory_BxTxHxW, episode_keys_B).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 

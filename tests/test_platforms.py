@@ -2,7 +2,7 @@
 
 What users run there is the program lowered for `cuda` or `tpu` (StableHLO, before the
 compiler): these tests build it on CPU and check that it lowers, and that it has none of the
-CPU-only gradient paths of `vma_jax.convolution` (the kernel gradients' loops over chunks of
+CPU-only gradient paths of `vma_jax.cpu.convolution` (the kernel gradients' loops over chunks of
 pixels).
 """
 
@@ -12,10 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from test_train import mock_splits, small_config
+from helpers import mock_splits, small_config
+from vma_jax import cells
 from vma_jax.cpu import convolution
 from vma_jax import episodes as episodes_lib
-from vma_jax import evaluate
 from vma_jax import model as vma_model
 from vma_jax import sharding
 from vma_jax import train
@@ -66,10 +66,10 @@ def test_evaluation_bound_lowers_for_accelerators(platform):
   params = vma.init(key, np.zeros((1, size, size)), np.zeros((1, memory, size, size)),
                     vma_model.sample_keys(jax.random.split(key, 1), 0, 2))
   data = episodes_lib.EpisodeData.from_split(mock_splits()["test"])
-  bound_fn = evaluate.make_cell_bound_fn(vma, max_classes=2, memory_size=memory,
+  bound_fn = cells.make_cell_bound_fn(vma, max_classes=2, memory_size=memory,
                                          num_importance=6, chunk_size=2)
   targets_B = np.arange(jax.device_count(), dtype=np.int32)
-  lowered = bound_fn.trace(params, data, evaluate.cell_key(0, 2, memory), targets_B).lower(
+  lowered = bound_fn.trace(params, data, cells.cell_key(0, 2, memory), targets_B).lower(
       lowering_platforms=(platform,)).as_text()
   ops = _ops(lowered)
   assert ops["while"] == 1, ops  # the loop over the chunks of samples, nothing more

@@ -7,23 +7,19 @@ Runs in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8 (th
 be set before JAX starts). Run as a script it does the comparison itself.
 """
 
-import os
-import pathlib
 import re
 import subprocess
 import sys
 
 import jax
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
+import helpers
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_sharded_step_and_bound_match_single_device():
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  result = subprocess.run([sys.executable, __file__], env=env, cwd=REPO_ROOT,
+  result = subprocess.run([sys.executable, __file__], env=helpers.child_env(cpu_devices=8),
+                          cwd=helpers.REPO_ROOT,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
   assert "sharded step matches" in result.stdout  # and communicates once
@@ -34,12 +30,10 @@ def test_sharded_step_and_bound_match_single_device():
 def _compare():
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  sys.path.insert(0, str(REPO_ROOT))
-  sys.path.insert(0, str(REPO_ROOT / "tests"))
-  from test_train import mock_splits, small_config  # pylint: disable=g-import-not-at-top
+  from helpers import mock_splits, small_config  # pylint: disable=g-import-not-at-top
+  from vma_jax import cells  # pylint: disable=g-import-not-at-top
   from vma_jax.cpu import convolution  # pylint: disable=g-import-not-at-top
   from vma_jax import episodes as episodes_lib  # pylint: disable=g-import-not-at-top
-  from vma_jax import evaluate  # pylint: disable=g-import-not-at-top
   from vma_jax import model as vma_model  # pylint: disable=g-import-not-at-top
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
   from vma_jax import train  # pylint: disable=g-import-not-at-top
@@ -110,15 +104,15 @@ def _compare():
   # Evaluation: 16 targets over 8 devices give each target's bound of one device.
   params = jax.device_get(single[0])
   test_data = episodes_lib.EpisodeData.from_split(mock_splits()["test"])
-  targets_N = evaluate.target_indices(test_data.num_images, 16)
+  targets_N = episodes_lib.target_indices(test_data.num_images, 16)
   bounds = {}
   for name, mesh_devices in (("single", devices[:1]), ("sharded", devices)):
     mesh = sharding.make_mesh(mesh_devices)
-    bound_fn = evaluate.make_cell_bound_fn(
+    bound_fn = cells.make_cell_bound_fn(
         vma_model.make_model(config), max_classes=2, memory_size=3, num_importance=20,
         chunk_size=8, mesh=mesh)
-    bounds[name] = evaluate.cell_bounds(bound_fn, params, test_data, jax.random.key(2),
-                                        targets_N, batch_size=16)
+    bounds[name] = cells.cell_bounds(bound_fn, params, test_data, jax.random.key(2),
+                                     targets_N, batch_size=16)
   np.testing.assert_allclose(bounds["sharded"], bounds["single"], rtol=1e-5)
   print("sharded bound matches the single-device bound")
   _check_kernel_gradient_collectives(sharding.make_mesh(devices), convolution)

@@ -1,36 +1,23 @@
 """Training loop: the step learns, runs resume exactly (also after SIGKILL), errors are clear.
 
-Runs on mock data (random binary images, 10 classes x 20 drawers) with a shrunken config.
-Run as a script (`python tests/test_train.py WORKDIR NUM_STEPS`) it trains that config in
-WORKDIR: the SIGKILL test starts it as a real subprocess.
+Runs on mock data (random binary images, 10 classes x 20 drawers) with a shrunken config
+(tests/helpers.py).
 """
 
+import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import jax
-
-jax.config.update("jax_numpy_rank_promotion", "raise")
-# Every train_and_evaluate call builds fresh jitted functions; the persistent cache lets the
-# second and later compiles of the same program (in this process or a subprocess) be loads.
-CACHE_DIR = os.path.join(tempfile.gettempdir(), "vma_jax_test_compilation_cache")
-jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from configs import default  # pylint: disable=g-import-not-at-top
+from helpers import REPO_ROOT, assert_params_equal, child_env, leaves, mock_splits, small_config
 from vma_jax import checkpoints
 from vma_jax import distinct
 from vma_jax import episodes as episodes_lib
@@ -38,54 +25,6 @@ from vma_jax import model as vma_model
 from vma_jax import sharding
 from vma_jax import summaries
 from vma_jax import train
-
-
-class MockSplit:
-  """An OmniglotSplit-like split of random binary images, `per_class` images per class."""
-
-  def __init__(self, seed, num_classes=10, per_class=20, image_size=26):
-    rng = np.random.default_rng(seed)
-    self.images_NxHxW = (rng.random((num_classes * per_class, image_size, image_size)) < 0.2
-                         ).astype(np.uint8)
-    self.labels_N = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
-    self.alphabets_N = np.zeros_like(self.labels_N)
-    self.num_classes = num_classes
-    self.image_size = image_size
-    self.cache_path = ""
-
-
-def mock_splits():
-  return {"train": MockSplit(0), "test": MockSplit(1)}
-
-
-def small_config(**overrides):
-  """The default config shrunk to seconds per run: tiny heads, B = 4, T = 4, K = 2."""
-  config = default.get_config()
-  config.model.update(latent_dim=8, embed_dim=16, match_dim=16)
-  config.episodes.update(memory_size=4, per_class=2)
-  config.objective.num_samples = 2
-  config.optim.lr = 1e-3
-  config.train.update(batch_size=4, num_steps=2, log_every=1, checkpoint_every=1,
-                      max_checkpoints=100, validate_every=0, image_every=0)
-  config.validation.update(max_classes=2, memory_size=3, num_targets=6, num_samples=3,
-                           batch_size=4, chunk_size=2)
-  for dotted, value in overrides.items():
-    *parents, name = dotted.split("__")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[name] = value
-  return config
-
-
-def leaves(params):
-  return [np.asarray(leaf) for leaf in jax.tree.leaves(params)]
-
-
-def assert_params_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for leaf_a, leaf_b in zip(leaves(a), leaves(b)):
-    np.testing.assert_array_equal(leaf_a, leaf_b)
 
 
 def test_train_step_learns_and_reports_metrics():
@@ -250,7 +189,7 @@ def test_resume_with_other_model_is_an_error(tmp_path):
     (dict(episodes__composition="mixed"), "unknown episodes.composition 'mixed'"),
     (dict(episodes__memory_size=5), "memory_size=5 must be a multiple of per_class=2"),
     (dict(objective__baseline="harmonic"), "unknown VIMCO baseline 'harmonic'"),
-    (dict(objective__num_samples=1), "need K >= 2 samples"),
+    (dict(objective__num_importance=1), "need K >= 2 samples"),
     (dict(optim__name="sgd"), "unknown optimiser 'sgd'"),
     (dict(model__param_init="xavier"), "unknown init 'xavier'"),
     (dict(validation__memory_size=30, train__validate_every=1),
@@ -275,7 +214,7 @@ def save_initial_checkpoint(workdir, config, saved_config=None, step=1):
   """Writes `workdir/config.json` and a checkpoint at `step` of `config`'s fresh parameters,
   both with `saved_config` (default: `config`) as their config; returns the parameters."""
   saved_config = config if saved_config is None else saved_config
-  params = checkpoints.init_params(config, jax.random.key(0))
+  params = vma_model.init_params(config, jax.random.key(0))
   checkpoints.save_config(workdir, saved_config)
   manager = checkpoints.make_manager(workdir)
   checkpoints.save(manager, step, params, train.make_optimizer(config.optim).init(params),
@@ -289,7 +228,7 @@ def save_checkpoint_of_revision(workdir, config, revision, saved_config=None):
   """A checkpoint at step 1 as `checkpoints.save` writes it, but recording `revision` (None:
   no `meta` item, as versions before revisions were recorded wrote them)."""
   saved_config = checkpoints.to_dict(config if saved_config is None else saved_config)
-  params = checkpoints.init_params(config, jax.random.key(0))
+  params = vma_model.init_params(config, jax.random.key(0))
   checkpoints.save_config(workdir, saved_config)
   items = dict(params=ocp.args.StandardSave(params),
                opt_state=ocp.args.StandardSave(train.make_optimizer(config.optim).init(params)),
@@ -340,7 +279,7 @@ def test_checkpoint_of_the_current_revision_without_meta_is_restored(tmp_path):
   save_checkpoint_of_revision(str(tmp_path), config, None)
   params, step, _ = checkpoints.restore_params(str(tmp_path))
   assert step == 1
-  assert_params_equal(params, checkpoints.init_params(config, jax.random.key(0)))
+  assert_params_equal(params, vma_model.init_params(config, jax.random.key(0)))
   train.train_and_evaluate(small_config(train__num_steps=2), str(tmp_path),
                            splits=mock_splits())
   assert checkpoints.restore_params(str(tmp_path))[1] == 2
@@ -407,7 +346,8 @@ def test_checkpoint_logs_keep_warnings_and_drop_orbax_info(tmp_path):
 
 
 def _train_command(workdir, num_steps):
-  return [sys.executable, __file__, str(workdir), str(num_steps)]
+  return [sys.executable, str(REPO_ROOT / "tests" / "helpers.py"), "train", str(workdir),
+          str(num_steps)]
 
 
 def _is_checkpoint(path):
@@ -417,7 +357,7 @@ def _is_checkpoint(path):
 @pytest.mark.slow
 def test_sigkill_at_any_moment_then_restart_is_bit_identical(tmp_path):
   num_steps = 8
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = child_env()
   straight, killed = tmp_path / "straight", tmp_path / "killed"
   subprocess.run(_train_command(straight, num_steps), check=True, env=env,
                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
@@ -486,12 +426,12 @@ def test_training_without_tensorflow_clu_or_pil(tmp_path):
       "import sys\n"
       "for name in ('tensorflow', 'clu', 'PIL', 'tensorboard'):\n"
       "  sys.modules[name] = None  # as if not installed\n"
-      f"sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})\n"
-      "import test_train as t\n"
-      f"t.train.train_and_evaluate(t.small_config(train__image_every=2), {str(workdir)!r},\n"
-      "                            splits=t.mock_splits())\n")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=600)
+      "import helpers\n"
+      "from vma_jax import train\n"
+      f"train.train_and_evaluate(helpers.small_config(train__image_every=2), {str(workdir)!r},\n"
+      "                         splits=helpers.mock_splits())\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=child_env(),
+                          capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "No TensorBoard summaries" in result.stderr
   assert [r["step"] for r in summaries.read_metrics(str(workdir / "metrics.jsonl"))] == [1, 2]
@@ -501,11 +441,14 @@ def test_training_without_tensorflow_clu_or_pil(tmp_path):
   assert not list(workdir.glob("events.out.tfevents*"))
 
 
-if __name__ == "__main__":
-  # python tests/test_train.py WORKDIR NUM_STEPS: the subprocess of the SIGKILL test.
-  from absl import logging  # pylint: disable=g-import-not-at-top
-
-  logging.set_verbosity(logging.INFO)
-  logging.use_absl_handler()
-  train.train_and_evaluate(small_config(train__num_steps=int(sys.argv[2])), sys.argv[1],
-                           splits=mock_splits())
+def test_configs_of_earlier_runs_are_read_under_todays_names(tmp_path):
+  """A workdir written when K was `objective.num_samples` resumes and evaluates: its config
+  is read with the field under its current name, `num_importance`."""
+  old = checkpoints.to_dict(small_config())
+  old["objective"]["num_samples"] = old["objective"].pop("num_importance")
+  old["validation"]["num_samples"] = old["validation"].pop("num_importance")
+  (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps(old))
+  config = checkpoints.load_config(str(tmp_path))
+  assert config.objective.num_importance == 2 and "num_samples" not in config.objective
+  assert config.validation.num_importance == 3
+  assert checkpoints.config_differences(config, small_config()) == []

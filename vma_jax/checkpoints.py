@@ -22,11 +22,11 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh
 import ml_collections
 import orbax.checkpoint as ocp
 
+from vma_jax import files
 from vma_jax import model as vma_model
 from vma_jax import sharding
 
@@ -36,6 +36,15 @@ CHECKPOINT_DIR = "checkpoints"
 # Config fields that fix the shapes of the saved parameters: a checkpoint can only be
 # resumed or restored by a config that agrees on all of them.
 MODEL_FIELDS = ("model", "data.image_size")
+
+
+# Fields renamed since checkpoints were first written: {old dotted name: new one}. Configs
+# read from a workdir are brought to today's names, so older runs resume and evaluate as
+# before.
+RENAMED_FIELDS = {
+    "objective.num_samples": "objective.num_importance",
+    "validation.num_samples": "validation.num_importance",
+}
 
 
 class CheckpointError(RuntimeError):
@@ -53,6 +62,20 @@ def to_dict(config) -> dict:
   return json.loads(json.dumps(config, sort_keys=True, default=str))
 
 
+def upgrade(config_dict: dict) -> dict:
+  """A saved config dict with the fields of `RENAMED_FIELDS` under their current names."""
+  config_dict = json.loads(json.dumps(config_dict))
+  for old, new in RENAMED_FIELDS.items():
+    *old_path, old_name = old.split(".")
+    *new_path, new_name = new.split(".")
+    parent = _get(config_dict, ".".join(old_path)) if old_path else config_dict
+    if isinstance(parent, dict) and old_name in parent:
+      target = _get(config_dict, ".".join(new_path)) if new_path else config_dict
+      if isinstance(target, dict) and new_name not in target:
+        target[new_name] = parent.pop(old_name)
+  return config_dict
+
+
 def _get(config_dict: dict, dotted: str) -> Any:
   value = config_dict
   for part in dotted.split("."):
@@ -60,15 +83,6 @@ def _get(config_dict: dict, dotted: str) -> Any:
       return None
     value = value[part]
   return value
-
-
-def _write_json(path: str, obj) -> None:
-  # Write then rename: a kill mid-write leaves the old file or the new one, never half.
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
 
 
 def config_differences(old, new) -> list[str]:
@@ -156,11 +170,8 @@ def save_config(workdir: str, config) -> str:
     if old == new:
       return path
     check_compatible(old, new, source=path)
-    n = 1
-    while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
-      n += 1
-    os.replace(path, os.path.join(workdir, f"config.{n}.json"))
-  _write_json(path, new)
+    files.keep_previous(workdir, [CONFIG_FILE])
+  files.write_json(path, new)
   return path
 
 
@@ -173,7 +184,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         f"(python train.py --config=configs/<name>.py --workdir={workdir}).")
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      return ml_collections.ConfigDict(upgrade(json.load(f)))
   except (OSError, ValueError) as e:
     raise CheckpointError(f"{path} is not a readable config ({e}). Restore it from "
                           "the config file the run was started with.") from e
@@ -223,7 +234,7 @@ def save(manager: ocp.CheckpointManager, step: int, params, opt_state, config) -
 def saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
   """The config stored with the checkpoint at `step`."""
   restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  return ml_collections.ConfigDict(restored["config"])
+  return ml_collections.ConfigDict(upgrade(restored["config"]))
 
 
 def restore(manager: ocp.CheckpointManager, step: int, **abstract_items) -> dict:
@@ -246,20 +257,6 @@ def restore(manager: ocp.CheckpointManager, step: int, **abstract_items) -> dict
         "(e.g. optim.grad_clip_norm switched on or off): use a new --workdir, or the config "
         "the run was started with.") from e
   return {name: restored[name] for name in abstract_items}
-
-
-def _init_inputs(config):
-  """Dummy (x, memory, keys) with which `VMA.init` creates the parameters: B = T = K = 1."""
-  size = config.data.image_size
-  x_BxHxW = jnp.zeros((1, size, size), jnp.float32)
-  memory_BxTxHxW = jnp.zeros((1, 1, size, size), jnp.float32)
-  keys_BxK = jax.random.split(jax.random.key(0), (1, 1))
-  return x_BxHxW, memory_BxTxHxW, keys_BxK
-
-
-def init_params(config, key):
-  """Fresh parameters of `make_model(config)` (their shapes do not depend on T or K)."""
-  return vma_model.make_model(config).init(key, *_init_inputs(config))
 
 
 def restore_params(workdir: str, step: int | None = None, mesh: Mesh | None = None):
@@ -289,7 +286,7 @@ def restore_params(workdir: str, step: int | None = None, mesh: Mesh | None = No
                          source=os.path.join(manager.directory, str(step)))
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        jax.eval_shape(functools.partial(init_params, config), jax.random.key(0)))
+        jax.eval_shape(functools.partial(vma_model.init_params, config), jax.random.key(0)))
     params = restore(manager, step, params=abstract)["params"]
   finally:
     manager.close()

@@ -51,6 +51,8 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from vma_jax import files
+
 SPLITS = ("train", "test", "small1", "small2")
 TFDS_VERSION = "3.0.0"
 SOURCE_SIZE = 105  # Omniglot images are 105x105.
@@ -173,28 +175,10 @@ def cache_path(data_dir: str, split: str, image_size: int) -> str:
 
 
 def _write_cache(path: str, images_NxHxW, labels_N, alphabets_N) -> None:
-  # Write a temp file next to the target and rename it: the rename is atomic, so an
-  # interrupted preparation leaves either no cache or a complete one.
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(
-          f,
-          images_NxHxW=images_NxHxW,
-          labels_N=labels_N,
-          alphabets_N=alphabets_N,
-          cache_format=np.int32(CACHE_FORMAT),
-      )
-    # mkstemp creates the file 0600; give the cache the usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  # Atomic: an interrupted preparation leaves either no cache or a complete one.
+  with files.atomic_write(path, "wb") as f:
+    np.savez(f, images_NxHxW=images_NxHxW, labels_N=labels_N, alphabets_N=alphabets_N,
+             cache_format=np.int32(CACHE_FORMAT))
 
 
 def _read_cache(path: str) -> OmniglotSplit:

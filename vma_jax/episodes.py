@@ -7,6 +7,8 @@ are pure functions of (data, key), jitted with static sizes.
 Public API:
 
   EpisodeData.from_split(split) -> EpisodeData    the split on the device, by class
+  device_data(split, mesh) -> EpisodeData         the same, replicated over a device mesh
+  target_indices(num_images, num_targets)         the targets of an evaluation, spread evenly
   Episodes                                        x_BxHxW, memory_BxTxHxW (float32 in
                                                   {0, 1}), x_label_B, memory_labels_BxT,
                                                   x_index_B, memory_index_BxT (flat
@@ -38,20 +40,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from vma_jax import distinct as distinct_lib
+from vma_jax import sharding
 
 
 class EpisodeData(NamedTuple):
-  """One split on the device, grouped by class (C classes of P images each).
+  """One split on the device, grouped by class (L classes of P images each).
 
   Attributes:
-    images_CxPxHxW: uint8 in {0, 1}, ink = 1; class c is the split's label c.
-    index_CxP: int32 flat index in the split of each image.
+    images_LxPxHxW: uint8 in {0, 1}, ink = 1; class c is the split's label c.
+    index_LxP: int32 flat index in the split of each image.
     class_N: int32 class of each flat index.
     slot_N: int32 position within its class of each flat index.
   """
 
-  images_CxPxHxW: jax.Array
-  index_CxP: jax.Array
+  images_LxPxHxW: jax.Array
+  index_LxP: jax.Array
   class_N: jax.Array
   slot_N: jax.Array
 
@@ -79,8 +82,8 @@ class EpisodeData(NamedTuple):
     slot_N[order_N] = np.tile(np.arange(per_class), num_classes)
     h, w = images_NxHxW.shape[1:]
     arrays = cls(
-        images_CxPxHxW=images_NxHxW[order_N].reshape(num_classes, per_class, h, w).astype(np.uint8),
-        index_CxP=order_N.reshape(num_classes, per_class).astype(np.int32),
+        images_LxPxHxW=images_NxHxW[order_N].reshape(num_classes, per_class, h, w).astype(np.uint8),
+        index_LxP=order_N.reshape(num_classes, per_class).astype(np.int32),
         class_N=class_N,
         slot_N=slot_N,
     )
@@ -88,15 +91,32 @@ class EpisodeData(NamedTuple):
 
   @property
   def num_classes(self) -> int:
-    return self.images_CxPxHxW.shape[0]
+    return self.images_LxPxHxW.shape[0]
 
   @property
   def per_class(self) -> int:
-    return self.images_CxPxHxW.shape[1]
+    return self.images_LxPxHxW.shape[1]
 
   @property
   def num_images(self) -> int:
     return self.class_N.shape[0]
+
+
+def device_data(split, mesh) -> EpisodeData:
+  """The split's images and labels, replicated on every device of `mesh`, for episodes to be
+  drawn on the devices (training and evaluation alike). Each process copies them onto its own
+  devices of the mesh."""
+  return sharding.replicate(jax.device_get(EpisodeData.from_split(split)), mesh)
+
+
+def target_indices(num_images: int, num_targets: int) -> np.ndarray:
+  """All targets (num_targets <= 0), or num_targets of them spread evenly over the split.
+
+  The split is ordered by class, so an evenly spread subset covers the classes evenly.
+  """
+  if num_targets <= 0 or num_targets >= num_images:
+    return np.arange(num_images, dtype=np.int32)
+  return (np.arange(num_targets, dtype=np.int64) * num_images // num_targets).astype(np.int32)
 
 
 class Episodes(NamedTuple):
@@ -128,24 +148,24 @@ def _gather(data: EpisodeData, c_x, p_x, class_T, slot_T, key) -> Episodes:
   perm_T = jax.random.permutation(key, class_T.shape[0])
   class_T, slot_T = class_T[perm_T], slot_T[perm_T]
   return Episodes(
-      x_BxHxW=data.images_CxPxHxW[c_x, p_x].astype(jnp.float32),
-      memory_BxTxHxW=data.images_CxPxHxW[class_T, slot_T].astype(jnp.float32),
+      x_BxHxW=data.images_LxPxHxW[c_x, p_x].astype(jnp.float32),
+      memory_BxTxHxW=data.images_LxPxHxW[class_T, slot_T].astype(jnp.float32),
       x_label_B=c_x.astype(jnp.int32),
       memory_labels_BxT=class_T.astype(jnp.int32),
-      x_index_B=data.index_CxP[c_x, p_x],
-      memory_index_BxT=data.index_CxP[class_T, slot_T],
+      x_index_B=data.index_LxP[c_x, p_x],
+      memory_index_BxT=data.index_LxP[class_T, slot_T],
   )
 
 
 def _empty_memory(data: EpisodeData, target) -> Episodes:
   c_x, p_x = data.class_N[target], data.slot_N[target]
-  h, w = data.images_CxPxHxW.shape[2:]
+  h, w = data.images_LxPxHxW.shape[2:]
   return Episodes(
-      x_BxHxW=data.images_CxPxHxW[c_x, p_x].astype(jnp.float32),
+      x_BxHxW=data.images_LxPxHxW[c_x, p_x].astype(jnp.float32),
       memory_BxTxHxW=jnp.zeros((0, h, w), jnp.float32),
       x_label_B=c_x,
       memory_labels_BxT=jnp.zeros((0,), jnp.int32),
-      x_index_B=data.index_CxP[c_x, p_x],
+      x_index_B=data.index_LxP[c_x, p_x],
       memory_index_BxT=jnp.zeros((0,), jnp.int32),
   )
 
@@ -154,25 +174,25 @@ def _train_episode(data: EpisodeData, key, target, *, memory_size: int, per_clas
   """Target's class plus T/P-1 other classes, exactly P = per_class images each."""
   if memory_size == 0:
     return _empty_memory(data, target)
-  num_classes, images_per_class = data.images_CxPxHxW.shape[:2]
+  num_classes, images_per_class = data.images_LxPxHxW.shape[:2]
   k = memory_size // per_class
   key_classes, key_slots, key_perm = jax.random.split(key, 3)
   c_x, p_x = data.class_N[target], data.slot_N[target]
   others = _random_subset(key_classes, num_classes, k - 1, c_x)
-  class_K = jnp.concatenate([c_x[None], others])
+  memory_classes = jnp.concatenate([c_x[None], others])
   # per_class distinct images of each class; the target is excluded from its own class.
-  u_KxP = jax.random.uniform(key_slots, (k, images_per_class))
-  u_KxP = u_KxP.at[0, p_x].set(jnp.inf)
-  slot_KxS = jax.lax.top_k(-u_KxP, per_class)[1]
-  class_T = jnp.repeat(class_K, per_class)
-  return _gather(data, c_x, p_x, class_T, slot_KxS.reshape(-1), key_perm)
+  priority = jax.random.uniform(key_slots, (k, images_per_class))
+  priority = priority.at[0, p_x].set(jnp.inf)
+  slots_per_class = jax.lax.top_k(-priority, per_class)[1]
+  class_T = jnp.repeat(memory_classes, per_class)
+  return _gather(data, c_x, p_x, class_T, slots_per_class.reshape(-1), key_perm)
 
 
 def _cell_episode(data: EpisodeData, key, target, *, max_classes: int, memory_size: int):
   """c ~ U(1..min(C, T)) classes; T split uniformly into c positive parts."""
   if memory_size == 0:
     return _empty_memory(data, target)
-  num_classes, images_per_class = data.images_CxPxHxW.shape[:2]
+  num_classes, images_per_class = data.images_LxPxHxW.shape[:2]
   t = memory_size
   m = min(max_classes, t)  # most classes an episode can have
   key_c, key_cuts, key_classes, key_slots, key_perm = jax.random.split(key, 5)
@@ -183,18 +203,18 @@ def _cell_episode(data: EpisodeData, key, target, *, max_classes: int, memory_si
   # giving empty parts): the kept ones are a uniform (c-1)-subset.
   cuts = _random_subset(key_cuts, t, m - 1, 0)  # distinct, in 1..T-1
   cuts = jnp.sort(jnp.where(jnp.arange(m - 1) < c - 1, cuts, t))
-  starts_M = jnp.concatenate([jnp.zeros((1,), cuts.dtype), cuts])
+  part_starts = jnp.concatenate([jnp.zeros((1,), cuts.dtype), cuts])
   s_T = jnp.arange(t)
   part_T = jnp.sum(cuts[None, :] <= s_T[:, None], axis=1)  # part 0: target's class
-  rank_T = s_T - starts_M[part_T]  # index of the slot within its part
+  rank_T = s_T - part_starts[part_T]  # index of the slot within its part
   others = _random_subset(key_classes, num_classes, m - 1, c_x)
-  class_M = jnp.concatenate([c_x[None], others])
+  memory_classes = jnp.concatenate([c_x[None], others])
   # A random order of each class's images with the target last in its own class; parts
   # take a prefix, and no part is longer than P - 1 (checked), so the target never comes.
-  u_MxP = jax.random.uniform(key_slots, (m, images_per_class))
-  u_MxP = u_MxP.at[0, p_x].set(jnp.inf)
-  order_MxP = jnp.argsort(u_MxP, axis=1)
-  return _gather(data, c_x, p_x, class_M[part_T], order_MxP[part_T, rank_T], key_perm)
+  priority = jax.random.uniform(key_slots, (m, images_per_class))
+  priority = priority.at[0, p_x].set(jnp.inf)
+  order = jnp.argsort(priority, axis=1)
+  return _gather(data, c_x, p_x, memory_classes[part_T], order[part_T, rank_T], key_perm)
 
 
 # ----------------------------------------------------------------------------------------
@@ -202,7 +222,7 @@ def _cell_episode(data: EpisodeData, key, target, *, max_classes: int, memory_si
 
 
 def _check_train(data: EpisodeData, batch_size, memory_size, per_class):
-  num_classes, images_per_class = data.images_CxPxHxW.shape[:2]
+  num_classes, images_per_class = data.images_LxPxHxW.shape[:2]
   if batch_size < 1 or memory_size < 0:
     raise ValueError(f"need batch_size >= 1 and memory_size >= 0, got {batch_size}, {memory_size}")
   if memory_size == 0:
@@ -224,7 +244,7 @@ def _check_train(data: EpisodeData, batch_size, memory_size, per_class):
 
 
 def _check_cell(data: EpisodeData, max_classes, memory_size):
-  num_classes, images_per_class = data.images_CxPxHxW.shape[:2]
+  num_classes, images_per_class = data.images_LxPxHxW.shape[:2]
   if max_classes < 1 or memory_size < 0:
     raise ValueError(
         f"need max_classes >= 1 and memory_size >= 0, got {max_classes}, {memory_size}"

@@ -11,7 +11,8 @@ initialisation; the paper does not say, so that is the default here (`config.mod
   "flax"   Flax's defaults: kernel ~ lecun_normal (variance 1/fan_in, fan_in the product of
            the kernel's axes but the last), bias = 0.
 
-The learned dummy slots start at zero under either (model.md).
+The learned dummy slots start at zero under either (docs/model.md, Generative model and
+posterior).
 """
 
 import functools

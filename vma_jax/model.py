@@ -46,7 +46,7 @@ from vma_jax.cpu import layers as cpu_layers
 # revision is refused rather than evaluated as if it were this model (`vma_jax.checkpoints`).
 REVISION = 2
 REVISION_CHANGES = {
-    2: "the decoder has no ReLU after its fc2 layer (as model.md); the default "
+    2: "the decoder has no ReLU after its fc2 layer (docs/model.md, Networks); the default "
        "initialisation is PyTorch's (model.param_init = 'torch')",
 }
 
@@ -102,15 +102,15 @@ class LogWeights(NamedTuple):
 
 def gather_slots(memory_BxTx, dummy_Dx, a_BxK):
   """value[b, k] = memory[b, a[b, k]] if a[b, k] < T else dummy[a[b, k] - T]."""
-  num_memory = memory_BxTx.shape[1]
-  dummy_BxKx = dummy_Dx[jnp.clip(a_BxK - num_memory, 0, dummy_Dx.shape[0] - 1)]
-  if num_memory == 0:
+  memory_size = memory_BxTx.shape[1]
+  dummy_BxKx = dummy_Dx[jnp.clip(a_BxK - memory_size, 0, dummy_Dx.shape[0] - 1)]
+  if memory_size == 0:
     return dummy_BxKx
   memory_BxKx = jnp.take_along_axis(
       memory_BxTx,
-      jnp.clip(a_BxK, 0, num_memory - 1).reshape(a_BxK.shape + (1,) * (memory_BxTx.ndim - 2)),
+      jnp.clip(a_BxK, 0, memory_size - 1).reshape(a_BxK.shape + (1,) * (memory_BxTx.ndim - 2)),
       axis=1)
-  is_memory = (a_BxK < num_memory).reshape(a_BxK.shape + (1,) * (memory_BxTx.ndim - 2))
+  is_memory = (a_BxK < memory_size).reshape(a_BxK.shape + (1,) * (memory_BxTx.ndim - 2))
   return jnp.where(is_memory, memory_BxKx, dummy_BxKx)
 
 
@@ -124,10 +124,10 @@ def stack_rows(x_Bx, memory_BxTx):
   return rows_Bx.reshape((-1,) + rows_Bx.shape[2:])
 
 
-def embed_every_slot(num_memory: int, num_samples: int) -> bool:
+def embed_every_slot(memory_size: int, num_importance: int) -> bool:
   """Whether `encode` should compute e of every slot once (K >= T), or leave `log_weights` to
   compute it for the K sampled slots only (K < T): whichever encodes fewer images."""
-  return num_samples >= num_memory
+  return num_importance >= memory_size
 
 
 class VMA(nn.Module):
@@ -193,64 +193,73 @@ class VMA(nn.Module):
     `distinct` (the distinct images among the rows of `stack_rows`), h runs once per distinct
     image instead of once per row where they fit (`distinct.fits`, decided on the device).
     """
-    batch, num_memory = memory_BxTxHxW.shape[:2]
+    batch, memory_size = memory_BxTxHxW.shape[:2]
     if x_BxHxW.shape[-2:] != (self.image_size,) * 2:
       raise ValueError(f"expected {self.image_size}x{self.image_size} images, "
                        f"got x of shape {x_BxHxW.shape}")
     # One encoder call for targets and memory items together: bigger, better-shaped convs.
     images_NxHxW = stack_rows(x_BxHxW, memory_BxTxHxW)
-    per_episode = lambda v_N: v_N.reshape((batch, 1 + num_memory) + v_N.shape[1:])
+    per_episode = lambda v_N: v_N.reshape((batch, 1 + memory_size) + v_N.shape[1:])
     of_targets = lambda v_N: per_episode(v_N)[:, 0]
     to_memory = lambda v_N: per_episode(v_N)[:, 1:]
-    if distinct is None:
-      h_NxA, _ = self.match(images_NxHxW)
-    else:
-      # h of the U distinct rows, gathered back to the N rows. The rows whose image got none
-      # (a batch with more than U distinct images, rare) take h computed in a cond, decided on
-      # the device: one program for every batch. Only those rows run inside the cond (XLA:CPU
-      # runs convs slower in a conditional), V = N - U at most (each of the U images has a
-      # row), recomputed for the gradient (a cond keeps the residuals of both branches).
-      num_rows, capacity_u = distinct.inverse_N.shape[0], distinct.row_U.shape[0]
-      h_UxA, _ = self.match(images_NxHxW[distinct.row_U])
-      has_row_N = distinct.inverse_N < capacity_u
-      h_NxA = h_UxA[jnp.where(has_row_N, distinct.inverse_N, 0)]
-      num_rest = num_rows - capacity_u
-      if num_rest > 0:
-        (rest_V,) = jnp.nonzero(~has_row_N, size=num_rest, fill_value=0)
-        no_rest = lambda vma, images_NxHxW, rest_V: jnp.zeros(
-            (num_rest,) + h_UxA.shape[1:], h_UxA.dtype)
-        rest = nn.remat(lambda vma, images_NxHxW, rest_V: vma.match(images_NxHxW[rest_V])[0])
-        h_rest_VxA = nn.cond(distinct_lib.fits(distinct), no_rest, rest, self, images_NxHxW,
-                             rest_V)
-        rest_of_N = jnp.clip(jnp.cumsum(~has_row_N) - 1, 0, num_rest - 1)
-        h_NxA = jnp.where(has_row_N[:, None], h_NxA, h_rest_VxA[rest_of_N])
+    h_NxA = self._match_rows(images_NxHxW, distinct)
     h_dummy_DxA, _ = self.match(self.dummies_DxHxW)
-    flatten = lambda v_BxTx: v_BxTx.reshape((-1,) + v_BxTx.shape[2:])
-    as_memory = lambda v_BTx: v_BTx.reshape((batch, num_memory) + v_BTx.shape[1:])
     h_x_BxA = of_targets(h_NxA).astype(jnp.float32)
     logits_memory_BxT = jnp.einsum(
         "ba,bta->bt", h_x_BxA, to_memory(h_NxA).astype(jnp.float32))
     logits_dummy_BxD = jnp.einsum("ba,da->bd", h_x_BxA, h_dummy_DxA.astype(jnp.float32))
 
-    slots = None
     if embed_slots:
       e_NxE, skips_N = self.embed(images_NxHxW)
-      e_x_BxE = of_targets(e_NxE)
-      e_dummy_DxE, skips_dummy = self.embed(self.dummies_DxHxW)
-      terms_BT = self.decoder.project_skips(
-          jax.tree.map(lambda v: flatten(to_memory(v)), skips_N))
-      slots = SlotEncoding(
-          e_memory_BxTxE=to_memory(e_NxE),
-          terms_memory=jax.tree.map(as_memory, terms_BT),
-          e_dummy_DxE=e_dummy_DxE,
-          terms_dummy=self.decoder.project_skips(skips_dummy))
+      e_x_BxE, slots = of_targets(e_NxE), self._slot_encoding(to_memory(e_NxE), skips_N)
     else:
-      e_x_BxE, _ = self.embed(x_BxHxW)
+      (e_x_BxE, _), slots = self.embed(x_BxHxW), None
     return MemoryEncoding(
         e_x_BxE=e_x_BxE,
         address_logits_BxS=jnp.concatenate([logits_memory_BxT, logits_dummy_BxD], axis=1),
         memory_BxTxHxW=memory_BxTxHxW,
         slots=slots)
+
+  def _match_rows(self, images_NxHxW, distinct: distinct_lib.DistinctRows | None):
+    """h of every row; with `distinct`, computed once per distinct image where they fit."""
+    if distinct is None:
+      return self.match(images_NxHxW)[0]
+    # h of the U distinct rows, gathered back to the N rows. The V rows whose image got none
+    # (a batch with more than U distinct images, rare) take h computed in a cond, decided on
+    # the device: one program for every batch. Only those rows run inside the cond (XLA:CPU
+    # runs convs slower in a conditional), V = N - U at most (each of the U images has a
+    # row), recomputed for the gradient (a cond keeps the residuals of both branches).
+    num_rows, capacity_u = distinct.inverse_N.shape[0], distinct.row_U.shape[0]
+    h_UxA, _ = self.match(images_NxHxW[distinct.row_U])
+    has_row_N = distinct.inverse_N < capacity_u
+    h_NxA = h_UxA[jnp.where(has_row_N, distinct.inverse_N, 0)]
+    num_rest = num_rows - capacity_u
+    if num_rest <= 0:
+      return h_NxA
+    (rest_V,) = jnp.nonzero(~has_row_N, size=num_rest, fill_value=0)
+    no_rest = lambda vma, images_NxHxW, rest_V: jnp.zeros(
+        (num_rest,) + h_UxA.shape[1:], h_UxA.dtype)
+    rest = nn.remat(lambda vma, images_NxHxW, rest_V: vma.match(images_NxHxW[rest_V])[0])
+    h_rest_VxA = nn.cond(distinct_lib.fits(distinct), no_rest, rest, self, images_NxHxW,
+                         rest_V)
+    rest_of_N = jnp.clip(jnp.cumsum(~has_row_N) - 1, 0, num_rest - 1)
+    return jnp.where(has_row_N[:, None], h_NxA, h_rest_VxA[rest_of_N])
+
+  def _slot_encoding(self, e_memory_BxTxE, skips_N) -> SlotEncoding:
+    """e and the skip terms of every slot, from the encoder's outputs on the N = B(1+T) rows
+    (targets first in each episode, `stack_rows`) and on the dummies."""
+    batch, memory_size = e_memory_BxTxE.shape[:2]
+    memory_rows = lambda v_N: v_N.reshape((batch, 1 + memory_size) + v_N.shape[1:])[:, 1:]
+    flatten = lambda v_BxTx: v_BxTx.reshape((-1,) + v_BxTx.shape[2:])
+    as_memory = lambda v_BTx: v_BTx.reshape((batch, memory_size) + v_BTx.shape[1:])
+    e_dummy_DxE, skips_dummy = self.embed(self.dummies_DxHxW)
+    terms_BT = self.decoder.project_skips(
+        jax.tree.map(lambda v: flatten(memory_rows(v)), skips_N))
+    return SlotEncoding(
+        e_memory_BxTxE=e_memory_BxTxE,
+        terms_memory=jax.tree.map(as_memory, terms_BT),
+        e_dummy_DxE=e_dummy_DxE,
+        terms_dummy=self.decoder.project_skips(skips_dummy))
 
   def _sampled_slots(self, memory_BxTxHxW, slots: SlotEncoding | None, a_BxK):
     """e(m_{a_k}) and the skip terms of m_{a_k}: gathered from `slots`, or computed if None."""
@@ -325,13 +334,13 @@ def _split2(keys):
   return split[:, 0].reshape(keys.shape), split[:, 1].reshape(keys.shape)
 
 
-def sample_keys(episode_keys_B, start, num_samples):
+def sample_keys(episode_keys_B, start, num_importance):
   """keys_BxK with keys[b, k] = fold_in(episode_keys[b], start + k).
 
   The key of sample k depends only on its episode's key and on k, so a bound computed in
-  chunks [start, start + num_samples) draws the same samples as one computed at once.
+  chunks [start, start + num_importance) draws the same samples as one computed at once.
   """
-  index_K = start + jnp.arange(num_samples, dtype=jnp.uint32)
+  index_K = start + jnp.arange(num_importance, dtype=jnp.uint32)
   return jax.vmap(lambda key: jax.vmap(lambda i: jax.random.fold_in(key, i))(index_K))(
       episode_keys_B)
 
@@ -339,3 +348,13 @@ def sample_keys(episode_keys_B, start, num_samples):
 def make_model(config) -> VMA:
   """The model of a full experiment config (`config.model`, image size from `config.data`)."""
   return VMA(image_size=config.data.image_size, **config.model)
+
+
+def init_params(config, key):
+  """Fresh variables of `make_model(config)`. Their shapes do not depend on T or K, so one
+  dummy episode (B = T = K = 1) creates them."""
+  size = config.data.image_size
+  x_BxHxW = jnp.zeros((1, size, size), jnp.float32)
+  memory_BxTxHxW = jnp.zeros((1, 1, size, size), jnp.float32)
+  keys_BxK = jax.random.split(jax.random.key(0), (1, 1))
+  return make_model(config).init(key, x_BxHxW, memory_BxTxHxW, keys_BxK)

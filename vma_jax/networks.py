@@ -1,7 +1,9 @@
 """The conv networks of the VMA model, in stock Flax layers: the encoder (e and h), the decoder.
 
-Layouts are NHWC. For 26x26 images the spatial sizes are 26 -> 13 -> 7 -> 4 in the encoder and
-4 -> 7 -> 13 -> 25 -> 26 in the decoder; any even size whose encoder bottleneck is 4x4
+Layouts are NHWC: feature maps are N x H x W x C (N images, C channels; these C and N are
+the convolution's, see docs/model.md, Notation and shape letters). For 26x26 images the
+spatial sizes are 26 -> 13 -> 7 -> 4 in the encoder and 4 -> 7 -> 13 -> 25 -> 26 in the
+decoder; any even size whose encoder bottleneck is 4x4
 (26, 28, 30, 32) works the same way (the parameter count does not change). Padding matches
 the reference (PyTorch) layers: every 3x3 conv pads 1 on both sides, and PyTorch's
 ConvTranspose2d(k, stride, padding p, output_padding o) is nn.ConvTranspose with padding

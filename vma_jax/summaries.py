@@ -20,6 +20,8 @@ import zlib
 from absl import logging
 import numpy as np
 
+from vma_jax import files
+
 
 class LoggingWriter:
   """The part of CLU's MetricWriter interface that training uses, as log lines only."""
@@ -137,8 +139,5 @@ def write_png(path: str, image_HxW: np.ndarray, scale: int = 2) -> None:
   """Writes a [0, 1] grey image as an 8-bit PNG, each pixel repeated `scale` times."""
   pixels = np.round(np.clip(image_HxW, 0.0, 1.0) * 255).astype(np.uint8)
   pixels = np.kron(pixels, np.ones((scale, scale), np.uint8))
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
+  with files.atomic_write(path, "wb") as f:
     f.write(png_bytes(pixels))
-  os.replace(tmp, path)

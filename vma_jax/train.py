@@ -34,11 +34,11 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from vma_jax import cells as vma_cells
 from vma_jax import checkpoints
 from vma_jax import distinct as distinct_lib
 from vma_jax import distributed
 from vma_jax import episodes as episodes_lib
-from vma_jax import evaluate
 from vma_jax import model as vma_model
 from vma_jax import objective
 from vma_jax import sharding
@@ -95,7 +95,7 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
 def create_train_state(config, key) -> TrainState:
   """Fresh parameters of `make_model(config)` and the optimiser of `config.optim`."""
   model = vma_model.make_model(config)
-  state = TrainState.create(apply_fn=model.apply, params=checkpoints.init_params(config, key),
+  state = TrainState.create(apply_fn=model.apply, params=vma_model.init_params(config, key),
                             tx=make_optimizer(config.optim))
   return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -109,16 +109,16 @@ def init_train_state(config, key, mesh: Mesh) -> TrainState:
 
 def make_loss_fn(config, model: vma_model.VMA) -> Callable:
   """loss_fn(params, episodes, key) -> (loss, aux): loss = -mean_B vimco_surrogate."""
-  num_samples = config.objective.num_samples
+  num_importance = config.objective.num_importance
   baseline = config.objective.baseline
 
   def loss_fn(params, episodes, key):
     x_BxHxW, memory_BxTxHxW = episodes.x_BxHxW, episodes.memory_BxTxHxW
     # One key per episode, then one per (episode, sample), as in evaluation.
     keys_BxK = vma_model.sample_keys(
-        jax.random.split(key, x_BxHxW.shape[0]), 0, num_samples)
+        jax.random.split(key, x_BxHxW.shape[0]), 0, num_importance)
     # With K < T, e runs on the K sampled slots only, not on all T.
-    embed_slots = vma_model.embed_every_slot(memory_BxTxHxW.shape[1], num_samples)
+    embed_slots = vma_model.embed_every_slot(memory_BxTxHxW.shape[1], num_importance)
     encoding = model.apply(params, x_BxHxW, memory_BxTxHxW, embed_slots=embed_slots,
                            distinct=episodes.distinct, method=vma_model.VMA.encode)
     weights = model.apply(params, x_BxHxW, encoding, keys_BxK,
@@ -132,15 +132,15 @@ def make_loss_fn(config, model: vma_model.VMA) -> Callable:
 def step_metrics(episodes, address_logits_BxS, weights: vma_model.LogWeights) -> dict:
   """Scalar summaries of one batch: the bound, its terms, where the samples address, and
   whether the batch's distinct images did not fit (h then ran on more rows, `VMA.encode`)."""
-  num_memory = episodes.memory_BxTxHxW.shape[1]
+  memory_size = episodes.memory_BxTxHxW.shape[1]
   num_slots = address_logits_BxS.shape[-1]
   bound_B = objective.iw_bound(weights.log_w_BxK)
   address_kl_B = objective.address_kl(address_logits_BxS)
   a_BxK = weights.a_BxK
-  is_dummy_BxK = a_BxK >= num_memory
-  if num_memory:
+  is_dummy_BxK = a_BxK >= memory_size
+  if memory_size:
     label_BxK = jnp.take_along_axis(
-        episodes.memory_labels_BxT, jnp.clip(a_BxK, 0, num_memory - 1), axis=1)
+        episodes.memory_labels_BxT, jnp.clip(a_BxK, 0, memory_size - 1), axis=1)
     same_class_BxK = ~is_dummy_BxK & (label_BxK == episodes.x_label_B[:, None])
   else:
     same_class_BxK = jnp.zeros_like(is_dummy_BxK)
@@ -225,7 +225,7 @@ def make_episode_sampler(config, mesh: Mesh):
 # Validation and image summaries.
 
 
-def make_image_fn(config, model: vma_model.VMA, num_samples: int = 8):
+def make_image_fn(config, model: vma_model.VMA, num_generated: int = 8):
   """Jitted `images(params, data, target_index_B, key) -> (memory, x, retrieved, samples)`.
 
   For cell episodes of config.validation: the slot argmax_a q(a|x,M) (a dummy slot shows
@@ -246,7 +246,7 @@ def make_image_fn(config, model: vma_model.VMA, num_samples: int = 8):
     retrieved_BxHxW = vma_model.gather_slots(
         memory_BxTxHxW, params["params"]["dummies"], jnp.argmax(logits_BxS, axis=1)[:, None])[:, 0]
     a_BxK = jax.random.categorical(address_key, logits_BxS[:, None, :],
-                                   shape=(batch, num_samples))
+                                   shape=(batch, num_generated))
     samples_BxKxHxW = model.apply(params, memory_BxTxHxW, a_BxK, generate_key,
                                   method=vma_model.VMA.generate)
     return memory_BxTxHxW, episodes.x_BxHxW, retrieved_BxHxW, samples_BxKxHxW
@@ -258,25 +258,115 @@ def make_image_fn(config, model: vma_model.VMA, num_samples: int = 8):
 # The loop.
 
 
-class _RunFunctions(NamedTuple):
-  """The jitted functions of a training run, built from its config."""
+class _Run(NamedTuple):
+  """What a training run computes with: its jitted functions, data on the devices, keys."""
 
   sample: Callable  # make_episode_sampler
   train_step: Callable  # make_train_step
-  validation: Callable  # evaluate.make_cell_bound_fn on config.validation's cell
+  validation: Callable  # cells.make_cell_bound_fn on config.validation's cell
   images: Callable  # make_image_fn
+  train_data: episodes_lib.EpisodeData
+  test_data: episodes_lib.EpisodeData
+  valid_targets_N: np.ndarray
+  image_targets_B: np.ndarray
+  init_key: jax.Array
+  train_key: jax.Array
+  valid_key: jax.Array
+  image_key: jax.Array
 
-  @classmethod
-  def build(cls, config, mesh: Mesh) -> "_RunFunctions":
+
+class _Outputs(NamedTuple):
+  """Where a run's metrics and images go (written by process 0 alone)."""
+
+  workdir: str
+  writer: Any  # a CLU MetricWriter (summaries.create_writer)
+  metrics_log: summaries.MetricsLog
+  is_chief: bool
+
+  def scalars(self, step: int, scalars: dict) -> None:
+    self.writer.write_scalars(step, scalars)
+    if self.is_chief:
+      self.metrics_log.write(step, scalars)
+
+
+def _prepare_run(config, mesh: Mesh, splits: dict | None) -> _Run:
+  """Builds the run's functions, puts the data on the devices and splits the keys."""
+  with _config_errors():
+    for name, size in zip(BATCH_SIZE_FIELDS, batch_sizes(config)):
+      sharding.check_batch_size(size, mesh, f"config.{name}")
     model = vma_model.make_model(config)
     v = config.validation
-    return cls(
+    fns = dict(
         sample=make_episode_sampler(config, mesh),
         train_step=make_train_step(config, model, mesh),
-        validation=evaluate.make_cell_bound_fn(
+        validation=vma_cells.make_cell_bound_fn(
             model, max_classes=v.max_classes, memory_size=v.memory_size,
-            num_importance=v.num_samples, chunk_size=v.chunk_size, mesh=mesh),
+            num_importance=v.num_importance, chunk_size=v.chunk_size, mesh=mesh),
         images=make_image_fn(config, model))
+  if splits is None:
+    from vma_jax import data  # pylint: disable=g-import-not-at-top
+
+    splits = data.load_splits(config.data)
+  num_test = len(splits["test"].labels_N)
+  replicated, _ = sharding.shardings(mesh)
+  # Replicated by the jitted split itself: device_put cannot place keys on other processes'
+  # devices.
+  keys = jax.jit(lambda: jax.random.split(jax.random.key(config.seed), 4),
+                 out_shardings=replicated)()
+  return _Run(
+      **fns, train_data=episodes_lib.device_data(splits["train"], mesh),
+      test_data=episodes_lib.device_data(splits["test"], mesh),
+      valid_targets_N=episodes_lib.target_indices(num_test, v.num_targets),
+      image_targets_B=episodes_lib.target_indices(num_test, 8),
+      init_key=keys[0], train_key=keys[1], valid_key=keys[2], image_key=keys[3])
+
+
+def _trace(run: _Run, config) -> TrainState:
+  """Traces every function of the run (a config that cannot run raises ConfigError before
+  anything is written); returns the abstract train state."""
+  train_config, v = config.train, config.validation
+  with _config_errors():
+    abstract = jax.eval_shape(functools.partial(create_train_state, config), run.init_key)
+    episodes, sample_key = jax.eval_shape(run.sample, run.train_data, run.train_key,
+                                          np.int32(0))
+    jax.eval_shape(run.train_step, abstract, episodes, sample_key)
+    if train_config.validate_every > 0:
+      jax.eval_shape(run.validation, abstract.params, run.test_data, run.valid_key,
+                     np.resize(run.valid_targets_N, v.batch_size).astype(np.int32))
+    if train_config.image_every > 0:
+      jax.eval_shape(run.images, abstract.params, run.test_data, run.image_targets_B,
+                     run.image_key)
+  return abstract
+
+
+def _check_resumable(manager, config) -> int | None:
+  """The step to resume from (None: a fresh run), once its checkpoint's model revision and
+  config have been checked (CheckpointError)."""
+  step = manager.latest_step()
+  if step is not None:
+    source = os.path.join(manager.directory, str(step))
+    saved_config = checkpoints.saved_config(manager, step)
+    checkpoints.check_model_revision(
+        checkpoints.model_revision(manager, step, saved_config), source=source)
+    differences = checkpoints.check_compatible(saved_config, config, source=source)
+    if differences:
+      logging.warning("Resuming with a config that differs from the checkpoint's in: %s",
+                      ", ".join(differences))
+  return step
+
+
+def _restore_or_init(run: _Run, abstract: TrainState, manager, step: int | None, config,
+                     mesh: Mesh) -> TrainState:
+  """The state of checkpoint `step`, restored onto abstract targets (the fresh parameters are
+  never computed), or, for step None, a fresh state."""
+  if step is None:
+    return init_train_state(config, run.init_key, mesh)
+  replicated, _ = sharding.shardings(mesh)
+  restored = checkpoints.restore(manager, step, **jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      {"params": abstract.params, "opt_state": abstract.opt_state}))
+  logging.info("Resumed from step %d of %s", step, manager.directory)
+  return abstract.replace(step=sharding.replicate(np.int32(step), mesh), **restored)
 
 
 def _batches(sample, data, train_key, start_step: int, num_steps: int):
@@ -306,6 +396,85 @@ def _check_finite(pending: list[tuple[int, dict]], workdir: str, last_checkpoint
           "rerunning in the same workdir resumes from the last checkpoint.")
 
 
+def _log_train_metrics(outputs: _Outputs, pending: list[tuple[int, dict]], step: int,
+                       num_steps: int, seconds: float, steps: int) -> None:
+  """Writes the means of the pending steps' metrics and logs one line about them."""
+  means = jax.device_get({n: jnp.mean(jnp.stack([m[n] for _, m in pending]))
+                          for n in pending[0][1]})
+  scalars = {f"train/{n}": float(v) for n, v in means.items()}
+  scalars["train/steps_per_sec"] = steps / max(seconds, 1e-9)
+  outputs.scalars(step, scalars)
+  eta = (num_steps - step) / max(scalars["train/steps_per_sec"], 1e-9)
+  logging.info("step %d/%d: loss %.2f, -L_K %.2f nats, KL(q(a)||p(a)) %.3f, "
+               "same-class %.2f, dummy %.2f, %.2f steps/s, ETA %s", step, num_steps,
+               means["loss"], means["neg_bound"], means["address_kl"],
+               means["frac_same_class"], means["frac_dummy"],
+               scalars["train/steps_per_sec"], _duration(eta))
+
+
+def _validate(run: _Run, params, config, outputs: _Outputs, step: int, mesh: Mesh) -> None:
+  """-L_K of config.validation's cell on its targets, written as valid/neg_bound."""
+  v = config.validation
+  start = time.monotonic()
+  bound = float(np.mean(vma_cells.cell_bounds(
+      run.validation, params, run.test_data, run.valid_key, run.valid_targets_N,
+      v.batch_size, mesh=mesh)))
+  outputs.scalars(step, {"valid/neg_bound": -bound, "valid/seconds": time.monotonic() - start})
+  logging.info("step %d: validation -L_%d = %.2f nats (cell C=%d, T=%d, %d targets)", step,
+               v.num_importance, -bound, v.max_classes, v.memory_size,
+               len(run.valid_targets_N))
+
+
+def _write_images(run: _Run, params, outputs: _Outputs, step: int) -> None:
+  """The few-shot grid of the image targets, to the writer and images/few_shot_<step>.png."""
+  # Gathered by every process (the arrays may span other processes' devices).
+  memory, x, retrieved, samples = multihost_utils.process_allgather(
+      run.images(params, run.test_data, run.image_targets_B, run.image_key), tiled=True)
+  grid_HxW = summaries.few_shot_grid(memory, x, retrieved, samples)
+  outputs.writer.write_images(step, {"few_shot": grid_HxW[None, :, :, None]})
+  if outputs.is_chief:
+    summaries.write_png(
+        os.path.join(outputs.workdir, IMAGE_DIR, f"few_shot_{step:08d}.png"), grid_HxW)
+
+
+def _train_loop(run: _Run, state: TrainState, start_step: int, config, manager,
+                outputs: _Outputs, mesh: Mesh) -> TrainState:
+  """Steps start_step .. num_steps, with logging, checkpoints, validation and images at the
+  periods of config.train; the host reads the device only at those."""
+  train_config = config.train
+  num_steps = train_config.num_steps
+  report_progress = summaries.progress_reporter(num_steps, outputs.writer)
+  pending: list[tuple[int, dict]] = []  # per-step metrics (on device) since the last log
+  last_checkpoint = manager.latest_step()
+  log_time, log_step = time.monotonic(), start_step
+
+  def every(period, step, at_end=True):
+    if period <= 0:
+      return at_end and step == num_steps
+    return step % period == 0 or step == num_steps
+
+  for step, episodes, sample_key in _batches(run.sample, run.train_data, run.train_key,
+                                             start_step, num_steps):
+    state, metrics = run.train_step(state, episodes, sample_key)
+    done = step + 1
+    pending.append((done, metrics))
+    report_progress(done)
+    if every(train_config.log_every, done):
+      _check_finite(pending, outputs.workdir, last_checkpoint)
+      now = time.monotonic()
+      _log_train_metrics(outputs, pending, done, num_steps, now - log_time, done - log_step)
+      pending, log_time, log_step = [], now, done
+    if every(train_config.checkpoint_every, done):
+      _check_finite(pending, outputs.workdir, last_checkpoint)
+      checkpoints.save(manager, done, state.params, state.opt_state, config)
+      last_checkpoint = done
+    if every(train_config.validate_every, done, at_end=False):
+      _validate(run, state.params, config, outputs, done, mesh)
+    if every(train_config.image_every, done, at_end=False):
+      _write_images(run, state.params, outputs, done)
+  return state
+
+
 def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> TrainState:
   """Trains (or resumes) the run of `config` in `workdir`; returns the final state.
 
@@ -321,135 +490,33 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
       `vma_jax.data.load_splits(config.data)`.
   """
   workdir = os.path.abspath(workdir)
-  train_config = config.train
-  num_steps = train_config.num_steps
   mesh = sharding.make_mesh()
-  num_devices = mesh.devices.size
-  with _config_errors():
-    for name, size in zip(BATCH_SIZE_FIELDS, batch_sizes(config)):
-      sharding.check_batch_size(size, mesh, f"config.{name}")
-    fns = _RunFunctions.build(config, mesh)
-  v = config.validation
-
-  if splits is None:
-    from vma_jax import data  # pylint: disable=g-import-not-at-top
-
-    splits = data.load_splits(config.data)
-  train_data = evaluate.device_data(splits["train"], mesh)
-  test_data = evaluate.device_data(splits["test"], mesh)
-  valid_targets_N = evaluate.target_indices(len(splits["test"].labels_N), v.num_targets)
-  image_targets_B = evaluate.target_indices(len(splits["test"].labels_N), 8)
-
-  replicated, _ = sharding.shardings(mesh)
-  # Replicated by the jitted split itself: device_put cannot place keys on other processes'
-  # devices.
-  init_key, train_key, valid_key, image_key = jax.jit(
-      lambda: jax.random.split(jax.random.key(config.seed), 4), out_shardings=replicated)()
-  with _config_errors():
-    # Shapes only: some settings are checked where the functions are traced.
-    abstract = jax.eval_shape(functools.partial(create_train_state, config), init_key)
-    episodes, sample_key = jax.eval_shape(fns.sample, train_data, train_key, np.int32(0))
-    jax.eval_shape(fns.train_step, abstract, episodes, sample_key)
-    if train_config.validate_every > 0:
-      jax.eval_shape(fns.validation, abstract.params, test_data, valid_key,
-                     np.resize(valid_targets_N, v.batch_size).astype(np.int32))
-    if train_config.image_every > 0:
-      jax.eval_shape(fns.images, abstract.params, test_data, image_targets_B, image_key)
-
-  manager = checkpoints.make_manager(workdir, max_to_keep=train_config.max_checkpoints)
-  start_step = manager.latest_step()
-  if start_step is not None:
-    source = os.path.join(manager.directory, str(start_step))
-    saved_config = checkpoints.saved_config(manager, start_step)
-    checkpoints.check_model_revision(
-        checkpoints.model_revision(manager, start_step, saved_config), source=source)
-    differences = checkpoints.check_compatible(saved_config, config, source=source)
-    if differences:
-      logging.warning("Resuming with a config that differs from the checkpoint's in: %s",
-                      ", ".join(differences))
+  run = _prepare_run(config, mesh, splits)
+  abstract = _trace(run, config)
+  manager = checkpoints.make_manager(workdir, max_to_keep=config.train.max_checkpoints)
+  resume_step = _check_resumable(manager, config)
 
   # Process 0 alone writes config.json, metrics.jsonl, summaries and images; every process
   # saves and restores the checkpoints (Orbax writes each array once).
   is_chief = distributed.is_chief()
-  writer = summaries.create_writer(workdir, just_logging=not is_chief)
-  metrics_log = summaries.MetricsLog(os.path.join(workdir, METRICS_FILE))
-  if start_step is not None:
-    # Restore onto abstract targets: the fresh parameters are never computed.
-    restored = checkpoints.restore(manager, start_step, **jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        {"params": abstract.params, "opt_state": abstract.opt_state}))
-    state = abstract.replace(
-        step=sharding.replicate(np.int32(start_step), mesh), **restored)
-    logging.info("Resumed from step %d of %s", start_step, manager.directory)
-  else:
-    start_step = 0
-    state = init_train_state(config, init_key, mesh)
-    writer.write_hparams(_flatten(checkpoints.to_dict(config)))
+  outputs = _Outputs(workdir, summaries.create_writer(workdir, just_logging=not is_chief),
+                     summaries.MetricsLog(os.path.join(workdir, METRICS_FILE)), is_chief)
+  state = _restore_or_init(run, abstract, manager, resume_step, config, mesh)
+  if resume_step is None:
+    outputs.writer.write_hparams(_flatten(checkpoints.to_dict(config)))
   # Only once the checkpoint has restored: a config it cannot continue leaves no trace.
   _save_config(workdir, config, is_chief)
+  start_step = resume_step or 0
   logging.info("Training %d steps from step %d on %d device(s) of %d process(es); workdir %s",
-               num_steps, start_step, num_devices, jax.process_count(), workdir)
-
-  report_progress = summaries.progress_reporter(num_steps, writer)
-  pending: list[tuple[int, dict]] = []  # per-step metrics (on device) since the last log
-  last_checkpoint = manager.latest_step()
-  log_time, log_step = time.monotonic(), start_step
-
-  def every(period, step, at_end=True):
-    if period <= 0:
-      return at_end and step == num_steps
-    return step % period == 0 or step == num_steps
-
+               config.train.num_steps, start_step, mesh.devices.size, jax.process_count(),
+               workdir)
   try:
-    for step, episodes, sample_key in _batches(fns.sample, train_data, train_key, start_step,
-                                               num_steps):
-      state, metrics = fns.train_step(state, episodes, sample_key)
-      done = step + 1
-      pending.append((done, metrics))
-      report_progress(done)
-
-      if every(train_config.log_every, done):
-        _check_finite(pending, workdir, last_checkpoint)
-        now = time.monotonic()
-        means = jax.device_get({n: jnp.mean(jnp.stack([m[n] for _, m in pending]))
-                                for n in pending[0][1]})
-        scalars = {f"train/{n}": float(v) for n, v in means.items()}
-        scalars["train/steps_per_sec"] = (done - log_step) / max(now - log_time, 1e-9)
-        _write_scalars(writer, metrics_log, is_chief, done, scalars)
-        eta = (num_steps - done) / max(scalars["train/steps_per_sec"], 1e-9)
-        logging.info("step %d/%d: loss %.2f, -L_K %.2f nats, KL(q(a)||p(a)) %.3f, "
-                     "same-class %.2f, dummy %.2f, %.2f steps/s, ETA %s", done, num_steps,
-                     means["loss"], means["neg_bound"], means["address_kl"],
-                     means["frac_same_class"], means["frac_dummy"],
-                     scalars["train/steps_per_sec"], _duration(eta))
-        pending, log_time, log_step = [], now, done
-
-      if every(train_config.checkpoint_every, done):
-        _check_finite(pending, workdir, last_checkpoint)
-        checkpoints.save(manager, done, state.params, state.opt_state, config)
-        last_checkpoint = done
-
-      if every(train_config.validate_every, done, at_end=False):
-        start = time.monotonic()
-        bound = float(np.mean(evaluate.cell_bounds(
-            fns.validation, state.params, test_data, valid_key, valid_targets_N, v.batch_size,
-            mesh=mesh)))
-        _write_scalars(writer, metrics_log, is_chief, done, {
-            "valid/neg_bound": -bound, "valid/seconds": time.monotonic() - start})
-        logging.info("step %d: validation -L_%d = %.2f nats (cell C=%d, T=%d, %d targets)",
-                     done, config.validation.num_samples, -bound,
-                     config.validation.max_classes, config.validation.memory_size,
-                     len(valid_targets_N))
-
-      if every(train_config.image_every, done, at_end=False):
-        _write_images(fns.images, state.params, test_data, image_targets_B, image_key, writer,
-                      workdir, done, is_chief)
+    return _train_loop(run, state, start_step, config, manager, outputs, mesh)
   finally:
     # A save in flight is completed (and finalised) before the process goes on or exits.
     manager.wait_until_finished()
     manager.close()
-    writer.flush()
-  return state
+    outputs.writer.flush()
 
 
 def _save_config(workdir: str, config, is_chief: bool) -> None:
@@ -462,23 +529,6 @@ def _save_config(workdir: str, config, is_chief: bool) -> None:
     multihost_utils.sync_global_devices("config.json checked")  # before process 0 replaces it
   if is_chief:
     checkpoints.save_config(workdir, config)
-
-
-def _write_scalars(writer, metrics_log, is_chief: bool, step: int, scalars: dict) -> None:
-  writer.write_scalars(step, scalars)
-  if is_chief:
-    metrics_log.write(step, scalars)
-
-
-def _write_images(image_fn, params, data, target_index_B, key, writer, workdir, step,
-                  is_chief) -> None:
-  # Gathered by every process (the arrays may span other processes' devices).
-  memory, x, retrieved, samples = multihost_utils.process_allgather(
-      image_fn(params, data, target_index_B, key), tiled=True)
-  grid_HxW = summaries.few_shot_grid(memory, x, retrieved, samples)
-  writer.write_images(step, {"few_shot": grid_HxW[None, :, :, None]})
-  if is_chief:
-    summaries.write_png(os.path.join(workdir, IMAGE_DIR, f"few_shot_{step:08d}.png"), grid_HxW)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -20,6 +20,11 @@ the same function and the same gradients up to float rounding. On CPU, for layer
 
 Elsewhere (GPU, TPU, or small layers) both are XLA's. docs/performance.md has the
 measurements behind the constants below.
+
+Shape letters in this module are a convolution's, not the model's (docs/model.md): N images,
+H x W their size (Ho x Wo the output's, Hp x Wp padded), C input and O output channels,
+Kh x Kw the kernel, T = Kh * Kw taps, M = N * Ho * Wo output pixels; in the chunked kernel
+gradient, G device groups of I images for each of S chunks.
 """
 
 import functools

@@ -12,7 +12,8 @@ function as `vma_jax.networks` (`benchmarks/check_equal.py`, tests/test_cpu_laye
   and shared by every sample that addresses it, and the sample's term
   (`ConcatConvTranspose3x3`).
 
-docs/performance.md has what each gains on CPU.
+docs/performance.md has what each gains on CPU. Feature maps are N x H x W x C, as in
+`vma_jax.networks`.
 """
 
 from typing import NamedTuple

@@ -1,0 +1,196 @@
+"""Few-shot bounds of evaluation cells: L_K of each target's episode, for large K.
+
+A cell (C, T) of Table 1 has episodes whose memory holds T images from at most C classes
+(`vma_jax.episodes.sample_cell_episodes`). Here each target's L_K is computed on its episode
+with `streaming_bound`, in chunks of samples, and read back batch by batch. Training's
+validation and `vma_jax.evaluate` both use these functions.
+
+Episodes and samples depend only on (key, C, T, target index), never on the batch size, the
+chunking or the devices, so a figure is reproducible on any device count, and the bounds of
+two computation dtypes on one checkpoint differ by the precision alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from typing import Callable
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+
+from vma_jax import episodes as vma_episodes
+from vma_jax import model as vma_model
+from vma_jax import sharding
+
+# Batches of targets dispatched before the oldest is read back (`cell_bounds`).
+_BATCHES_AHEAD = 4
+
+
+def parse_cells(cells: str) -> list[tuple[int, int]]:
+  """'1:1,1:2,2:19' -> [(1, 1), (1, 2), (2, 19)]."""
+  parsed = []
+  for item in cells.replace(" ", "").split(","):
+    if not item:
+      continue
+    try:
+      max_classes, memory_size = (int(v) for v in item.split(":"))
+    except ValueError:
+      raise ValueError(f"bad cell {item!r}: cells are written C:T, e.g. '1:5,2:19'") from None
+    if max_classes < 1 or memory_size < 1:
+      raise ValueError(f"bad cell {item!r}: C and T must be positive")
+    parsed.append((max_classes, memory_size))
+  if not parsed:
+    raise ValueError(f"no cells in {cells!r}")
+  return parsed
+
+
+def streaming_bound(apply_fn: Callable, params, x_BxHxW, memory_BxTxHxW, episode_keys_B, *,
+                    num_importance: int, chunk_size: int = 100):
+  """L_K per episode for large K, in chunks of samples with a running log-sum-exp.
+
+  Memory does not grow with K: x and M are encoded once, then `ceil(K / chunk_size)` chunks of
+  at most `chunk_size` samples each are decoded in turn. Sample k is drawn from
+  fold_in(episode_key, k) whatever the chunking, so the value equals the unchunked
+  `objective.iw_bound` of the same samples up to float32 rounding.
+
+  Args:
+    apply_fn: the model's `apply` (e.g. `VMA(...).apply`).
+    params: the model's variables.
+    x_BxHxW, memory_BxTxHxW: the episodes.
+    episode_keys_B: one key per episode.
+    num_importance: K.
+    chunk_size: samples decoded at once; the peak memory is set by B * chunk_size.
+  Returns:
+    L_K, shape B (float32).
+  """
+  chunk_size = min(chunk_size, num_importance)
+  num_chunks = -(-num_importance // chunk_size)
+  encoding = apply_fn(params, x_BxHxW, memory_BxTxHxW, method=vma_model.VMA.encode)
+  batch = x_BxHxW.shape[0]
+
+  def add_chunk(carry, start):
+    # The chunk's samples are start .. start + chunk_size - 1: arrays B x chunk_size.
+    max_B, sum_B = carry
+    chunk_keys = vma_model.sample_keys(episode_keys_B, start, chunk_size)
+    chunk_log_w = apply_fn(
+        params, x_BxHxW, encoding, chunk_keys, method=vma_model.VMA.log_weights).log_w_BxK
+    in_range = start + jnp.arange(chunk_size, dtype=jnp.uint32) < num_importance
+    chunk_log_w = jnp.where(in_range[None], chunk_log_w, -jnp.inf)  # the last may be partial
+    new_max_B = jnp.maximum(max_B, jnp.max(chunk_log_w, axis=-1))
+    sum_B = sum_B * jnp.exp(max_B - new_max_B) + jnp.sum(
+        jnp.exp(chunk_log_w - new_max_B[:, None]), axis=-1)
+    return (new_max_B, sum_B), None
+
+  init = (jnp.full((batch,), -jnp.inf), jnp.zeros((batch,)))
+  starts = jnp.arange(num_chunks, dtype=jnp.uint32) * chunk_size
+  (max_B, sum_B), _ = jax.lax.scan(add_chunk, init, starts)
+  return max_B + jnp.log(sum_B) - math.log(num_importance)
+
+
+def make_cell_bound_fn(model: vma_model.VMA, *, max_classes: int, memory_size: int,
+                       num_importance: int, chunk_size: int, mesh=None):
+  """A jitted `(params, data, key, target_index_B) -> L_K per target` on cell episodes.
+
+  The episode of target i and its K samples depend only on (key, i). Targets (and their
+  bounds) are sharded over `mesh` (default: every process's devices); params and data are
+  replicated. `cell_bounds` feeds it and reads the bounds back.
+  """
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  replicated, batch = sharding.shardings(mesh)
+
+  def cell_bound(params, data, key, target_index_B):
+    episode_key, sample_key = jax.random.split(key)
+    episodes = vma_episodes.sample_cell_episodes(
+        data, episode_key, target_index_B, max_classes=max_classes, memory_size=memory_size)
+    sample_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(sample_key, target_index_B)
+    return streaming_bound(
+        model.apply, params, episodes.x_BxHxW, episodes.memory_BxTxHxW, sample_keys_B,
+        num_importance=num_importance, chunk_size=chunk_size)
+
+  return jax.jit(cell_bound, in_shardings=(replicated, replicated, replicated, batch),
+                 out_shardings=batch)
+
+
+def cell_bounds(bound_fn, params, data, key, targets_N: np.ndarray, batch_size: int, *,
+                mesh=None, log_every_s: float = 60.0, name: str = "") -> np.ndarray:
+  """L_K of every target in targets_N (float64, shape N), in batches of batch_size.
+
+  The last batch is padded (with targets repeated from the start of targets_N) to keep one
+  compiled shape; the padding's bounds are dropped. Every `log_every_s` seconds a log line
+  (prefixed `name`) says how many targets are done and how long the rest should take.
+
+  With `mesh` (the one `bound_fn` shards the targets over) each batch goes to the devices as
+  one array sharded over it, each process placing its own devices' targets, as several
+  processes need; without, as a numpy array (one process). Every process gets all bounds.
+  """
+  num_targets = len(targets_N)
+  padded_N = np.resize(targets_N, -(-num_targets // batch_size) * batch_size).astype(np.int32)
+  in_flight, bounds_by_batch = collections.deque(), []
+  start = last_log = time.perf_counter()
+  for i in range(0, len(padded_N), batch_size):
+    target_index_B = padded_N[i:i + batch_size]
+    if mesh is not None:
+      target_index_B = sharding.shard_batch(target_index_B, mesh)
+    in_flight.append(bound_fn(params, data, key, target_index_B))
+    # Batches queued ahead: the devices never wait for the host, which meanwhile reads the
+    # oldest back (and so knows how far the cell has got).
+    last = i + batch_size == len(padded_N)
+    while len(in_flight) > _BATCHES_AHEAD or (last and in_flight):
+      # The bounds of other processes' devices too (on one process, a plain read-back).
+      bounds_by_batch.append(np.asarray(
+          multihost_utils.process_allgather(in_flight.popleft(), tiled=True), np.float64))
+      done, now = min(len(bounds_by_batch) * batch_size, num_targets), time.perf_counter()
+      if now - last_log >= log_every_s and done < num_targets:
+        left_s = (now - start) / done * (num_targets - done)
+        logging.info("%s%d/%d targets, %.0f s left", name, done, num_targets, left_s)
+        last_log = now
+  return np.concatenate(bounds_by_batch)[:num_targets]
+
+
+def cell_key(seed: int, max_classes: int, memory_size: int) -> jax.Array:
+  """The key of a cell: its episodes and samples do not depend on which other cells run."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), max_classes), memory_size)
+
+
+def cell_neg_bounds(model: vma_model.VMA, params, data, *, max_classes: int, memory_size: int,
+                    num_importance: int, targets: np.ndarray, batch_size: int, chunk_size: int,
+                    seed: int, mesh=None) -> tuple[np.ndarray, float]:
+  """-L_K of every target in `targets` on cell (C, T) (nats, float64), and the seconds taken.
+
+  The seconds include compiling the cell's bound function.
+  """
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  sharding.check_batch_size(batch_size, mesh)
+  bound_fn = make_cell_bound_fn(model, max_classes=max_classes, memory_size=memory_size,
+                                num_importance=num_importance, chunk_size=chunk_size,
+                                mesh=mesh)
+  start_time = time.perf_counter()
+  neg_bound_N = -cell_bounds(bound_fn, params, data, cell_key(seed, max_classes, memory_size),
+                             targets, batch_size, mesh=mesh,
+                             name=f"C={max_classes} T={memory_size}: ")
+  seconds = time.perf_counter() - start_time
+  if not np.all(np.isfinite(neg_bound_N)):
+    raise FloatingPointError(
+        f"non-finite bound in cell C={max_classes}, T={memory_size}: the checkpoint's "
+        "parameters may be corrupt")
+  return neg_bound_N, seconds
+
+
+def mean_and_stderr(values_N: np.ndarray) -> tuple[float, float]:
+  """The mean of values_N and its standard error (NaN for a single value)."""
+  num = len(values_N)
+  stderr = float(values_N.std(ddof=1) / math.sqrt(num)) if num > 1 else float("nan")
+  return float(values_N.mean()), stderr
+
+
+def on_devices(split, num_targets: int):
+  """(mesh over every process's devices, the split's images replicated on it, the targets):
+  what a grid of cells on `split` needs."""
+  mesh = sharding.make_mesh()
+  return (mesh, vma_episodes.device_data(split, mesh),
+          vma_episodes.target_indices(len(split.labels_N), num_targets))

@@ -1,0 +1,134 @@
+"""Results of an evaluation: the Table 1 reference numbers, results files, resumable grids.
+
+`write_results` writes results.json, results.csv and results.md into an output folder, never
+over earlier ones (those are kept as results.<n>.*). `FinishedCells` records each cell of a
+grid as it finishes, so that an interrupted evaluation, run again, does only the cells left.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+from typing import Iterable, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+
+from vma_jax import files
+
+# ELBO@1000 in nats on the test split (docs/model.md, Table 1): {(C, T): (paper, reproduction)}.
+REFERENCE = {
+    (1, 1): (86.5, 85.2), (1, 2): (83.0, 79.8), (1, 3): (79.6, 77.5), (1, 4): (79.0, 76.2),
+    (1, 5): (76.5, 75.3), (1, 10): (76.2, 73.2), (1, 19): (73.9, 71.8),
+    (2, 1): (87.5, 85.2), (2, 2): (83.3, 82.7), (2, 3): (80.9, 80.1), (2, 4): (79.3, 78.5),
+    (2, 5): (79.1, 77.5), (2, 10): (77.0, 75.2), (2, 19): (75.0, 73.5),
+}
+# The cells of Table 1, as `cells.parse_cells` reads them.
+GRID = ",".join(f"{c}:{t}" for c, t in REFERENCE)
+RESULT_FILES = ("results.json", "results.csv", "results.md")
+
+
+@dataclasses.dataclass(frozen=True)
+class CellResult:
+  """-L_K on one cell: mean over targets, its standard error, K and the number of targets."""
+
+  max_classes: int
+  memory_size: int
+  bound: float
+  stderr: float
+  num_importance: int
+  num_targets: int
+  seconds: float
+
+
+def results_markdown(results: Iterable[CellResult]) -> str:
+  """A Markdown table of the results beside the paper's and the reproduction's numbers."""
+  lines = ["| C | T | ours | ± | paper | reproduction | K | targets |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    paper, repro = REFERENCE.get((r.max_classes, r.memory_size), (None, None))
+    fmt = lambda v: "–" if v is None else f"{v:.1f}"
+    lines.append(f"| {r.max_classes} | {r.memory_size} | {r.bound:.2f} | {r.stderr:.2f} | "
+                 f"{fmt(paper)} | {fmt(repro)} | {r.num_importance} | {r.num_targets} |")
+  return "\n".join(lines) + "\n"
+
+
+def write_results(results: Sequence[CellResult], out_dir: str, meta: dict) -> dict[str, str]:
+  """Writes results.json, results.csv and results.md under out_dir (atomically each).
+
+  Earlier results in out_dir are never overwritten: they are kept as results.<n>.{json,csv,md}
+  (n = 1, 2, ...), so the latest evaluation is always results.*.
+  """
+  rows = [dataclasses.asdict(r) for r in results]
+  for row in rows:
+    row["paper"], row["reproduction"] = REFERENCE.get(
+        (row["max_classes"], row["memory_size"]), (None, None))
+  csv_text = io.StringIO()
+  writer = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
+  writer.writeheader()
+  writer.writerows(rows)
+  header = (f"ELBO@{results[0].num_importance} (nats, lower is better) on the Omniglot test "
+            f"split; checkpoint step {meta.get('step')}.\n\n")
+  texts = {"json": json.dumps({"meta": meta, "results": rows}, indent=2),
+           "csv": csv_text.getvalue(), "md": header + results_markdown(results)}
+
+  kept = files.keep_previous(out_dir, RESULT_FILES)
+  if kept is not None:
+    logging.info("Earlier results kept as %s (and .csv, .md)",
+                 os.path.join(out_dir, f"results.{kept}.json"))
+  paths = {}
+  for kind, text in texts.items():
+    paths[kind] = os.path.join(out_dir, f"results.{kind}")
+    files.write_text(paths[kind], text)
+  return paths
+
+
+def params_digest(params) -> str:
+  """sha256 of the parameters' bytes: tells two checkpoints apart, even of the same step."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get(params)):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
+class FinishedCells:
+  """The cells an evaluation has finished, in out_dir/partial-<id>.json until it completes.
+
+  <id> is a digest of what the bounds depend on (`identity`: the parameters, dtype, seed, K,
+  number of targets; not the batch or chunk sizes, nor the devices), so a rerun of an
+  interrupted evaluation takes up its cells, and other settings never read them.
+  """
+
+  def __init__(self, out_dir: str, identity: dict):
+    self.identity = identity
+    name = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    self.path = os.path.join(out_dir, f"partial-{name}.json")
+    self.cells: dict[tuple[int, int], CellResult] = {}
+    if os.path.exists(self.path):
+      try:
+        with open(self.path) as f:
+          saved = json.load(f)
+        if saved["identity"] == identity:
+          self.cells = {(r["max_classes"], r["memory_size"]): CellResult(**r)
+                        for r in saved["results"]}
+      except (ValueError, KeyError, TypeError) as e:
+        logging.warning("Ignoring %s, which cannot be read (%s): its cells are evaluated "
+                        "again, and it is replaced when the first one finishes", self.path, e)
+
+  def add(self, result: CellResult) -> None:
+    """Records a finished cell (atomically: a kill leaves the previous file whole)."""
+    self.cells[(result.max_classes, result.memory_size)] = result
+    files.write_json(self.path, {
+        "identity": self.identity,
+        "results": [dataclasses.asdict(r) for r in self.cells.values()]})
+
+  def remove_if_within(self, results: Sequence[CellResult]) -> None:
+    """Removes the file once `results` hold every cell it has (else it stays, for later)."""
+    written = {(r.max_classes, r.memory_size) for r in results}
+    if os.path.exists(self.path) and set(self.cells) <= written:
+      os.remove(self.path)
