@@ -27,7 +27,9 @@ setuptools.setup(
         "tensorflow-cpu>=2.16; sys_platform == 'linux' and platform_machine == 'x86_64'",
         "tensorflow>=2.16; sys_platform != 'linux' or platform_machine != 'x86_64'",
         "tensorboard",
-        "matplotlib",
+        "matplotlib",  # the figures
+        "pillow",  # reading the sampling command's images; image summaries
+        "tqdm",  # the training progress bar
     ],
     extras_require={
         "test": [

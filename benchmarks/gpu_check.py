@@ -30,10 +30,15 @@ if _ROOT not in sys.path:
 
 # (module, distribution) that the package imports and a bare GPU host may lack; only these
 # are ever installed from the carried wheels, and only where the module is missing.
-REQUIRED = (("ml_collections", "ml-collections"), ("yaml", "PyYAML"), ("absl", "absl-py"))
+# matplotlib draws the image summaries (with its own dependencies), tqdm the progress bar.
+REQUIRED = (("ml_collections", "ml-collections"), ("yaml", "PyYAML"), ("absl", "absl-py"),
+            ("tqdm", "tqdm"), ("matplotlib", "matplotlib"), ("PIL", "pillow"),
+            ("contourpy", "contourpy"), ("cycler", "cycler"), ("fontTools", "fonttools"),
+            ("kiwisolver", "kiwisolver"), ("pyparsing", "pyparsing"),
+            ("dateutil", "python-dateutil"), ("six", "six"), ("packaging", "packaging"))
 # Installed on a bare GPU host and never replaced: reported with their versions.
 HOST_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections",
-                 "PyYAML", "absl-py")
+                 "PyYAML", "absl-py", "tqdm", "matplotlib", "pillow")
 SPLITS = ("train", "test")
 MAX_CARRY_MB = 60
 MANIFEST = "MANIFEST.json"
@@ -284,7 +289,7 @@ def lower(platform="cuda"):
         samples=config.objective.num_importance, stablehlo_chars=len(text), **_op_counts(text))
 
     memory, samples, targets = 19, config.eval.num_importance, config.eval.batch_size
-    bound = cells.make_cell_bound_fn(
+    bound = cells.make_cell_fn(
         vma_model.make_model(config), max_classes=2, memory_size=memory,
         num_importance=samples, chunk_size=config.eval.chunk_size, mesh=mesh)
     targets_B = jax.ShapeDtypeStruct((targets,), np.int32)

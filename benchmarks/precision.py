@@ -79,10 +79,11 @@ def precision_gaps(config, params, split, grid: Sequence[tuple[int, int]], *, dt
   for max_classes, memory_size in grid:
     neg_bounds, seconds = {}, {}
     for d, dtype_model in models.items():
-      neg_bounds[d], seconds[d] = vma_cells.cell_neg_bounds(
+      values, seconds[d] = vma_cells.evaluate_targets(
           dtype_model, params, data, max_classes=max_classes, memory_size=memory_size,
           num_importance=num_importance, targets=targets, batch_size=batch_size,
           chunk_size=chunk_size, seed=seed, mesh=mesh)
+      neg_bounds[d] = values["neg_bound"]
     gap_N = neg_bounds[dtype] - neg_bounds[reference_dtype]
     gap, gap_stderr = vma_cells.mean_and_stderr(gap_N)
     gaps.append(PrecisionGap(

@@ -42,9 +42,10 @@ def get_config():
   config.optim = ml_collections.ConfigDict(
       dict(name="adam", lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=0.0))
 
+  # tensorboard: event files (CLU, which imports TensorFlow); off, a run never imports it.
   config.train = ml_collections.ConfigDict(
       dict(batch_size=256, num_steps=100_000, log_every=100, checkpoint_every=2_000,
-           max_checkpoints=3, validate_every=5_000, image_every=5_000))
+           max_checkpoints=3, validate_every=5_000, image_every=5_000, tensorboard=True))
 
   # Periodic validation bound during training, on test-split episodes of one cell.
   config.validation = ml_collections.ConfigDict(

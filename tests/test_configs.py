@@ -26,7 +26,7 @@ REQUIRED = {
     "objective": ["num_importance", "baseline"],
     "optim": ["name", "lr", "b1", "b2", "eps", "grad_clip_norm"],
     "train": ["batch_size", "num_steps", "log_every", "checkpoint_every", "max_checkpoints",
-              "validate_every", "image_every"],
+              "validate_every", "image_every", "tensorboard"],
     "validation": ["max_classes", "memory_size", "num_targets", "num_importance", "batch_size",
                    "chunk_size"],
     "eval": ["cells", "num_importance", "num_targets", "batch_size", "chunk_size", "seed"],

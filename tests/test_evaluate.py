@@ -15,6 +15,7 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import pytest
 
 from benchmarks import precision
@@ -105,8 +106,9 @@ def test_cell_bound_matches_direct_computation(small_model_and_params):
 
 
 def _results():
-  return [vma_results.CellResult(1, 5, 80.123, 0.4, 1000, 13180, 1.0),
-          vma_results.CellResult(2, 19, 75.5, 0.3, 1000, 13180, 2.0)]
+  address = dict(address_kl=0.5, address_entropy=1.44, mass_target_class=0.9, mass_dummy=0.05)
+  return [vma_results.CellResult(1, 5, 80.123, 0.4, 1000, 13180, 1.0, **address),
+          vma_results.CellResult(2, 19, 75.5, 0.3, 1000, 13180, 2.0, **address)]
 
 
 def test_write_results_files(tmp_path):
@@ -120,7 +122,7 @@ def test_write_results_files(tmp_path):
   assert [(r["max_classes"], r["memory_size"]) for r in rows] == [("1", "5"), ("2", "19")]
   table = pathlib.Path(paths["md"]).read_text()
   assert "| C | T | ours |" in table
-  assert "| 1 | 5 | 80.12 | 0.40 | 76.5 | 75.3 | 1000 | 13180 |" in table
+  assert "| 1 | 5 | 80.12 | 0.40 | 76.5 | 75.3 | 1000 | 13180 | 0.50 | 0.90 | 0.05 |" in table
   assert not list((tmp_path / "eval").glob("*.tmp"))
 
   # A second evaluation (another K, say) keeps the first one's files as results.1.*.
@@ -162,6 +164,18 @@ def test_evaluate_workdir_end_to_end(untrained_run):
   saved = json.loads((run / "eval" / "results.json").read_text())
   assert saved["meta"]["step"] == 3 and saved["meta"]["dtype"] == "float32"
   assert os.path.exists(run / "eval" / "results.md")
+  # Where the address posterior puts its mass, per cell.
+  for row, memory_size in zip(saved["results"], (1, 3)):
+    assert 0.0 <= row["address_kl"] <= np.log(memory_size + 2) + 1e-6
+    assert row["address_entropy"] == pytest.approx(np.log(memory_size + 2) - row["address_kl"])
+    assert 0.0 <= row["mass_target_class"] <= 1.0 and 0.0 <= row["mass_dummy"] <= 1.0
+    assert row["mass_target_class"] + row["mass_dummy"] <= 1.0 + 1e-6
+  assert saved["results"][0]["mass_target_class"] + saved["results"][0]["mass_dummy"] == (
+      pytest.approx(1.0))  # C=1, T=1: the one memory image is of the target's class
+  for name in ("bound_vs_T.png", "kl_vs_T.png"):
+    with Image.open(run / "eval" / name) as png:
+      assert png.format == "PNG" and png.size == (640, 440)
+  assert list((run / "eval").glob("events.out.tfevents*"))  # the figures, for TensorBoard
 
   # Another precision writes beside the run's own results, never over them.
   low = evaluate.evaluate_workdir(workdir, cells="1:1", num_importance=8, num_targets=6,
@@ -176,16 +190,19 @@ def test_evaluate_workdir_end_to_end(untrained_run):
   assert gaps[0].reference_bound == pytest.approx(results[0].bound, abs=1e-9)
   assert gaps[0].bound == pytest.approx(low[0].bound, abs=1e-9)
   assert sorted(os.listdir(run)) == sorted(["checkpoints", "config.json", "eval",
-                                                         "eval_bfloat16"])
+                                            "eval_bfloat16"])
 
 
-def test_cell_bounds_logs_progress_and_drops_the_padding(caplog):
+def test_cell_values_log_progress_and_drop_the_padding(caplog):
   """Every batch but the last logs its count (log_every_s=0); the values come back in order."""
   caplog.set_level(logging.INFO)
-  bound_fn = lambda params, data, key, targets_B: jnp.asarray(targets_B, jnp.float32) / 2
-  bounds_N = cells.cell_bounds(bound_fn, None, None, None, np.arange(10), batch_size=4,
-                               log_every_s=0.0, name="C=1 T=5: ")
-  np.testing.assert_array_equal(bounds_N, np.arange(10) / 2)
+  cell_fn = lambda params, data, key, targets_B: {
+      "half": jnp.asarray(targets_B, jnp.float32) / 2, "same": jnp.asarray(targets_B)}
+  values = cells.cell_values(cell_fn, None, None, None, np.arange(10), batch_size=4,
+                             log_every_s=0.0, name="C=1 T=5: ")
+  np.testing.assert_array_equal(values["half"], np.arange(10) / 2)
+  np.testing.assert_array_equal(values["same"], np.arange(10))
+  assert values["same"].dtype == np.float64
   progress = [r.getMessage() for r in caplog.records if "targets," in r.getMessage()]
   assert [m.split(" s left")[0].rsplit(",", 1)[0] for m in progress] == [
       "C=1 T=5: 4/10 targets", "C=1 T=5: 8/10 targets"]

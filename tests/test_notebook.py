@@ -55,3 +55,5 @@ def test_notebook_runs_end_to_end(tmp_path, archive_dir, omniglot_data_dir, omni
   assert [(r["max_classes"], r["memory_size"], r["num_targets"], r["num_importance"])
           for r in saved["results"]] == [(1, 5, 4, 4)]
   assert list((workdir / "images").glob("*.png"))
+  for name in ("bound_vs_T.png", "kl_vs_T.png"):  # the figures the notebook shows
+    assert (workdir / "eval" / name).exists()

@@ -394,7 +394,7 @@ def test_sigkill_at_any_moment_then_restart_is_bit_identical(tmp_path):
   assert_params_equal(params_a, params_b)
 
 
-def test_progress_and_metrics_log(tmp_path):
+def test_metrics_log_survives_a_torn_last_line(tmp_path):
   log = summaries.MetricsLog(str(tmp_path / "m.jsonl"))
   log.write(1, {"a": 1.0, "b": float("nan")})
   log.write(2, {"a": 2.0})
@@ -402,43 +402,78 @@ def test_progress_and_metrics_log(tmp_path):
     f.write('{"step": 3, "a"')  # a torn last line, as a kill mid-write leaves it
   assert summaries.read_metrics(str(tmp_path / "m.jsonl")) == [
       {"step": 1, "a": 1.0, "b": "nan"}, {"step": 2, "a": 2.0}]
-  grid = summaries.few_shot_grid(np.zeros((2, 3, 5, 5)), np.ones((2, 5, 5)),
-                                 np.ones((2, 5, 5)), np.zeros((2, 4, 5, 5)))
-  assert grid.shape == (2 * 6 + 1, 11 * 6 + 1)
-  summaries.write_png(str(tmp_path / "g.png"), grid)
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  with Image.open(tmp_path / "g.png") as png:  # an independent decoder
-    assert png.mode == "L" and png.size == (2 * grid.shape[1], 2 * grid.shape[0])
-    expected = np.kron(np.round(np.clip(grid, 0, 1) * 255), np.ones((2, 2)))
-    np.testing.assert_array_equal(np.asarray(png), expected.astype(np.uint8))
-  rng = np.random.default_rng(0)
-  pixels = rng.integers(0, 256, (7, 13), dtype=np.uint8)
-  (tmp_path / "r.png").write_bytes(summaries.png_bytes(pixels))
-  with Image.open(tmp_path / "r.png") as png:
-    np.testing.assert_array_equal(np.asarray(png), pixels)
 
 
-def test_training_without_tensorflow_clu_or_pil(tmp_path):
-  """On a host without TensorFlow, CLU or PIL (a bare accelerator host), a run still trains,
-  checkpoints, and writes metrics.jsonl and the PNG grids; only TensorBoard files are missing."""
-  workdir = tmp_path / "run"
-  code = (
-      "import sys\n"
-      "for name in ('tensorflow', 'clu', 'PIL', 'tensorboard'):\n"
-      "  sys.modules[name] = None  # as if not installed\n"
-      "import helpers\n"
-      "from vma_jax import train\n"
-      f"train.train_and_evaluate(helpers.small_config(train__image_every=2), {str(workdir)!r},\n"
-      "                         splits=helpers.mock_splits())\n")
+def _train_in_child(workdir, *, config_overrides: str, prelude: str = "", epilogue: str = ""):
+  """Trains `small_config(<config_overrides>)` on mock data in a child process."""
+  code = (f"{prelude}import helpers\n"
+          "from vma_jax import train\n"
+          f"train.train_and_evaluate(helpers.small_config({config_overrides}), "
+          f"{str(workdir)!r}, splits=helpers.mock_splits())\n{epilogue}")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=child_env(),
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def test_training_without_tensorflow_or_clu(tmp_path):
+  """On a host without TensorFlow or CLU (a bare accelerator host), a run still trains,
+  checkpoints, and writes metrics.jsonl and the PNG grids; only TensorBoard files are missing."""
+  workdir = tmp_path / "run"
+  result = _train_in_child(
+      workdir, config_overrides="train__image_every=2",
+      prelude=("import sys\n"
+               "for name in ('tensorflow', 'clu', 'tensorboard'):\n"
+               "  sys.modules[name] = None  # as if not installed\n"))
   assert "No TensorBoard summaries" in result.stderr
   assert [r["step"] for r in summaries.read_metrics(str(workdir / "metrics.jsonl"))] == [1, 2]
   assert [p.name for p in (workdir / "images").iterdir()] == ["few_shot_00000002.png"]
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if _is_checkpoint(p)) == [
       "1", "2"]
   assert not list(workdir.glob("events.out.tfevents*"))
+
+
+def test_training_without_event_files_never_imports_tensorflow(tmp_path):
+  """With config.train.tensorboard off, a run (data given, as from a prepared cache) trains,
+  validates and draws its grids without importing TensorFlow, though it is installed."""
+  pytest.importorskip("tensorflow")
+  workdir = tmp_path / "run"
+  result = _train_in_child(
+      workdir, config_overrides=("train__tensorboard=False, train__image_every=2, "
+                                 "train__validate_every=2"),
+      epilogue=("import sys\n"
+                "print('modules:', sorted(m for m in ('tensorflow', 'clu', 'tensorboard')"
+                " if m in sys.modules))\n"))
+  assert "modules: []" in result.stdout
+  assert "No TensorBoard summaries" not in result.stderr
+  assert [p.name for p in (workdir / "images").iterdir()] == ["few_shot_00000002.png"]
+  assert not list(workdir.glob("events.out.tfevents*"))
+  records = summaries.read_metrics(str(workdir / "metrics.jsonl"))
+  assert "valid/address_kl" in records[-1] and "valid/neg_bound" in records[-1]
+
+
+def test_progress_bar_starts_after_the_first_step(tmp_path, monkeypatch):
+  """The bar is made once the first step has run (and compiled): its rate and time left
+  leave the compilation out. Resumed, it starts from the step after the checkpoint's."""
+  bars = []
+
+  class FakeBar:
+
+    def __init__(self, num_steps, done):
+      self.num_steps, self.initial, self.updates, self.closed = num_steps, done, 0, False
+      bars.append(self)
+
+    def update(self, n):
+      self.updates += n
+
+    def close(self):
+      self.closed = True
+
+  monkeypatch.setattr(summaries, "progress_bar", FakeBar)
+  train.train_and_evaluate(small_config(train__num_steps=3), str(tmp_path), splits=mock_splits())
+  train.train_and_evaluate(small_config(train__num_steps=5), str(tmp_path), splits=mock_splits())
+  assert [(b.num_steps, b.initial, b.updates, b.closed) for b in bars] == [
+      (3, 1, 2, True), (5, 4, 1, True)]
 
 
 def test_configs_of_earlier_runs_are_read_under_todays_names(tmp_path):

@@ -19,8 +19,10 @@ Modules, bottom to top (each imports only modules above it in this list):
   cells           few-shot evaluation cells (C, T): each target's L_K for large K, in chunks.
   checkpoints     Orbax checkpoints and saved configs of a workdir.
   results         results files of an evaluation, the Table 1 reference numbers.
-  summaries       metric writers, metrics.jsonl and PNG grids of few-shot generations.
-  evaluate        the Table 1 grid of few-shot bounds of a trained workdir.
+  figures         matplotlib figures: bound and KL against T, few-shot grids, sample sheets.
+  summaries       TensorBoard writers (TensorFlow only if asked for), metrics.jsonl, progress.
+  evaluate        the Table 1 grid of few-shot bounds of a trained workdir, and its figures.
+  sample          samples from a trained workdir with a memory the user chooses.
   train           train_and_evaluate(config, workdir): one jitted train step, Orbax, CLU.
 
 The model, its notation and the shape letters of tensor names: docs/model.md.

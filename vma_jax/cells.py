@@ -1,9 +1,11 @@
-"""Few-shot bounds of evaluation cells: L_K of each target's episode, for large K.
+"""Few-shot evaluation cells: L_K of each target's episode for large K, and where q(a|x,M)
+puts its mass.
 
 A cell (C, T) of Table 1 has episodes whose memory holds T images from at most C classes
 (`vma_jax.episodes.sample_cell_episodes`). Here each target's L_K is computed on its episode
-with `streaming_bound`, in chunks of samples, and read back batch by batch. Training's
-validation and `vma_jax.evaluate` both use these functions.
+with `streaming_bound`, in chunks of samples, beside a summary of its address posterior
+(`address_summary`), and read back batch by batch. Training's validation and
+`vma_jax.evaluate` both use these functions.
 
 Episodes and samples depend only on (key, C, T, target index), never on the batch size, the
 chunking or the devices, so a figure is reproducible on any device count, and the bounds of
@@ -25,9 +27,10 @@ import numpy as np
 
 from vma_jax import episodes as vma_episodes
 from vma_jax import model as vma_model
+from vma_jax import objective
 from vma_jax import sharding
 
-# Batches of targets dispatched before the oldest is read back (`cell_bounds`).
+# Batches of targets dispatched before the oldest is read back (`cell_values`).
 _BATCHES_AHEAD = 4
 
 
@@ -50,7 +53,8 @@ def parse_cells(cells: str) -> list[tuple[int, int]]:
 
 
 def streaming_bound(apply_fn: Callable, params, x_BxHxW, memory_BxTxHxW, episode_keys_B, *,
-                    num_importance: int, chunk_size: int = 100):
+                    num_importance: int, chunk_size: int = 100,
+                    encoding: vma_model.MemoryEncoding | None = None):
   """L_K per episode for large K, in chunks of samples with a running log-sum-exp.
 
   Memory does not grow with K: x and M are encoded once, then `ceil(K / chunk_size)` chunks of
@@ -65,12 +69,14 @@ def streaming_bound(apply_fn: Callable, params, x_BxHxW, memory_BxTxHxW, episode
     episode_keys_B: one key per episode.
     num_importance: K.
     chunk_size: samples decoded at once; the peak memory is set by B * chunk_size.
+    encoding: `VMA.encode` of (x, M), if the caller has it already.
   Returns:
     L_K, shape B (float32).
   """
   chunk_size = min(chunk_size, num_importance)
   num_chunks = -(-num_importance // chunk_size)
-  encoding = apply_fn(params, x_BxHxW, memory_BxTxHxW, method=vma_model.VMA.encode)
+  if encoding is None:
+    encoding = apply_fn(params, x_BxHxW, memory_BxTxHxW, method=vma_model.VMA.encode)
   batch = x_BxHxW.shape[0]
 
   def add_chunk(carry, start):
@@ -92,64 +98,87 @@ def streaming_bound(apply_fn: Callable, params, x_BxHxW, memory_BxTxHxW, episode
   return max_B + jnp.log(sum_B) - math.log(num_importance)
 
 
-def make_cell_bound_fn(model: vma_model.VMA, *, max_classes: int, memory_size: int,
-                       num_importance: int, chunk_size: int, mesh=None):
-  """A jitted `(params, data, key, target_index_B) -> L_K per target` on cell episodes.
+def address_summary(address_logits_BxS, memory_labels_BxT, x_label_B) -> dict[str, jax.Array]:
+  """Per episode: KL(q(a|x,M) || p(a)) and H[q(a|x,M)] (nats), and the mass q(a|x,M) puts on
+  the memory slots of the target's class and on the D dummy slots."""
+  memory_size = memory_labels_BxT.shape[1]
+  q_BxS = jax.nn.softmax(address_logits_BxS.astype(jnp.float32), axis=-1)
+  kl_B = objective.address_kl(address_logits_BxS)
+  same_class_BxT = memory_labels_BxT == x_label_B[:, None]
+  return {
+      "address_kl": kl_B,
+      "address_entropy": math.log(q_BxS.shape[-1]) - kl_B,
+      "mass_target_class": jnp.sum(jnp.where(same_class_BxT, q_BxS[:, :memory_size], 0.0),
+                                   axis=-1),
+      "mass_dummy": jnp.sum(q_BxS[:, memory_size:], axis=-1),
+  }
+
+
+def make_cell_fn(model: vma_model.VMA, *, max_classes: int, memory_size: int,
+                 num_importance: int, chunk_size: int, mesh=None):
+  """A jitted `(params, data, key, target_index_B) -> {name: value per target}` on cell
+  episodes: "bound" (L_K) and the `address_summary` of each target's episode.
 
   The episode of target i and its K samples depend only on (key, i). Targets (and their
-  bounds) are sharded over `mesh` (default: every process's devices); params and data are
-  replicated. `cell_bounds` feeds it and reads the bounds back.
+  values) are sharded over `mesh` (default: every process's devices); params and data are
+  replicated. `cell_values` feeds it and reads the values back.
   """
   mesh = sharding.make_mesh() if mesh is None else mesh
   replicated, batch = sharding.shardings(mesh)
 
-  def cell_bound(params, data, key, target_index_B):
+  def cell_fn(params, data, key, target_index_B):
     episode_key, sample_key = jax.random.split(key)
     episodes = vma_episodes.sample_cell_episodes(
         data, episode_key, target_index_B, max_classes=max_classes, memory_size=memory_size)
     sample_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(sample_key, target_index_B)
-    return streaming_bound(
+    encoding = model.apply(params, episodes.x_BxHxW, episodes.memory_BxTxHxW,
+                           method=vma_model.VMA.encode)
+    bound_B = streaming_bound(
         model.apply, params, episodes.x_BxHxW, episodes.memory_BxTxHxW, sample_keys_B,
-        num_importance=num_importance, chunk_size=chunk_size)
+        num_importance=num_importance, chunk_size=chunk_size, encoding=encoding)
+    return {"bound": bound_B, **address_summary(
+        encoding.address_logits_BxS, episodes.memory_labels_BxT, episodes.x_label_B)}
 
-  return jax.jit(cell_bound, in_shardings=(replicated, replicated, replicated, batch),
+  return jax.jit(cell_fn, in_shardings=(replicated, replicated, replicated, batch),
                  out_shardings=batch)
 
 
-def cell_bounds(bound_fn, params, data, key, targets_N: np.ndarray, batch_size: int, *,
-                mesh=None, log_every_s: float = 60.0, name: str = "") -> np.ndarray:
-  """L_K of every target in targets_N (float64, shape N), in batches of batch_size.
+def cell_values(cell_fn, params, data, key, targets_N: np.ndarray, batch_size: int, *,
+                mesh=None, log_every_s: float = 60.0, name: str = "") -> dict[str, np.ndarray]:
+  """`cell_fn`'s values of every target in targets_N ({name: float64, shape N}), in batches of
+  batch_size.
 
   The last batch is padded (with targets repeated from the start of targets_N) to keep one
-  compiled shape; the padding's bounds are dropped. Every `log_every_s` seconds a log line
+  compiled shape; the padding's values are dropped. Every `log_every_s` seconds a log line
   (prefixed `name`) says how many targets are done and how long the rest should take.
 
-  With `mesh` (the one `bound_fn` shards the targets over) each batch goes to the devices as
+  With `mesh` (the one `cell_fn` shards the targets over) each batch goes to the devices as
   one array sharded over it, each process placing its own devices' targets, as several
-  processes need; without, as a numpy array (one process). Every process gets all bounds.
+  processes need; without, as a numpy array (one process). Every process gets all values.
   """
   num_targets = len(targets_N)
   padded_N = np.resize(targets_N, -(-num_targets // batch_size) * batch_size).astype(np.int32)
-  in_flight, bounds_by_batch = collections.deque(), []
+  in_flight, batches = collections.deque(), []
   start = last_log = time.perf_counter()
   for i in range(0, len(padded_N), batch_size):
     target_index_B = padded_N[i:i + batch_size]
     if mesh is not None:
       target_index_B = sharding.shard_batch(target_index_B, mesh)
-    in_flight.append(bound_fn(params, data, key, target_index_B))
+    in_flight.append(cell_fn(params, data, key, target_index_B))
     # Batches queued ahead: the devices never wait for the host, which meanwhile reads the
     # oldest back (and so knows how far the cell has got).
     last = i + batch_size == len(padded_N)
     while len(in_flight) > _BATCHES_AHEAD or (last and in_flight):
-      # The bounds of other processes' devices too (on one process, a plain read-back).
-      bounds_by_batch.append(np.asarray(
-          multihost_utils.process_allgather(in_flight.popleft(), tiled=True), np.float64))
-      done, now = min(len(bounds_by_batch) * batch_size, num_targets), time.perf_counter()
+      # The values of other processes' devices too (on one process, a plain read-back).
+      batches.append(jax.tree.map(lambda v: np.asarray(v, np.float64),
+                                  multihost_utils.process_allgather(in_flight.popleft(),
+                                                                    tiled=True)))
+      done, now = min(len(batches) * batch_size, num_targets), time.perf_counter()
       if now - last_log >= log_every_s and done < num_targets:
         left_s = (now - start) / done * (num_targets - done)
         logging.info("%s%d/%d targets, %.0f s left", name, done, num_targets, left_s)
         last_log = now
-  return np.concatenate(bounds_by_batch)[:num_targets]
+  return {k: np.concatenate([b[k] for b in batches])[:num_targets] for k in batches[0]}
 
 
 def cell_key(seed: int, max_classes: int, memory_size: int) -> jax.Array:
@@ -157,28 +186,26 @@ def cell_key(seed: int, max_classes: int, memory_size: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), max_classes), memory_size)
 
 
-def cell_neg_bounds(model: vma_model.VMA, params, data, *, max_classes: int, memory_size: int,
-                    num_importance: int, targets: np.ndarray, batch_size: int, chunk_size: int,
-                    seed: int, mesh=None) -> tuple[np.ndarray, float]:
-  """-L_K of every target in `targets` on cell (C, T) (nats, float64), and the seconds taken.
-
-  The seconds include compiling the cell's bound function.
-  """
+def evaluate_targets(model: vma_model.VMA, params, data, *, max_classes: int, memory_size: int,
+                     num_importance: int, targets: np.ndarray, batch_size: int,
+                     chunk_size: int, seed: int,
+                     mesh=None) -> tuple[dict[str, np.ndarray], float]:
+  """`make_cell_fn`'s values of every target in `targets` on cell (C, T), with "neg_bound"
+  (-L_K, nats) in place of "bound"; and the seconds taken, compiling included."""
   mesh = sharding.make_mesh() if mesh is None else mesh
   sharding.check_batch_size(batch_size, mesh)
-  bound_fn = make_cell_bound_fn(model, max_classes=max_classes, memory_size=memory_size,
-                                num_importance=num_importance, chunk_size=chunk_size,
-                                mesh=mesh)
+  cell_fn = make_cell_fn(model, max_classes=max_classes, memory_size=memory_size,
+                         num_importance=num_importance, chunk_size=chunk_size, mesh=mesh)
   start_time = time.perf_counter()
-  neg_bound_N = -cell_bounds(bound_fn, params, data, cell_key(seed, max_classes, memory_size),
-                             targets, batch_size, mesh=mesh,
-                             name=f"C={max_classes} T={memory_size}: ")
+  values = cell_values(cell_fn, params, data, cell_key(seed, max_classes, memory_size),
+                       targets, batch_size, mesh=mesh, name=f"C={max_classes} T={memory_size}: ")
   seconds = time.perf_counter() - start_time
-  if not np.all(np.isfinite(neg_bound_N)):
+  values["neg_bound"] = -values.pop("bound")
+  if not np.all(np.isfinite(values["neg_bound"])):
     raise FloatingPointError(
         f"non-finite bound in cell C={max_classes}, T={memory_size}: the checkpoint's "
         "parameters may be corrupt")
-  return neg_bound_N, seconds
+  return values, seconds
 
 
 def mean_and_stderr(values_N: np.ndarray) -> tuple[float, float]:

@@ -22,20 +22,26 @@ from vma_jax import cells as vma_cells
 from vma_jax import checkpoints
 from vma_jax import data as vma_data
 from vma_jax import distributed
+from vma_jax import figures
 from vma_jax import model as vma_model
 from vma_jax import results as vma_results
+from vma_jax import summaries
+
 
 def evaluate_cell(model: vma_model.VMA, params, data, *, max_classes: int, memory_size: int,
                   num_importance: int, targets: np.ndarray, batch_size: int, chunk_size: int,
                   seed: int, mesh=None) -> vma_results.CellResult:
-  """-L_K over `targets` on cell (C, T) = (max_classes, memory_size): mean and stderr."""
-  neg_bound_N, seconds = vma_cells.cell_neg_bounds(
+  """-L_K over `targets` on cell (C, T) = (max_classes, memory_size): mean and stderr, and
+  the means of the targets' `cells.address_summary`."""
+  values, seconds = vma_cells.evaluate_targets(
       model, params, data, max_classes=max_classes, memory_size=memory_size,
       num_importance=num_importance, targets=targets, batch_size=batch_size,
       chunk_size=chunk_size, seed=seed, mesh=mesh)
-  bound, stderr = vma_cells.mean_and_stderr(neg_bound_N)
-  return vma_results.CellResult(max_classes, memory_size, bound, stderr, num_importance,
-                                len(neg_bound_N), seconds)
+  bound, stderr = vma_cells.mean_and_stderr(values["neg_bound"])
+  return vma_results.CellResult(
+      max_classes=max_classes, memory_size=memory_size, bound=bound, stderr=stderr,
+      num_importance=num_importance, num_targets=len(values["neg_bound"]), seconds=seconds,
+      **{name: float(np.mean(values[name])) for name in vma_results.ADDRESS_FIELDS})
 
 
 def evaluate_grid(model: vma_model.VMA, params, split: vma_data.OmniglotSplit,
@@ -106,6 +112,23 @@ def _eval_settings(config, *, cells, num_importance, num_targets, seed, batch_si
       chunk_size=pick(chunk_size, config.eval.chunk_size))
 
 
+def write_figures(results: Sequence[vma_results.CellResult], out_dir: str, *, step: int,
+                  num_dummies: int, tensorboard: bool = True) -> dict[str, str]:
+  """bound_vs_T.png and kl_vs_T.png of `results` in out_dir, and (with `tensorboard`) the
+  same figures as image summaries there, at the checkpoint's `step`."""
+  drawn = {"bound_vs_T": figures.bound_vs_memory(results),
+           "kl_vs_T": figures.kl_vs_memory(results, num_dummies)}
+  paths = {}
+  for name, fig in drawn.items():
+    paths[name] = os.path.join(out_dir, f"{name}.png")
+    figures.write_png(fig, paths[name])
+  writer = summaries.create_writer(out_dir, tensorboard=tensorboard)
+  if writer is not None:
+    writer.write_images(step, {name: figures.to_rgb(fig)[None] for name, fig in drawn.items()})
+    writer.close()
+  return paths
+
+
 def evaluate_workdir(workdir: str, *, cells: str = vma_results.GRID,
                      num_importance: int | None = None,
                      num_targets: int | None = None, seed: int | None = None,
@@ -158,5 +181,7 @@ def evaluate_workdir(workdir: str, *, cells: str = vma_results.GRID,
               num_devices=jax.device_count(), num_processes=jax.process_count())
   if is_chief:
     vma_results.write_results(results, out_dir, meta)
+    write_figures(results, out_dir, step=int(step), num_dummies=config.model.num_dummies,
+                  tensorboard=config.train.get("tensorboard", True))
     finished.remove_if_within(results)
   return results

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 from typing import Iterable, Sequence
 
@@ -30,12 +31,17 @@ REFERENCE = {
 }
 # The cells of Table 1, as `cells.parse_cells` reads them.
 GRID = ",".join(f"{c}:{t}" for c, t in REFERENCE)
-RESULT_FILES = ("results.json", "results.csv", "results.md")
+# Written by an evaluation; the figures by `vma_jax.evaluate` (`vma_jax.figures`).
+FIGURE_FILES = ("bound_vs_T.png", "kl_vs_T.png")
+RESULT_FILES = ("results.json", "results.csv", "results.md", *FIGURE_FILES)
+# The means over a cell's targets of `cells.address_summary`.
+ADDRESS_FIELDS = ("address_kl", "address_entropy", "mass_target_class", "mass_dummy")
 
 
 @dataclasses.dataclass(frozen=True)
 class CellResult:
-  """-L_K on one cell: mean over targets, its standard error, K and the number of targets."""
+  """-L_K on one cell: mean over targets, its standard error, K and the number of targets;
+  and the address posterior's means over the targets (NaN where not measured)."""
 
   max_classes: int
   memory_size: int
@@ -44,17 +50,23 @@ class CellResult:
   num_importance: int
   num_targets: int
   seconds: float
+  address_kl: float = math.nan  # KL(q(a|x,M) || p(a)), nats
+  address_entropy: float = math.nan  # H[q(a|x,M)], nats
+  mass_target_class: float = math.nan  # q(a|x,M) on the memory slots of x's class
+  mass_dummy: float = math.nan  # q(a|x,M) on the dummy slots
 
 
 def results_markdown(results: Iterable[CellResult]) -> str:
   """A Markdown table of the results beside the paper's and the reproduction's numbers."""
-  lines = ["| C | T | ours | ± | paper | reproduction | K | targets |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = ["| C | T | ours | ± | paper | reproduction | K | targets | KL(q(a)‖p(a)) | "
+           "q on x's class | q on dummies |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:
     paper, repro = REFERENCE.get((r.max_classes, r.memory_size), (None, None))
     fmt = lambda v: "–" if v is None else f"{v:.1f}"
     lines.append(f"| {r.max_classes} | {r.memory_size} | {r.bound:.2f} | {r.stderr:.2f} | "
-                 f"{fmt(paper)} | {fmt(repro)} | {r.num_importance} | {r.num_targets} |")
+                 f"{fmt(paper)} | {fmt(repro)} | {r.num_importance} | {r.num_targets} | "
+                 f"{r.address_kl:.2f} | {r.mass_target_class:.2f} | {r.mass_dummy:.2f} |")
   return "\n".join(lines) + "\n"
 
 
@@ -62,7 +74,8 @@ def write_results(results: Sequence[CellResult], out_dir: str, meta: dict) -> di
   """Writes results.json, results.csv and results.md under out_dir (atomically each).
 
   Earlier results in out_dir are never overwritten: they are kept as results.<n>.{json,csv,md}
-  (n = 1, 2, ...), so the latest evaluation is always results.*.
+  (n = 1, 2, ...), with their figures as bound_vs_T.<n>.png and kl_vs_T.<n>.png, so the
+  latest evaluation is always results.*.
   """
   rows = [dataclasses.asdict(r) for r in results]
   for row in rows:
@@ -79,7 +92,7 @@ def write_results(results: Sequence[CellResult], out_dir: str, meta: dict) -> di
 
   kept = files.keep_previous(out_dir, RESULT_FILES)
   if kept is not None:
-    logging.info("Earlier results kept as %s (and .csv, .md)",
+    logging.info("Earlier results kept as %s (and .csv, .md, the figures)",
                  os.path.join(out_dir, f"results.{kept}.json"))
   paths = {}
   for kind, text in texts.items():

@@ -1,11 +1,14 @@
-"""What a training run writes: metric writers, the JSON-lines metrics log and image grids.
+"""What a run writes besides checkpoints: TensorBoard summaries, the JSON-lines metrics log,
+and its progress bar.
 
-`create_writer` is CLU's default writer (TensorBoard summaries and log lines), or, where CLU or
-the TensorFlow its summary writer needs is not installed (a bare accelerator host, a TPU
-runtime without TensorFlow), a writer that only logs: the metrics log and the PNG grids below
-need neither. `MetricsLog` appends one JSON object per logged step to `workdir/metrics.jsonl`
-and never truncates it: a resumed run appends after the lines of the killed one, so a step
-logged after the last checkpoint may appear twice (readers keep the last line of a step).
+`create_writer` is CLU's default writer (TensorBoard event files and log lines). CLU's writers
+import TensorFlow (seconds at every start, and a large install), so they are made only where event
+files are asked for (`config.train.tensorboard`); without them, or where CLU or TensorFlow is
+not installed, a run writes `metrics.jsonl`, its images as PNG files and its log lines, and
+never imports TensorFlow. `MetricsLog` appends one JSON object per logged step to
+`workdir/metrics.jsonl` and never truncates it: a resumed run appends after the lines of the
+killed one, so a step logged after the last checkpoint may appear twice (readers keep the last
+line of a step).
 """
 
 from __future__ import annotations
@@ -13,53 +16,33 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
-from typing import Any, Callable, Mapping
-import zlib
+from typing import Any
 
 from absl import logging
-import numpy as np
-
-from vma_jax import files
 
 
-class LoggingWriter:
-  """The part of CLU's MetricWriter interface that training uses, as log lines only."""
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
-
-  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
-    del step, images  # the PNG grids in workdir/images/ hold them
-
-  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-    logging.info("hparams: %s", dict(hparams))
-
-  def flush(self) -> None:
-    pass
-
-  def close(self) -> None:
-    pass
-
-
-def create_writer(workdir: str, *, just_logging: bool = False):
-  """CLU's default writer in `workdir`, or a `LoggingWriter` where CLU or TensorFlow is absent."""
+def create_writer(logdir: str, *, tensorboard: bool = True, just_logging: bool = False):
+  """CLU's default writer into `logdir`, or None: without `tensorboard`, for `just_logging`
+  processes (not the first of several), or where CLU or TensorFlow is not installed."""
+  if not tensorboard or just_logging:
+    return None
   try:
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
   except ImportError as e:  # CLU's summary writer imports TensorFlow
-    logging.warning("No TensorBoard summaries (%s); metrics.jsonl and the PNG grids are "
+    logging.warning("No TensorBoard summaries (%s); metrics.jsonl and the PNG images are "
                     "written as usual.", e)
-    return LoggingWriter()
-  return metric_writers.create_default_writer(workdir, just_logging=just_logging)
+    return None
+  return metric_writers.create_default_writer(logdir)
 
 
-def progress_reporter(num_steps: int, writer) -> Callable[[int], Any]:
-  """CLU's ReportProgress (steps/s and uptime to `writer`), or a no-op without CLU."""
-  try:
-    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return lambda step: None
-  return periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+def progress_bar(num_steps: int, done: int, *, disable: bool | None = None):
+  """A tqdm progress bar over steps, starting at `done`. Made after the first step of a run,
+  its rate and time left leave out the first step's compilation. `disable=None`: shown on
+  a terminal or in a notebook, not in a log file."""
+  from tqdm import auto as tqdm_auto  # pylint: disable=g-import-not-at-top
+
+  return tqdm_auto.tqdm(total=num_steps, initial=done, unit="step", disable=disable,
+                        dynamic_ncols=True, smoothing=0.1)
 
 
 class MetricsLog:
@@ -69,7 +52,7 @@ class MetricsLog:
     self.path = path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
-  def write(self, step: int, scalars: dict) -> None:
+  def write(self, step: int, scalars: dict[str, Any]) -> None:
     record = {"step": int(step)}
     for name, value in scalars.items():
       value = float(value)
@@ -90,54 +73,3 @@ def read_metrics(path: str) -> list[dict]:
       except ValueError:
         continue
   return records
-
-
-def image_grid(images_RxCxHxW: np.ndarray, pad: int = 1, pad_value: float = 0.5) -> np.ndarray:
-  """Tiles R rows of C images (values in [0, 1]) into one HxW image with `pad` pixel gaps."""
-  rows, cols, height, width = images_RxCxHxW.shape
-  grid = np.full((rows * (height + pad) + pad, cols * (width + pad) + pad), pad_value,
-                 np.float32)
-  for r in range(rows):
-    for c in range(cols):
-      top, left = pad + r * (height + pad), pad + c * (width + pad)
-      grid[top:top + height, left:left + width] = images_RxCxHxW[r, c]
-  return grid
-
-
-def few_shot_grid(memory_BxTxHxW, x_BxHxW, retrieved_BxHxW, samples_BxKxHxW) -> np.ndarray:
-  """One row per episode: memory m_1..m_T | target x | argmax_a q(a|x,M) slot | K samples.
-
-  Blank (mid-grey) columns separate the three groups. Ink is shown dark on white paper.
-  """
-  memory_BxTxHxW, x_BxHxW, retrieved_BxHxW, samples_BxKxHxW = (
-      np.clip(np.asarray(v, np.float32), 0.0, 1.0)
-      for v in (memory_BxTxHxW, x_BxHxW, retrieved_BxHxW, samples_BxKxHxW))
-  gap_Bx1xHxW = np.full_like(x_BxHxW[:, None], np.nan)
-  row_BxCxHxW = np.concatenate(
-      [memory_BxTxHxW, gap_Bx1xHxW, x_BxHxW[:, None], retrieved_BxHxW[:, None], gap_Bx1xHxW,
-       samples_BxKxHxW], axis=1)
-  row_BxCxHxW = np.where(np.isnan(row_BxCxHxW), 0.5, 1.0 - row_BxCxHxW)  # ink = dark
-  return image_grid(row_BxCxHxW)
-
-
-def png_bytes(pixels_HxW: np.ndarray) -> bytes:
-  """An 8-bit greyscale PNG of uint8 pixels (no image library needed)."""
-  height, width = pixels_HxW.shape
-
-  def chunk(kind: bytes, body: bytes) -> bytes:
-    return (struct.pack(">I", len(body)) + kind + body
-            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-
-  # Each scanline starts with its filter type, 0 (none).
-  rows = np.concatenate([np.zeros((height, 1), np.uint8), pixels_HxW.astype(np.uint8)], axis=1)
-  header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, greyscale
-  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-          + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
-
-
-def write_png(path: str, image_HxW: np.ndarray, scale: int = 2) -> None:
-  """Writes a [0, 1] grey image as an 8-bit PNG, each pixel repeated `scale` times."""
-  pixels = np.round(np.clip(image_HxW, 0.0, 1.0) * 255).astype(np.uint8)
-  pixels = np.kron(pixels, np.ones((scale, scale), np.uint8))
-  with files.atomic_write(path, "wb") as f:
-    f.write(png_bytes(pixels))

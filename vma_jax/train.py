@@ -11,9 +11,10 @@ jitted over a Mesh of all devices, of every process (axis "data"): the batch is 
 parameters and optimiser state are replicated.
 
 Workdir: config.json, checkpoints/ (see `vma_jax.checkpoints`), metrics.jsonl (one JSON object
-per logged step), TensorBoard event files (where CLU and TensorFlow are installed, see
-`summaries.create_writer`), images/ (PNG grids of few-shot generations). With several
-processes (`vma_jax.distributed`), process 0 writes these files and all save the checkpoints.
+per logged step), TensorBoard event files (with config.train.tensorboard, where CLU and
+TensorFlow are installed: `summaries.create_writer`), images/ (labelled PNG grids of few-shot
+generations, `figures.few_shot_grid`). With several processes (`vma_jax.distributed`),
+process 0 writes these files and all save the checkpoints.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from vma_jax import checkpoints
 from vma_jax import distinct as distinct_lib
 from vma_jax import distributed
 from vma_jax import episodes as episodes_lib
+from vma_jax import figures
 from vma_jax import model as vma_model
 from vma_jax import objective
 from vma_jax import sharding
@@ -263,7 +265,7 @@ class _Run(NamedTuple):
 
   sample: Callable  # make_episode_sampler
   train_step: Callable  # make_train_step
-  validation: Callable  # cells.make_cell_bound_fn on config.validation's cell
+  validation: Callable  # cells.make_cell_fn on config.validation's cell
   images: Callable  # make_image_fn
   train_data: episodes_lib.EpisodeData
   test_data: episodes_lib.EpisodeData
@@ -279,14 +281,26 @@ class _Outputs(NamedTuple):
   """Where a run's metrics and images go (written by process 0 alone)."""
 
   workdir: str
-  writer: Any  # a CLU MetricWriter (summaries.create_writer)
+  writer: Any  # a CLU MetricWriter, or None: no TensorBoard files (summaries.create_writer)
   metrics_log: summaries.MetricsLog
   is_chief: bool
 
   def scalars(self, step: int, scalars: dict) -> None:
-    self.writer.write_scalars(step, scalars)
+    if self.writer is not None:
+      self.writer.write_scalars(step, scalars)
     if self.is_chief:
       self.metrics_log.write(step, scalars)
+
+  def figure(self, step: int, name: str, fig) -> None:
+    """`fig` as images/<name>_<step>.png and, with TensorBoard files, as an image summary."""
+    if self.writer is not None:
+      self.writer.write_images(step, {name: figures.to_rgb(fig)[None]})
+    if self.is_chief:
+      figures.write_png(fig, os.path.join(self.workdir, IMAGE_DIR, f"{name}_{step:08d}.png"))
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.flush()
 
 
 def _prepare_run(config, mesh: Mesh, splits: dict | None) -> _Run:
@@ -299,7 +313,7 @@ def _prepare_run(config, mesh: Mesh, splits: dict | None) -> _Run:
     fns = dict(
         sample=make_episode_sampler(config, mesh),
         train_step=make_train_step(config, model, mesh),
-        validation=vma_cells.make_cell_bound_fn(
+        validation=vma_cells.make_cell_fn(
             model, max_classes=v.max_classes, memory_size=v.memory_size,
             num_importance=v.num_importance, chunk_size=v.chunk_size, mesh=mesh),
         images=make_image_fn(config, model))
@@ -404,37 +418,33 @@ def _log_train_metrics(outputs: _Outputs, pending: list[tuple[int, dict]], step:
   scalars = {f"train/{n}": float(v) for n, v in means.items()}
   scalars["train/steps_per_sec"] = steps / max(seconds, 1e-9)
   outputs.scalars(step, scalars)
-  eta = (num_steps - step) / max(scalars["train/steps_per_sec"], 1e-9)
   logging.info("step %d/%d: loss %.2f, -L_K %.2f nats, KL(q(a)||p(a)) %.3f, "
-               "same-class %.2f, dummy %.2f, %.2f steps/s, ETA %s", step, num_steps,
+               "same-class %.2f, dummy %.2f, %.2f steps/s", step, num_steps,
                means["loss"], means["neg_bound"], means["address_kl"],
-               means["frac_same_class"], means["frac_dummy"],
-               scalars["train/steps_per_sec"], _duration(eta))
+               means["frac_same_class"], means["frac_dummy"], scalars["train/steps_per_sec"])
 
 
 def _validate(run: _Run, params, config, outputs: _Outputs, step: int, mesh: Mesh) -> None:
-  """-L_K of config.validation's cell on its targets, written as valid/neg_bound."""
+  """-L_K of config.validation's cell on its targets, written as valid/neg_bound, and the
+  means of its address summary (valid/address_kl, ...)."""
   v = config.validation
   start = time.monotonic()
-  bound = float(np.mean(vma_cells.cell_bounds(
-      run.validation, params, run.test_data, run.valid_key, run.valid_targets_N,
-      v.batch_size, mesh=mesh)))
-  outputs.scalars(step, {"valid/neg_bound": -bound, "valid/seconds": time.monotonic() - start})
+  values = vma_cells.cell_values(run.validation, params, run.test_data, run.valid_key,
+                                 run.valid_targets_N, v.batch_size, mesh=mesh)
+  bound = float(np.mean(values.pop("bound")))
+  outputs.scalars(step, {"valid/neg_bound": -bound, "valid/seconds": time.monotonic() - start,
+                         **{f"valid/{k}": float(np.mean(v)) for k, v in values.items()}})
   logging.info("step %d: validation -L_%d = %.2f nats (cell C=%d, T=%d, %d targets)", step,
                v.num_importance, -bound, v.max_classes, v.memory_size,
                len(run.valid_targets_N))
 
 
 def _write_images(run: _Run, params, outputs: _Outputs, step: int) -> None:
-  """The few-shot grid of the image targets, to the writer and images/few_shot_<step>.png."""
+  """The few-shot grid of the image targets, as images/few_shot_<step>.png (and a summary)."""
   # Gathered by every process (the arrays may span other processes' devices).
   memory, x, retrieved, samples = multihost_utils.process_allgather(
       run.images(params, run.test_data, run.image_targets_B, run.image_key), tiled=True)
-  grid_HxW = summaries.few_shot_grid(memory, x, retrieved, samples)
-  outputs.writer.write_images(step, {"few_shot": grid_HxW[None, :, :, None]})
-  if outputs.is_chief:
-    summaries.write_png(
-        os.path.join(outputs.workdir, IMAGE_DIR, f"few_shot_{step:08d}.png"), grid_HxW)
+  outputs.figure(step, "few_shot", figures.few_shot_grid(memory, x, retrieved, samples))
 
 
 def _train_loop(run: _Run, state: TrainState, start_step: int, config, manager,
@@ -443,10 +453,9 @@ def _train_loop(run: _Run, state: TrainState, start_step: int, config, manager,
   periods of config.train; the host reads the device only at those."""
   train_config = config.train
   num_steps = train_config.num_steps
-  report_progress = summaries.progress_reporter(num_steps, outputs.writer)
   pending: list[tuple[int, dict]] = []  # per-step metrics (on device) since the last log
   last_checkpoint = manager.latest_step()
-  log_time, log_step = time.monotonic(), start_step
+  log_time, log_step, bar = time.monotonic(), start_step, None
 
   def every(period, step, at_end=True):
     if period <= 0:
@@ -458,7 +467,10 @@ def _train_loop(run: _Run, state: TrainState, start_step: int, config, manager,
     state, metrics = run.train_step(state, episodes, sample_key)
     done = step + 1
     pending.append((done, metrics))
-    report_progress(done)
+    if bar is None:  # the step is compiled (at its first call); rates count from here
+      bar, log_time = summaries.progress_bar(num_steps, done), time.monotonic()
+    else:
+      bar.update(1)
     if every(train_config.log_every, done):
       _check_finite(pending, outputs.workdir, last_checkpoint)
       now = time.monotonic()
@@ -472,6 +484,8 @@ def _train_loop(run: _Run, state: TrainState, start_step: int, config, manager,
       _validate(run, state.params, config, outputs, done, mesh)
     if every(train_config.image_every, done, at_end=False):
       _write_images(run, state.params, outputs, done)
+  if bar is not None:
+    bar.close()
   return state
 
 
@@ -499,11 +513,13 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
   # Process 0 alone writes config.json, metrics.jsonl, summaries and images; every process
   # saves and restores the checkpoints (Orbax writes each array once).
   is_chief = distributed.is_chief()
-  outputs = _Outputs(workdir, summaries.create_writer(workdir, just_logging=not is_chief),
+  writer = summaries.create_writer(workdir, tensorboard=config.train.tensorboard,
+                                   just_logging=not is_chief)
+  outputs = _Outputs(workdir, writer,
                      summaries.MetricsLog(os.path.join(workdir, METRICS_FILE)), is_chief)
   state = _restore_or_init(run, abstract, manager, resume_step, config, mesh)
-  if resume_step is None:
-    outputs.writer.write_hparams(_flatten(checkpoints.to_dict(config)))
+  if resume_step is None and writer is not None:
+    writer.write_hparams(_flatten(checkpoints.to_dict(config)))
   # Only once the checkpoint has restored: a config it cannot continue leaves no trace.
   _save_config(workdir, config, is_chief)
   start_step = resume_step or 0
@@ -516,7 +532,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
     # A save in flight is completed (and finalised) before the process goes on or exits.
     manager.wait_until_finished()
     manager.close()
-    outputs.writer.flush()
+    outputs.close()
 
 
 def _save_config(workdir: str, config, is_chief: bool) -> None:
@@ -540,8 +556,3 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
       flat[f"{prefix}{key}"] = value
   return flat
 
-
-def _duration(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
-      f"{seconds // 60}m{seconds % 60:02d}s")

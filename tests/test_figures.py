@@ -1,0 +1,63 @@
+"""Figures: well-formed PNGs of the expected size, labelled as the paper's and ours."""
+
+import numpy as np
+from PIL import Image
+
+from vma_jax import figures
+from vma_jax import results as vma_results
+
+
+def _results():
+  make = lambda c, t, bound, kl: vma_results.CellResult(
+      max_classes=c, memory_size=t, bound=bound, stderr=0.5, num_importance=1000,
+      num_targets=100, seconds=1.0, address_kl=kl, address_entropy=np.log(t + 2) - kl,
+      mass_target_class=0.6, mass_dummy=0.1)
+  return [make(1, 1, 90.0, 0.3), make(1, 5, 85.0, 1.0), make(1, 19, 80.0, 1.8),
+          make(2, 2, 91.0, 0.5), make(2, 10, 86.0, 1.2)]
+
+
+def _texts(fig):
+  texts = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
+  return texts + [ax.get_xlabel() for ax in fig.axes] + [ax.get_ylabel() for ax in fig.axes]
+
+
+def test_bound_vs_memory_draws_ours_beside_the_published_numbers(tmp_path):
+  fig = figures.bound_vs_memory(_results())
+  texts = _texts(fig)
+  for label in ("this run, C=1", "this run, C=2", "paper (Bornschein et al. 2017), C=1",
+                "PyTorch reproduction, C=2"):
+    assert label in texts, texts
+  assert "T, images in memory" in texts
+  ax = fig.axes[0]
+  paper_c1 = next(l for l in ax.get_lines() if l.get_label().startswith("paper") and
+                  l.get_label().endswith("C=1"))
+  np.testing.assert_array_equal(paper_c1.get_ydata(), [86.5, 83.0, 79.6, 79.0, 76.5, 76.2, 73.9])
+  path = tmp_path / "bound_vs_T.png"
+  figures.write_png(fig, str(path))
+  with Image.open(path) as png:
+    png.verify()
+  with Image.open(path) as png:
+    assert png.format == "PNG" and png.size == (640, 440)
+
+
+def test_kl_vs_memory_draws_the_kl_of_a_certain_posterior():
+  fig = figures.kl_vs_memory(_results(), num_dummies=2)
+  ceiling = next(l for l in fig.axes[0].get_lines() if l.get_label().startswith("log(T + D)"))
+  np.testing.assert_allclose(ceiling.get_ydata(), np.log(ceiling.get_xdata() + 2))
+  ours = next(l for l in fig.axes[0].get_lines() if l.get_label() == "this run, C=1")
+  np.testing.assert_array_equal(ours.get_xdata(), [1, 5, 19])
+  np.testing.assert_array_equal(ours.get_ydata(), [0.3, 1.0, 1.8])
+  image = figures.to_rgb(fig)
+  assert image.dtype == np.uint8 and image.shape == (440, 640, 3)
+
+
+def test_few_shot_grid_labels_its_columns(tmp_path):
+  rng = np.random.default_rng(0)
+  fig = figures.few_shot_grid(rng.random((3, 4, 26, 26)), rng.random((3, 26, 26)),
+                              rng.random((3, 26, 26)), rng.random((3, 5, 26, 26)))
+  assert len(fig.axes) == 3 * (4 + 2 + 5)
+  assert [t.get_text() for t in fig.texts] == ["memory", "target", "retrieved", "samples"]
+  path = tmp_path / "grid.png"
+  figures.write_png(fig, str(path))
+  with Image.open(path) as png:
+    assert png.format == "PNG" and png.size[0] > png.size[1] > 0

@@ -1,0 +1,185 @@
+"""Figures of a run, drawn with matplotlib: the bound and the address KL against the memory
+size, the training grids of few-shot generations, and the sampling command's sheet.
+
+Each function returns a matplotlib `Figure` (no pyplot state, no global backend), which
+`write_png` saves atomically and `to_rgb` turns into an image array for TensorBoard.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from matplotlib import figure as mpl_figure
+from matplotlib import ticker
+from matplotlib.backends import backend_agg
+import numpy as np
+
+from vma_jax import files
+from vma_jax import results as vma_results
+
+_PAPER = "paper (Bornschein et al. 2017)"
+_REPRODUCTION = "PyTorch reproduction"
+_COLOURS = {1: "tab:blue", 2: "tab:orange"}
+
+
+def write_png(fig: mpl_figure.Figure, path: str, dpi: int = 100) -> None:
+  """Saves `fig` as a PNG at `path` (atomically)."""
+  backend_agg.FigureCanvasAgg(fig)
+  with files.atomic_write(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=dpi)
+
+
+def to_rgb(fig: mpl_figure.Figure, dpi: int = 100) -> np.ndarray:
+  """The figure as a uint8 HxWx3 image (what a metric writer's `write_images` takes)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  backend_agg.FigureCanvasAgg(fig)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=dpi)
+  buffer.seek(0)
+  with Image.open(buffer) as image:
+    return np.asarray(image.convert("RGB"))
+
+
+def _memory_axis(ax, memory_sizes) -> None:
+  """A log axis of T with a tick at every memory size drawn (1, 2, 5, 19, ...)."""
+  ax.set_xscale("log")
+  ticks = sorted(set(memory_sizes))
+  ax.set_xticks(ticks, [str(t) for t in ticks])
+  ax.xaxis.set_minor_locator(ticker.NullLocator())
+  ax.set_xlabel("T, images in memory")
+
+
+def _by_classes(results: Sequence[vma_results.CellResult]):
+  """{C: results of that C, sorted by T}."""
+  grouped = {}
+  for r in sorted(results, key=lambda r: (r.max_classes, r.memory_size)):
+    grouped.setdefault(r.max_classes, []).append(r)
+  return grouped
+
+
+def bound_vs_memory(results: Sequence[vma_results.CellResult]) -> mpl_figure.Figure:
+  """-L_K per cell against T, one line per C with standard-error bars, and the paper's and
+  the reproduction's Table 1 values of the same C as reference lines."""
+  fig = mpl_figure.Figure(figsize=(6.4, 4.4))
+  ax = fig.add_subplot()
+  for c, cells in _by_classes(results).items():
+    colour = _COLOURS.get(c)
+    t = [r.memory_size for r in cells]
+    ax.errorbar(t, [r.bound for r in cells], yerr=[r.stderr for r in cells], marker="o",
+                capsize=3, color=colour, label=f"this run, C={c}")
+    reference = sorted((tt, v) for (cc, tt), v in vma_results.REFERENCE.items() if cc == c)
+    if reference:
+      ref_t = [tt for tt, _ in reference]
+      ax.plot(ref_t, [v[0] for _, v in reference], ls="--", color=colour, alpha=0.6,
+              label=f"{_PAPER}, C={c}")
+      ax.plot(ref_t, [v[1] for _, v in reference], ls=":", color=colour, alpha=0.8,
+              label=f"{_REPRODUCTION}, C={c}")
+  k = sorted({r.num_importance for r in results})
+  _memory_axis(ax, [r.memory_size for r in results] + [t for _, t in vma_results.REFERENCE])
+  ax.set_ylabel(f"-L_K (K = {', '.join(map(str, k))}), nats per image")
+  ax.set_title("Few-shot bound against memory size (lower is better)")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def kl_vs_memory(results: Sequence[vma_results.CellResult],
+                 num_dummies: int) -> mpl_figure.Figure:
+  """The mean KL(q(a|x,M) || p(a)) per cell against T, one line per C, beside log(T + D):
+  the KL of a posterior certain of one slot, the most it can be."""
+  fig = mpl_figure.Figure(figsize=(6.4, 4.4))
+  ax = fig.add_subplot()
+  all_t = sorted({r.memory_size for r in results})
+  grid_t = np.geomspace(min(all_t), max(all_t), 50) if len(all_t) > 1 else np.asarray(all_t)
+  ax.plot(grid_t, np.log(grid_t + num_dummies), color="grey", ls="--",
+          marker="_" if len(grid_t) == 1 else None, markersize=40,
+          label=f"log(T + D), D = {num_dummies}: q certain of one slot")
+  for c, cells in _by_classes(results).items():
+    ax.plot([r.memory_size for r in cells], [r.address_kl for r in cells], marker="o",
+            color=_COLOURS.get(c), label=f"this run, C={c}")
+  _memory_axis(ax, all_t)
+  ax.set_ylabel("KL(q(a|x,M) || p(a)), nats")
+  ax.set_title("How far the address posterior is from uniform")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def _image(ax, pixels_HxW, title: str | None = None, highlight: bool = False) -> None:
+  """An image in [0, 1] with ink = 1, drawn dark on white in a thin grey frame (a thick red
+  one if `highlight`)."""
+  ax.imshow(1.0 - np.clip(pixels_HxW, 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0,
+            interpolation="nearest")
+  ax.set_xticks([])
+  ax.set_yticks([])
+  for spine in ax.spines.values():
+    spine.set_edgecolor("tab:red" if highlight else "0.8")
+    spine.set_linewidth(2.5 if highlight else 0.5)
+  if title is not None:
+    ax.set_title(title, fontsize=7)
+
+
+def few_shot_grid(memory_BxTxHxW, x_BxHxW, retrieved_BxHxW,
+                  samples_BxKxHxW) -> mpl_figure.Figure:
+  """One row per episode: memory m_1..m_T | target x | the slot argmax_a q(a|x,M) |
+  K samples of p(x|z,m_a), with the column groups labelled."""
+  memory_BxTxHxW, x_BxHxW, retrieved_BxHxW, samples_BxKxHxW = (
+      np.asarray(v, np.float32) for v in (memory_BxTxHxW, x_BxHxW, retrieved_BxHxW,
+                                           samples_BxKxHxW))
+  batch, memory_size = memory_BxTxHxW.shape[:2]
+  num_samples = samples_BxKxHxW.shape[1]
+  # Columns: the memory, a gap, the target, a gap, the retrieved slot, a gap, the samples.
+  groups = [("memory", memory_size), ("target", 1), ("retrieved", 1), ("samples", num_samples)]
+  widths = [1.0] * memory_size + [0.4, 1.0, 0.4, 1.0, 0.4] + [1.0] * num_samples
+  fig = mpl_figure.Figure(figsize=(0.6 * sum(widths) + 0.4, 0.6 * batch + 0.5))
+  grid = fig.add_gridspec(batch, len(widths), width_ratios=widths, wspace=0.06, hspace=0.06,
+                          left=0.02, right=0.98, bottom=0.02, top=1 - 0.35 / (0.6 * batch + 0.5))
+  first_column = [0, memory_size + 1, memory_size + 3, memory_size + 5]
+  for b in range(batch):
+    images = [memory_BxTxHxW[b], x_BxHxW[b][None], retrieved_BxHxW[b][None], samples_BxKxHxW[b]]
+    for start, group in zip(first_column, images):
+      for i, pixels in enumerate(group):
+        _image(fig.add_subplot(grid[b, start + i]), pixels)
+  for (label, size), start in zip(groups, first_column):
+    left = grid[0, start].get_position(fig).x0
+    right = grid[0, start + size - 1].get_position(fig).x1
+    fig.text((left + right) / 2, grid[0, start].get_position(fig).y1 + 0.01, label,
+             ha="center", va="bottom", fontsize=8)
+  return fig
+
+
+def sample_sheet(memory_TxHxW, dummies_DxHxW, q_S: np.ndarray | None, x_HxW,
+                 posterior_NxHxW, prior_NxHxW, *, title: str) -> mpl_figure.Figure:
+  """The sampling command's figure: the memory and the dummy slots, with q(a|x,M) under each
+  slot and the retrieved slot framed (when there is a target); the target and samples of
+  p(x|z,m_a) for a ~ q(a|x,M), z ~ q(z|x,m_a); samples generated from the memory alone,
+  a ~ p(a), z ~ p(z|m_a)."""
+  memory_size, num_dummies = len(memory_TxHxW), len(dummies_DxHxW)
+  num_samples = len(prior_NxHxW)
+  columns = max(memory_size + num_dummies, num_samples + 1)
+  rows = 3 if posterior_NxHxW is not None else 2
+  fig = mpl_figure.Figure(figsize=(0.9 * columns + 0.4, 1.25 * rows + 0.6))
+  grid = fig.add_gridspec(rows, columns, hspace=0.6, wspace=0.15)
+  retrieved = None if q_S is None else int(np.argmax(q_S))
+  slots = [*memory_TxHxW, *dummies_DxHxW]
+  for i, pixels in enumerate(slots):
+    name = f"m{i + 1}" if i < memory_size else f"dummy {i - memory_size + 1}"
+    label = name if q_S is None else f"{name}\nq={q_S[i]:.2f}"
+    _image(fig.add_subplot(grid[0, i]), pixels, label, highlight=i == retrieved)
+  row = 1
+  if posterior_NxHxW is not None:
+    _image(fig.add_subplot(grid[row, 0]), x_HxW, "target x")
+    for n, pixels in enumerate(posterior_NxHxW):
+      _image(fig.add_subplot(grid[row, n + 1]), pixels,
+             "a ~ q(a|x,M)\nz ~ q(z|x,m_a)" if n == 0 else None)
+    row += 1
+  for n, pixels in enumerate(prior_NxHxW):
+    _image(fig.add_subplot(grid[row, n + 1]), pixels,
+           "a ~ p(a)\nz ~ p(z|m_a)" if n == 0 else None)
+  fig.suptitle(title, fontsize=9)
+  return fig
+
