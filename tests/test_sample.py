@@ -96,20 +96,23 @@ def test_sheet_shows_the_models_address_posterior(untrained_run, tmp_path):
   with Image.open(path) as png:
     assert png.format == "PNG" and png.size[0] > 400 and png.size[1] > 200
 
-  # Run again: the earlier sheet is kept beside the new one.
-  sample.sample_workdir(untrained_run, memory_dir=str(tmp_path / "letters"), num_generated=3,
-                        out=str(tmp_path / "sheet.png"))
+  # Written again: the earlier sheet is kept beside the new one.
+  sample.write_sheet(sheet, str(tmp_path / "sheet.png"), title="again")
   assert (tmp_path / "sheet.1.png").exists() and (tmp_path / "sheet.png").exists()
 
 
-def test_memory_from_a_test_class(untrained_run):
+def test_memory_from_a_test_class(untrained_run, omniglot_test):
   path, sheet = sample.sample_workdir(untrained_run, test_class=5, count=3, num_generated=2)
   assert path.endswith("samples/class5_T3.png")
   assert sheet.memory_TxHxW.shape == (3, 26, 26) and sheet.q_S.shape == (5,)
+  memory_TxHxW, x_HxW = sample.memory_from_class(omniglot_test, 5, 3)
+  np.testing.assert_array_equal(sheet.memory_TxHxW, memory_TxHxW)
+  np.testing.assert_array_equal(sheet.x_HxW, x_HxW)
+  assert not any((x_HxW == m).all() for m in memory_TxHxW)  # the target is not in memory
   with pytest.raises(sample.SampleError, match="classes are 0 to 658"):
-    sample.sample_workdir(untrained_run, test_class=659)
+    sample.memory_from_class(omniglot_test, 659, 3)
   with pytest.raises(sample.SampleError, match="holds 1 to 19"):
-    sample.sample_workdir(untrained_run, test_class=0, count=20)
+    sample.memory_from_class(omniglot_test, 0, 20)
 
 
 def test_command_line_errors_are_one_line(tmp_path):
