@@ -7,7 +7,6 @@ Each function returns a matplotlib `Figure` (no pyplot state, no global backend)
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 from matplotlib import figure as mpl_figure
@@ -30,16 +29,11 @@ def write_png(fig: mpl_figure.Figure, path: str, dpi: int = 100) -> None:
     fig.savefig(f, format="png", dpi=dpi)
 
 
-def to_rgb(fig: mpl_figure.Figure, dpi: int = 100) -> np.ndarray:
+def to_rgb(fig: mpl_figure.Figure) -> np.ndarray:
   """The figure as a uint8 HxWx3 image (what a metric writer's `write_images` takes)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  backend_agg.FigureCanvasAgg(fig)
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=dpi)
-  buffer.seek(0)
-  with Image.open(buffer) as image:
-    return np.asarray(image.convert("RGB"))
+  canvas = backend_agg.FigureCanvasAgg(fig)
+  canvas.draw()
+  return np.array(canvas.buffer_rgba())[..., :3]
 
 
 def _memory_axis(ax, memory_sizes) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import time
 from typing import Any, Callable, NamedTuple
@@ -135,9 +134,10 @@ def step_metrics(episodes, address_logits_BxS, weights: vma_model.LogWeights) ->
   """Scalar summaries of one batch: the bound, its terms, where the samples address, and
   whether the batch's distinct images did not fit (h then ran on more rows, `VMA.encode`)."""
   memory_size = episodes.memory_BxTxHxW.shape[1]
-  num_slots = address_logits_BxS.shape[-1]
   bound_B = objective.iw_bound(weights.log_w_BxK)
-  address_kl_B = objective.address_kl(address_logits_BxS)
+  # The same summary as evaluation's; XLA drops the parts not used here.
+  address = vma_cells.address_summary(address_logits_BxS, episodes.memory_labels_BxT,
+                                      episodes.x_label_B)
   a_BxK = weights.a_BxK
   is_dummy_BxK = a_BxK >= memory_size
   if memory_size:
@@ -151,8 +151,8 @@ def step_metrics(episodes, address_logits_BxS, weights: vma_model.LogWeights) ->
   return {
       "bound": jnp.mean(bound_B),  # L_K, nats per image
       "neg_bound": -jnp.mean(bound_B),  # -L_K, the number reported (lower is better)
-      "address_kl": jnp.mean(address_kl_B),  # KL(q(a|x,M) || p(a))
-      "address_entropy": jnp.mean(math.log(num_slots) - address_kl_B),  # H[q(a|x,M)]
+      "address_kl": jnp.mean(address["address_kl"]),  # KL(q(a|x,M) || p(a))
+      "address_entropy": jnp.mean(address["address_entropy"]),  # H[q(a|x,M)]
       "kl_z": jnp.mean(weights.kl_z_BxK),  # log q(z|x,m_a) - log p(z|m_a), sample estimate
       "log_px": jnp.mean(weights.log_px_BxK),  # log p(x|z,m_a)
       "frac_dummy": jnp.mean(is_dummy_BxK.astype(jnp.float32)),
