@@ -1,6 +1,7 @@
-"""Evaluates a trained VMA on the Table 1 grid of few-shot bounds.
+"""Evaluates a trained VMA on the Table 1 grid of few-shot bounds, or on larger memories.
 
     python evaluate.py --workdir=runs/default --num_importance=1000
+    python evaluate.py --workdir=runs/default --cells=large   # memories of up to 1000 images
 
 Writes workdir/eval/results.{json,csv,md} (earlier results there are kept as
 results.<n>.*) and prints the Markdown table. Each cell is recorded as it finishes: after
@@ -27,8 +28,11 @@ _WORKDIR = flags.DEFINE_string(
 _NUM_IMPORTANCE = flags.DEFINE_integer(
     "num_importance", None, "K, importance samples (default: the run's config.eval, 1000).")
 _CELLS = flags.DEFINE_string(
-    "cells", vma_results.GRID,
-    "Cells C:T, comma-separated (default: all 14 of Table 1); 'config' for the run's own.")
+    "cells", "table1",
+    "Cells, comma-separated: C:T (T images from at most C classes, as Table 1) or R/T (R "
+    "images of the target's class among T, the others from any other class), e.g. "
+    "'1:5,5/1000'; or 'table1' (the 14 cells of Table 1), 'large' (R = 1 and 5, T = 19 to "
+    "1000) or 'config' (the run's config.eval.cells).")
 _NUM_TARGETS = flags.DEFINE_integer(
     "num_targets", None,
     "Targets per cell; 0 = every test image, 13,180 (default: the run's config.eval).")

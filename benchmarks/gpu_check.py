@@ -289,11 +289,12 @@ def lower(platform="cuda"):
         samples=config.objective.num_importance, stablehlo_chars=len(text), **_op_counts(text))
 
     memory, samples, targets = 19, config.eval.num_importance, config.eval.batch_size
+    cell = cells.Cell(2, memory)
     bound = cells.make_cell_fn(
-        vma_model.make_model(config), max_classes=2, memory_size=memory,
-        num_importance=samples, chunk_size=config.eval.chunk_size, mesh=mesh)
+        vma_model.make_model(config), cell, num_importance=samples,
+        chunk_size=config.eval.chunk_size, mesh=mesh)
     targets_B = jax.ShapeDtypeStruct((targets,), np.int32)
-    text = bound.trace(state.params, data, cells.cell_key(0, 2, memory), targets_B).lower(
+    text = bound.trace(state.params, data, cells.cell_key(0, cell), targets_B).lower(
         lowering_platforms=(platform,)).as_text()
     result["eval_bound"][dtype] = dict(
         targets=targets, memory=memory, samples=samples, chunk_size=config.eval.chunk_size,

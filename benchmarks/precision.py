@@ -61,7 +61,7 @@ class PrecisionGap:
   num_targets: int
 
 
-def precision_gaps(config, params, split, grid: Sequence[tuple[int, int]], *, dtype: str,
+def precision_gaps(config, params, split, grid: Sequence[vma_cells.Cell], *, dtype: str,
                    reference_dtype: str = "float32", num_importance: int, num_targets: int,
                    batch_size: int, chunk_size: int, seed: int) -> list[PrecisionGap]:
   """Each cell's -L_K with the networks computing in `dtype` and in `reference_dtype`.
@@ -76,25 +76,24 @@ def precision_gaps(config, params, split, grid: Sequence[tuple[int, int]], *, dt
   models = {d: vma_model.make_model(evaluate.with_dtype(config, d))
             for d in (reference_dtype, dtype)}
   gaps = []
-  for max_classes, memory_size in grid:
+  for cell in grid:
     neg_bounds, seconds = {}, {}
     for d, dtype_model in models.items():
       values, seconds[d] = vma_cells.evaluate_targets(
-          dtype_model, params, data, max_classes=max_classes, memory_size=memory_size,
-          num_importance=num_importance, targets=targets, batch_size=batch_size,
+          dtype_model, params, data, cell, num_importance=num_importance, targets=targets, batch_size=batch_size,
           chunk_size=chunk_size, seed=seed, mesh=mesh)
       neg_bounds[d] = values["neg_bound"]
     gap_N = neg_bounds[dtype] - neg_bounds[reference_dtype]
     gap, gap_stderr = vma_cells.mean_and_stderr(gap_N)
     gaps.append(PrecisionGap(
-        max_classes, memory_size, reference_dtype, dtype,
+        cell.max_classes, cell.memory_size, reference_dtype, dtype,
         reference_bound=float(neg_bounds[reference_dtype].mean()),
         bound=float(neg_bounds[dtype].mean()), gap=gap, gap_stderr=gap_stderr,
         max_abs_target_gap=float(np.abs(gap_N).max()),
         reference_seconds=seconds[reference_dtype], seconds=seconds[dtype],
         num_importance=num_importance, num_targets=len(gap_N)))
-    logging.info("C=%d T=%2d  -L_%d: %s %.3f, %s %.3f, gap %+.3f +- %.3f nats", max_classes,
-                 memory_size, num_importance, reference_dtype, gaps[-1].reference_bound,
+    logging.info("cell %s  -L_%d: %s %.3f, %s %.3f, gap %+.3f +- %.3f nats", cell,
+                 num_importance, reference_dtype, gaps[-1].reference_bound,
                  dtype, gaps[-1].bound, gap, gap_stderr)
   return gaps
 

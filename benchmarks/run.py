@@ -19,11 +19,16 @@ Benchmarks:
   train_small      training step, B=32 episodes, T=8 memory images, K=4 samples
   train_recipe     training step at the recipe's size, B=256, T=32, K=4
   eval_t19_k1000   streaming L_K of 16 targets, T=19, K=1000 (config.eval.chunk_size)
+  eval_t100_k1000  the same at T=100 (cell 5/100), and at T=1000 (cell 5/1000): fewer
+  eval_t1000_k1000 targets at once, as evaluation takes them (`vma_jax.cells.targets_per_batch`:
+                   about 16 x 20 images per batch, at least one target per device); the
+                   entries' s_per_target and xla_temp_mb_per_target compare the three
   episodes         benchmarks/episodes_bench.py (episode sampling; needs the prepared data)
 """
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -41,6 +46,8 @@ BENCHMARKS = {
     "train_small": ("train", dict(batch=32, memory=8, samples=4), 10),
     "train_recipe": ("train", dict(batch=256, memory=32, samples=4), 5),
     "eval_t19_k1000": ("eval", dict(batch=16, memory=19, samples=1000), 5),
+    "eval_t100_k1000": ("eval", dict(batch=16, memory=100, samples=1000, same_class=5), 3),
+    "eval_t1000_k1000": ("eval", dict(batch=16, memory=1000, samples=1000, same_class=5), 3),
     "episodes": ("script", {}, 0),
 }
 
@@ -96,9 +103,15 @@ def run_child(name, args):
     work = workloads.train_workload(sizes["batch"], sizes["memory"], sizes["samples"],
                                     dtype=args.dtype, cpu_kernels=args.cpu_kernels)
   else:
+    from vma_jax import cells  # pylint: disable=g-import-not-at-top
+    # The targets evaluation takes at once at this T (fewer for large memories).
+    sizes["batch"] = cells.targets_per_batch(sizes["batch"], sizes["memory"],
+                                             jax.device_count())
+    same_class = sizes.pop("same_class", 0)
+    cell = cells.Cell(0 if same_class else 2, sizes["memory"], same_class)
     work = workloads.eval_workload(sizes["batch"], sizes["memory"], sizes["samples"],
                                    chunk_size=args.chunk_size, dtype=args.dtype,
-                                   cpu_kernels=args.cpu_kernels)
+                                   cpu_kernels=args.cpu_kernels, cell=cell)
   times, cpu_times = timing.times(work.run, warmup=args.warmup, repeats=repeats)
   median = statistics.median(times)
 
@@ -122,7 +135,9 @@ def run_child(name, args):
       glibc_tunables=os.environ.get("GLIBC_TUNABLES"), ld_preload=os.environ.get("LD_PRELOAD"),
       **work.extra, **_xla_figures(work.compiled))
   if kind == "eval":
-    entry["chunk_size"] = args.chunk_size
+    # Per target: what a grid of cells costs grows with these.
+    entry.update(chunk_size=args.chunk_size, s_per_target=median / sizes["batch"],
+                 xla_temp_mb_per_target=entry.get("xla_temp_mb", math.nan) / sizes["batch"])
   if device.platform != "cpu":
     stats = device.memory_stats() or {}
     if "peak_bytes_in_use" in stats:

@@ -91,8 +91,9 @@ def train_workload(batch, memory, samples, dtype="float32", seed=0, num_classes=
 
 
 def eval_workload(targets, memory, samples, chunk_size=None, dtype="float32", seed=0,
-                  max_classes=2, num_classes=659, per_class=20, cpu_kernels="auto"):
-  """`vma_jax.cells.make_cell_fn`: L_K of `targets` cell episodes (C, T), K samples.
+                  cell=None, num_classes=659, per_class=20, cpu_kernels="auto"):
+  """`vma_jax.cells.make_cell_fn`: L_K of `targets` episodes of `cell` (default C:T = 2:T;
+  the cost depends only on T), K samples.
 
   The episodes are drawn from a random binary stand-in for the test split (659 classes x 20
   images), on the device; targets are sharded over all local devices as in evaluation.
@@ -110,11 +111,11 @@ def eval_workload(targets, memory, samples, chunk_size=None, dtype="float32", se
   params = vma.init(key, jnp.zeros((1, size, size)), jnp.zeros((1, memory, size, size)),
                     vma_model.sample_keys(jax.random.split(key, 1), 0, 2))
   params = jax.device_put(params, replicated)
-  bound = cells.make_cell_fn(
-      vma, max_classes=max_classes, memory_size=memory, num_importance=samples,
-      chunk_size=chunk_size, mesh=mesh)
+  cell = cells.Cell(2, memory) if cell is None else cell
+  bound = cells.make_cell_fn(vma, cell, num_importance=samples, chunk_size=chunk_size,
+                             mesh=mesh)
   targets_B = jax.device_put(jnp.arange(targets, dtype=jnp.int32), batch_sharding)
-  cell_key = cells.cell_key(seed, max_classes, memory)
+  cell_key = cells.cell_key(seed, cell)
   args = (params, data, cell_key, targets_B)
   compiled = bound.lower(*args).compile()
 
@@ -124,7 +125,8 @@ def eval_workload(targets, memory, samples, chunk_size=None, dtype="float32", se
   num_chunks = math.ceil(samples / min(chunk_size, samples))
   padded = num_chunks * min(chunk_size, samples)
   model_flops = flops_lib.forward_flops(targets, memory, padded)
-  return Workload(run, model_flops, compiled, "vma_jax.cells.make_cell_fn")
+  return Workload(run, model_flops, compiled, "vma_jax.cells.make_cell_fn",
+                  dict(cell=str(cell)))
 
 
 def matmul_workload(n=2048, dtype="float32"):

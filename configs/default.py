@@ -27,9 +27,11 @@ def get_config():
   # initial values, "torch" (PyTorch's defaults, as the reference) or "flax" (lecun_normal
   # kernels, zero biases). cpu_kernels: "auto" takes vma_jax.cpu's layers (the same function,
   # faster on XLA:CPU) when the backend is the CPU, stock Flax layers elsewhere; "on"/"off".
+  # memory_read: "hard" (the VMA's stochastic address), or a baseline: "soft" (attention) or
+  # "none" (a plain VAE), vma_jax.model.MEMORY_READS and configs/baseline_*.py.
   config.model = ml_collections.ConfigDict(
       dict(latent_dim=64, embed_dim=128, match_dim=200, num_dummies=2, param_init="torch",
-           dtype="float32", cpu_kernels="auto"))
+           dtype="float32", cpu_kernels="auto", memory_read="hard"))
 
   # Training episodes. composition "classes": memory_size images, per_class of each class (the
   # target's class plus memory_size // per_class - 1 others). composition "cell": the

@@ -95,9 +95,9 @@ def test_encode_through_distinct_rows_is_encode_of_every_row(embed_slots, fits):
 
   def loss(params, distinct_rows):
     encoding = model.apply(params, x_BxHxW, memory_BxTxHxW, embed_slots=embed_slots,
-                           distinct=distinct_rows, method=vma_model.VMA.encode)
+                           distinct=distinct_rows, method="encode")
     weights = model.apply(params, x_BxHxW, encoding, keys_BxK,
-                          method=vma_model.VMA.log_weights)
+                          method="log_weights")
     return jnp.sum(weights.log_w_BxK), encoding.address_logits_BxS
 
   (value_all, logits_all), grads_all = jax.value_and_grad(loss, has_aux=True)(params, None)
@@ -137,9 +137,9 @@ def _sharded_check():
 
   def loss(params, x_BxHxW, memory_BxTxHxW, rows):
     encoding = model.apply(params, x_BxHxW, memory_BxTxHxW, embed_slots=False, distinct=rows,
-                           method=vma_model.VMA.encode)
+                           method="encode")
     weights = model.apply(params, x_BxHxW, encoding, keys_BxK,
-                          method=vma_model.VMA.log_weights)
+                          method="log_weights")
     return jnp.sum(weights.log_w_BxK)
 
   grad_fn = jax.jit(jax.value_and_grad(loss), in_shardings=(replicated, batch, batch, batch))

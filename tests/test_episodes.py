@@ -325,6 +325,61 @@ def test_cell_impossible_settings(synthetic, max_classes, memory_size, match):
 
 
 # ----------------------------------------------------------------------------------------
+# Large memories: cells R/T.
+
+
+@pytest.mark.parametrize("same_class,memory_size", [(1, 1), (1, 19), (5, 100), (19, 400)])
+def test_distractor_composition_synthetic(synthetic, same_class, memory_size):
+  """R distinct images of x's class (never x), T - R distinct ones of the other classes."""
+  split, data = synthetic
+  targets = np.arange(0, 600, 7)
+  batch = episodes.sample_distractor_episodes(
+      data, jax.random.key(3), targets, same_class=same_class, memory_size=memory_size)
+  _check_types(batch, len(targets), memory_size, 8)
+  _check_gathered(split, batch)
+  labels_BxT, index_BxT = np.asarray(batch.memory_labels_BxT), np.asarray(batch.memory_index_BxT)
+  for labels_T, index_T, x_label, x_index in zip(labels_BxT, index_BxT,
+                                                  np.asarray(batch.x_label_B), targets):
+    assert np.sum(labels_T == x_label) == same_class
+    assert len(set(index_T.tolist())) == memory_size and x_index not in index_T
+
+
+def test_distractors_are_uniform_over_the_other_classes_images(synthetic):
+  """Each image of another class is a distractor equally often: 5/400 over 600 targets."""
+  _, data = synthetic
+  batch = episodes.sample_distractor_episodes(
+      data, jax.random.key(4), np.arange(600), same_class=5, memory_size=400)
+  labels_BxT, index_BxT = np.asarray(batch.memory_labels_BxT), np.asarray(batch.memory_index_BxT)
+  other = labels_BxT != np.asarray(batch.x_label_B)[:, None]
+  counts_N = np.bincount(index_BxT[other], minlength=600)
+  # Image n is a candidate for the 580 targets of other classes, chosen with p = 395 / 580.
+  expected, sd = 580 * 395 / 580, math.sqrt(580 * (395 / 580) * (185 / 580))
+  assert abs(counts_N.mean() - expected) < 1e-9  # every draw is some image
+  assert np.all(np.abs(counts_N - expected) < 5 * sd)
+
+
+def test_distractor_episodes_independent_of_batch(synthetic):
+  _, data = synthetic
+  key, targets = jax.random.key(5), np.arange(60)
+  sample = lambda t: episodes.sample_distractor_episodes(data, key, t, same_class=2,
+                                                         memory_size=50)
+  whole = sample(targets)
+  parts = np.concatenate([np.asarray(sample(targets[i:i + 9]).memory_index_BxT)
+                          for i in range(0, 60, 9)])
+  np.testing.assert_array_equal(np.asarray(whole.memory_index_BxT), parts)
+
+
+@pytest.mark.parametrize("same_class,memory_size,match", [
+    (20, 30, "besides the target"), (0, 5, "1 <= R <= T"), (6, 5, "1 <= R <= T"),
+    (1, 600, "images of other classes")])
+def test_distractor_impossible_settings(synthetic, same_class, memory_size, match):
+  _, data = synthetic
+  with pytest.raises(ValueError, match=match):
+    episodes.sample_distractor_episodes(data, jax.random.key(0), np.arange(3),
+                                        same_class=same_class, memory_size=memory_size)
+
+
+# ----------------------------------------------------------------------------------------
 # Empty memory.
 
 

@@ -55,11 +55,21 @@ def small_model_and_params():
 
 
 def test_parse_cells():
-  assert cells.parse_cells("1:1, 2:19,") == [(1, 1), (2, 19)]
+  assert cells.parse_cells("1:1, 2:19,5/1000,1:0") == [
+      cells.Cell(1, 1), cells.Cell(2, 19), cells.Cell(0, 1000, same_class=5), cells.Cell(1, 0)]
   assert len(cells.parse_cells(vma_results.GRID)) == 14
-  for bad in ("1-5", "x:5", "0:3", ""):
+  assert [str(c) for c in cells.parse_cells(vma_results.LARGE_GRID)][-2:] == ["5/500", "5/1000"]
+  for bad in ("1-5", "x:5", "0:3", "", "6/5", "0/5", "1:2:3", "1/-4"):
     with pytest.raises(ValueError, match="cell"):
       cells.parse_cells(bad)
+
+
+def test_targets_per_batch_keeps_the_images_of_a_batch_bounded():
+  assert cells.targets_per_batch(16, 19) == 16 and cells.targets_per_batch(16, 0) == 16
+  assert cells.targets_per_batch(16, 100) == 3  # 16 x 20 rows // 101 rows per target
+  assert cells.targets_per_batch(16, 1000) == 1
+  assert cells.targets_per_batch(16, 1000, num_devices=4) == 4  # one per device at least
+  assert cells.targets_per_batch(64, 100, num_devices=4) == 12
 
 
 def test_target_indices_cover_all_or_spread_evenly():
@@ -71,14 +81,31 @@ def test_target_indices_cover_all_or_spread_evenly():
   assert len(np.unique(subset // 20)) == 659
 
 
+def test_large_memories_keep_the_peak_memory_of_a_table_1_batch(small_model_and_params):
+  """A cell of T = 400 takes so few targets at once that its compiled program needs about
+  the temporary memory of a batch at T = 19 (XLA's own figure), not 20 times more."""
+  config, model, params = small_model_and_params
+  data = episodes.EpisodeData.from_split(_synthetic_split(num_classes=30))
+  temp_mb = {}
+  for cell in (cells.Cell(2, 19), cells.Cell(0, 400, same_class=5)):
+    batch = cells.targets_per_batch(16, cell.memory_size)
+    cell_fn = cells.make_cell_fn(model, cell, num_importance=8, chunk_size=8)
+    compiled = cell_fn.lower(params, data, cells.cell_key(0, cell),
+                             np.arange(batch, dtype=np.int32)).compile()
+    temp_mb[cell.memory_size] = compiled.memory_analysis().temp_size_in_bytes / 2**20
+  assert temp_mb[400] < 1.6 * temp_mb[19], temp_mb
+
+
 def test_cell_bound_does_not_depend_on_batch_size_or_chunking(small_model_and_params):
   """Each target's episode and samples depend only on (seed, C, T, target): same numbers."""
   _, model, params = small_model_and_params
   data = episodes.EpisodeData.from_split(_synthetic_split())
   targets = np.arange(0, 120, 15, dtype=np.int32)  # 8 targets over all classes
-  common = dict(max_classes=2, memory_size=3, num_importance=24, targets=targets, seed=0)
-  a = evaluate.evaluate_cell(model, params, data, batch_size=8, chunk_size=24, **common)
-  b = evaluate.evaluate_cell(model, params, data, batch_size=3, chunk_size=7, **common)
+  common = dict(num_importance=24, targets=targets, seed=0)
+  a = evaluate.evaluate_cell(model, params, data, cells.Cell(2, 3), batch_size=8,
+                             chunk_size=24, **common)
+  b = evaluate.evaluate_cell(model, params, data, cells.Cell(2, 3), batch_size=3,
+                             chunk_size=7, **common)
   assert a.num_targets == b.num_targets == 8
   np.testing.assert_allclose(a.bound, b.bound, rtol=1e-5)
   np.testing.assert_allclose(a.stderr, b.stderr, rtol=1e-4)
@@ -90,10 +117,9 @@ def test_cell_bound_matches_direct_computation(small_model_and_params):
   _, model, params = small_model_and_params
   data = episodes.EpisodeData.from_split(_synthetic_split())
   targets = np.array([1, 22, 45, 99], np.int32)
-  result = evaluate.evaluate_cell(model, params, data, max_classes=1, memory_size=2,
-                                  num_importance=16, targets=targets, batch_size=4,
-                                  chunk_size=5, seed=7)
-  key = cells.cell_key(7, 1, 2)
+  result = evaluate.evaluate_cell(model, params, data, cells.Cell(1, 2), num_importance=16,
+                                  targets=targets, batch_size=4, chunk_size=5, seed=7)
+  key = cells.cell_key(7, cells.Cell(1, 2))
   episode_key, sample_key = jax.random.split(key)
   batch = episodes.sample_cell_episodes(data, episode_key, jnp.asarray(targets),
                                         max_classes=1, memory_size=2)
@@ -120,9 +146,10 @@ def test_write_results_files(tmp_path):
   with open(paths["csv"]) as f:
     rows = list(csv.DictReader(f))
   assert [(r["max_classes"], r["memory_size"]) for r in rows] == [("1", "5"), ("2", "19")]
+  assert [r["cell"] for r in rows] == ["1:5", "2:19"]
   table = pathlib.Path(paths["md"]).read_text()
-  assert "| C | T | ours |" in table
-  assert "| 1 | 5 | 80.12 | 0.40 | 76.5 | 75.3 | 1000 | 13180 | 0.50 | 0.90 | 0.05 |" in table
+  assert "| cell | ours |" in table
+  assert "| 1:5 | 80.12 | 0.40 | 76.5 | 75.3 | 1000 | 13180 | 0.50 | 0.90 | 0.05 |" in table
   assert not list((tmp_path / "eval").glob("*.tmp"))
 
   # A second evaluation (another K, say) keeps the first one's files as results.1.*.
@@ -137,7 +164,7 @@ def test_write_results_files(tmp_path):
   assert len(json.loads((tmp_path / "eval" / "results.2.json").read_text())["results"]) == 2
   latest = json.loads((tmp_path / "eval" / "results.json").read_text())
   assert latest["meta"]["step"] == 9 and len(latest["results"]) == 1
-  assert "| 1 | 5 | 80.12 | 0.40 | 76.5 | 75.3 | 10 | 13180 |" in (
+  assert "| 1:5 | 80.12 | 0.40 | 76.5 | 75.3 | 10 | 13180 |" in (
       tmp_path / "eval" / "results.md").read_text()
 
 
@@ -218,7 +245,7 @@ def test_finished_cells_are_kept_per_settings(tmp_path, caplog):
   first, second = _results()
   finished.add(first)
   again = finished_cells(eval_dir, identity)
-  assert again.cells == {(1, 5): first} and again.path == finished.path
+  assert again.cells == {cells.Cell(1, 5): first} and again.path == finished.path
   # Other settings: another file, nothing taken from this one.
   other = finished_cells(eval_dir, dict(identity, num_importance=9))
   assert other.cells == {} and other.path != finished.path
@@ -245,7 +272,7 @@ def test_interrupted_evaluation_takes_up_where_it_stopped(untrained_run, monkeyp
     evaluated.clear()
 
     def recorded(*args, **kwargs):
-      evaluated.append((kwargs["max_classes"], kwargs["memory_size"]))
+      evaluated.append(tuple(args[3])[:2])
       if len(evaluated) == interrupt_at:
         raise KeyboardInterrupt
       return evaluate_cell(*args, **kwargs)
@@ -284,7 +311,7 @@ def test_precision_gaps_are_paired(small_model_and_params):
   config, model, params = small_model_and_params
   split = _synthetic_split()
   settings = dict(num_importance=6, num_targets=8, batch_size=4, chunk_size=3, seed=0)
-  grid = [(1, 2), (2, 3)]
+  grid = [cells.Cell(1, 2), cells.Cell(2, 3)]
   gaps = precision.precision_gaps(config, params, split, grid, dtype="bfloat16", **settings)
   direct = evaluate.evaluate_grid(model, params, split, grid, **settings)
   low_config = config.copy_and_resolve_references()

@@ -51,6 +51,27 @@ def test_kl_vs_memory_draws_the_kl_of_a_certain_posterior():
   assert image.dtype == np.uint8 and image.shape == (440, 640, 3)
 
 
+def test_large_memory_cells_are_their_own_lines_and_empty_memories_horizontal():
+  """Cells R/T: one line per R, no published numbers beside them; T = 0: a horizontal line."""
+  make = lambda t, r, bound, kl, c=0: vma_results.CellResult(
+      max_classes=c, memory_size=t, same_class=r, bound=bound, stderr=0.5,
+      num_importance=100, num_targets=10, seconds=1.0, address_kl=kl)
+  results = ([make(t, 5, 90.0 - t / 100, 1.0 + t / 1000) for t in (19, 100, 1000)]
+             + [make(t, 1, 95.0, 0.5) for t in (19, 1000)] + [make(0, 0, 120.0, 0.0, c=1)])
+  bound_fig, kl_fig = figures.bound_vs_memory(results), figures.kl_vs_memory(results, 2)
+  texts = _texts(bound_fig)
+  assert "this run, R=5 of x's class among T" in texts
+  assert "this run, R=1 of x's class among T" in texts
+  assert not any(t.startswith("paper") for t in texts)  # Table 1 has no R/T cells
+  for fig, value in ((bound_fig, 120.0), (kl_fig, 0.0)):
+    lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
+    empty = lines["this run, T=0 (dummies only), C=1"]
+    np.testing.assert_array_equal(empty.get_ydata(), [value, value])
+  r5 = next(l for l in kl_fig.axes[0].get_lines() if l.get_label().startswith("this run, R=5"))
+  np.testing.assert_array_equal(r5.get_xdata(), [19, 100, 1000])
+  np.testing.assert_allclose(r5.get_ydata(), [1.019, 1.1, 2.0])
+
+
 def test_few_shot_grid_labels_its_columns(tmp_path):
   rng = np.random.default_rng(0)
   fig = figures.few_shot_grid(rng.random((3, 4, 26, 26)), rng.random((3, 26, 26)),

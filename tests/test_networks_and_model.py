@@ -273,9 +273,9 @@ def test_sampled_slot_encoding_equals_every_slot_encoding(memory_size, num_impor
 
   def surrogate(variables, embed_slots):
     encoding = model.apply(variables, x_BxHxW, memory_BxTxHxW, embed_slots=embed_slots,
-                           method=vma_model.VMA.encode)
+                           method="encode")
     weights = model.apply(variables, x_BxHxW, encoding, keys_BxK,
-                          method=vma_model.VMA.log_weights)
+                          method="log_weights")
     # Both routes of the VIMCO gradient: through log w_k and through log q(a_k|x,M).
     return jnp.sum(weights.log_w_BxK) + jnp.sum(weights.log_q_a_BxK), weights
 

@@ -66,10 +66,10 @@ def test_evaluation_bound_lowers_for_accelerators(platform):
   params = vma.init(key, np.zeros((1, size, size)), np.zeros((1, memory, size, size)),
                     vma_model.sample_keys(jax.random.split(key, 1), 0, 2))
   data = episodes_lib.EpisodeData.from_split(mock_splits()["test"])
-  bound_fn = cells.make_cell_fn(vma, max_classes=2, memory_size=memory,
-                                         num_importance=6, chunk_size=2)
+  cell = cells.Cell(2, memory)
+  bound_fn = cells.make_cell_fn(vma, cell, num_importance=6, chunk_size=2)
   targets_B = np.arange(jax.device_count(), dtype=np.int32)
-  lowered = bound_fn.trace(params, data, cells.cell_key(0, 2, memory), targets_B).lower(
+  lowered = bound_fn.trace(params, data, cells.cell_key(0, cell), targets_B).lower(
       lowering_platforms=(platform,)).as_text()
   ops = _ops(lowered)
   assert ops["while"] == 1, ops  # the loop over the chunks of samples, nothing more

@@ -77,7 +77,7 @@ def test_sheet_shows_the_models_address_posterior(untrained_run, tmp_path):
   memory_1xTxHxW = sample.memory_from_folder(str(tmp_path / "letters"), 26)[None].astype(
       np.float32)
   logits_1xS = model.apply(params, x_1xHxW, memory_1xTxHxW,
-                           method=vma_model.VMA.encode).address_logits_BxS
+                           method="encode").address_logits_BxS
   expected_S = np.asarray(jax.nn.softmax(logits_1xS[0]))
   np.testing.assert_allclose(sheet.q_S, expected_S, rtol=1e-6)
   assert sheet.q_S.shape == (4 + config.model.num_dummies,)

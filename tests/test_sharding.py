@@ -109,8 +109,8 @@ def _compare():
   for name, mesh_devices in (("single", devices[:1]), ("sharded", devices)):
     mesh = sharding.make_mesh(mesh_devices)
     bound_fn = cells.make_cell_fn(
-        vma_model.make_model(config), max_classes=2, memory_size=3, num_importance=20,
-        chunk_size=8, mesh=mesh)
+        vma_model.make_model(config), cells.Cell(2, 3), num_importance=20, chunk_size=8,
+        mesh=mesh)
     bounds[name] = cells.cell_values(bound_fn, params, test_data, jax.random.key(2),
                                      targets_N, batch_size=16)["bound"]
   np.testing.assert_allclose(bounds["sharded"], bounds["single"], rtol=1e-5)

@@ -478,12 +478,14 @@ def test_progress_bar_starts_after_the_first_step(tmp_path, monkeypatch):
 
 def test_configs_of_earlier_runs_are_read_under_todays_names(tmp_path):
   """A workdir written when K was `objective.num_samples` resumes and evaluates: its config
-  is read with the field under its current name, `num_importance`."""
+  is read with the field under its current name, `num_importance`, and fields added since
+  at the value those runs had."""
   old = checkpoints.to_dict(small_config())
   old["objective"]["num_samples"] = old["objective"].pop("num_importance")
   old["validation"]["num_samples"] = old["validation"].pop("num_importance")
+  del old["model"]["memory_read"]  # added later; earlier runs were all the VMA's hard read
   (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps(old))
   config = checkpoints.load_config(str(tmp_path))
   assert config.objective.num_importance == 2 and "num_samples" not in config.objective
-  assert config.validation.num_importance == 3
+  assert config.validation.num_importance == 3 and config.model.memory_read == "hard"
   assert checkpoints.config_differences(config, small_config()) == []

@@ -47,6 +47,13 @@ RENAMED_FIELDS = {
 }
 
 
+# Fields added since checkpoints were first written, with the value that earlier runs had:
+# configs read from a workdir get them, so those runs compare equal to today's configs.
+ADDED_FIELDS = {
+    "model.memory_read": "hard",
+}
+
+
 class CheckpointError(RuntimeError):
   """A missing or incompatible checkpoint or config; the message says what to do."""
 
@@ -63,7 +70,8 @@ def to_dict(config) -> dict:
 
 
 def upgrade(config_dict: dict) -> dict:
-  """A saved config dict with the fields of `RENAMED_FIELDS` under their current names."""
+  """A saved config dict with the fields of `RENAMED_FIELDS` under their current names, and
+  those of `ADDED_FIELDS` it lacks at their earlier value."""
   config_dict = json.loads(json.dumps(config_dict))
   for old, new in RENAMED_FIELDS.items():
     *old_path, old_name = old.split(".")
@@ -73,6 +81,11 @@ def upgrade(config_dict: dict) -> dict:
       target = _get(config_dict, ".".join(new_path)) if new_path else config_dict
       if isinstance(target, dict) and new_name not in target:
         target[new_name] = parent.pop(old_name)
+  for dotted, value in ADDED_FIELDS.items():
+    *path, name = dotted.split(".")
+    parent = _get(config_dict, ".".join(path)) if path else config_dict
+    if isinstance(parent, dict) and name not in parent:
+      parent[name] = value
   return config_dict
 
 

@@ -25,6 +25,11 @@ Public API:
       depends only on fold_in(key, i), so it does not depend on the batch it is in.
   sample_cell_train_episodes(data, key, *, batch_size, max_classes, memory_size)
       Random targets with the cell's composition.
+  sample_distractor_episodes(data, key, target_index_B, *, same_class, memory_size)
+      Large memories, cell R/T: R images of the target's class and T - R distractors drawn
+      uniformly without replacement from all images of the other classes (so a memory of
+      T = 1000 holds images of about 500 of the test split's 659 classes). Target i uses
+      fold_in(key, i), as for the cells above.
 
 In every episode the memory slots are in random order, and `memory_size = 0` gives an
 empty memory (shape Bx0xHxW). Impossible settings raise ValueError at trace time.
@@ -217,6 +222,22 @@ def _cell_episode(data: EpisodeData, key, target, *, max_classes: int, memory_si
   return _gather(data, c_x, p_x, memory_classes[part_T], order[part_T, rank_T], key_perm)
 
 
+def _distractor_episode(data: EpisodeData, key, target, *, same_class: int, memory_size: int):
+  """R = same_class images of the target's class, T - R uniformly from the other classes."""
+  images_per_class = data.images_LxPxHxW.shape[1]
+  key_same, key_other, key_perm = jax.random.split(key, 3)
+  c_x, p_x = data.class_N[target], data.slot_N[target]
+  same_R = _random_subset(key_same, images_per_class, same_class, p_x)
+  # Uniform keys over every image, the target's class ruled out: the T - R smallest are a
+  # uniform subset of the other classes' images.
+  u_N = jnp.where(data.class_N == c_x, jnp.inf,
+                  jax.random.uniform(key_other, (data.num_images,)))
+  other_V = jax.lax.top_k(-u_N, memory_size - same_class)[1]
+  class_T = jnp.concatenate([jnp.full((same_class,), c_x, jnp.int32), data.class_N[other_V]])
+  slot_T = jnp.concatenate([same_R.astype(jnp.int32), data.slot_N[other_V]])
+  return _gather(data, c_x, p_x, class_T, slot_T, key_perm)
+
+
 # ----------------------------------------------------------------------------------------
 # Checks at trace time (static sizes only).
 
@@ -262,6 +283,21 @@ def _check_cell(data: EpisodeData, max_classes, memory_size):
     )
 
 
+def _check_distractors(data: EpisodeData, same_class, memory_size):
+  num_classes, images_per_class = data.images_LxPxHxW.shape[:2]
+  if not 1 <= same_class <= memory_size:
+    raise ValueError(f"cell {same_class}/{memory_size} is impossible: R/T needs 1 <= R <= T")
+  if same_class > images_per_class - 1:
+    raise ValueError(
+        f"cell {same_class}/{memory_size} is impossible: the target's class has only"
+        f" {images_per_class - 1} images besides the target")
+  others = (num_classes - 1) * images_per_class
+  if memory_size - same_class > others:
+    raise ValueError(
+        f"cell {same_class}/{memory_size} needs {memory_size - same_class} images of other"
+        f" classes, but the split has only {others}")
+
+
 # ----------------------------------------------------------------------------------------
 # Batch samplers.
 
@@ -305,3 +341,18 @@ def sample_cell_train_episodes(
   episode = functools.partial(_cell_episode, max_classes=max_classes, memory_size=memory_size)
   keys_B = jax.random.split(key_episodes, batch_size)
   return jax.vmap(episode, in_axes=(None, 0, 0))(data, keys_B, target_B)
+
+
+@functools.partial(jax.jit, static_argnames=("same_class", "memory_size"))
+def sample_distractor_episodes(
+    data: EpisodeData, key: jax.Array, target_index_B: jax.Array, *, same_class: int,
+    memory_size: int
+) -> Episodes:
+  """The cell R/T episodes of the given targets (R = same_class); target i uses
+  fold_in(key, i)."""
+  _check_distractors(data, same_class, memory_size)
+  target_index_B = jnp.asarray(target_index_B, jnp.int32)
+  keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, target_index_B)
+  episode = functools.partial(_distractor_episode, same_class=same_class,
+                              memory_size=memory_size)
+  return jax.vmap(episode, in_axes=(None, 0, 0))(data, keys_B, target_index_B)

@@ -1,7 +1,8 @@
-"""Few-shot evaluation: the Table 1 grid of -L_K on the Omniglot test split.
+"""Few-shot evaluation: the Table 1 grid of -L_K on the Omniglot test split, and larger memories.
 
-For a cell (C, T) every test image is the target of exactly one episode, whose memory holds T
-other images from at most C classes (see `vma_jax.episodes.sample_cell_episodes`). The cell's
+For a cell C:T every test image is the target of exactly one episode, whose memory holds T
+other images from at most C classes (see `vma_jax.episodes.sample_cell_episodes`); for a cell
+R/T, R images of the target's class among T (`sample_distractor_episodes`). The cell's
 figure is the mean over targets of -L_K, in nats per image (positive, lower is better), with
 L_K the K-sample importance-weighted bound computed in chunks (`vma_jax.cells`).
 `evaluate_workdir` restores a run's checkpoint, evaluates the grid and writes the results
@@ -28,49 +29,48 @@ from vma_jax import results as vma_results
 from vma_jax import summaries
 
 
-def evaluate_cell(model: vma_model.VMA, params, data, *, max_classes: int, memory_size: int,
+def evaluate_cell(model: vma_model.VMA, params, data, cell: vma_cells.Cell, *,
                   num_importance: int, targets: np.ndarray, batch_size: int, chunk_size: int,
                   seed: int, mesh=None) -> vma_results.CellResult:
-  """-L_K over `targets` on cell (C, T) = (max_classes, memory_size): mean and stderr, and
-  the means of the targets' `cells.address_summary`."""
+  """-L_K over `targets` on `cell`: mean and stderr, and the means of the targets'
+  `cells.address_summary`."""
   values, seconds = vma_cells.evaluate_targets(
-      model, params, data, max_classes=max_classes, memory_size=memory_size,
-      num_importance=num_importance, targets=targets, batch_size=batch_size,
-      chunk_size=chunk_size, seed=seed, mesh=mesh)
+      model, params, data, cell, num_importance=num_importance, targets=targets,
+      batch_size=batch_size, chunk_size=chunk_size, seed=seed, mesh=mesh)
   bound, stderr = vma_cells.mean_and_stderr(values["neg_bound"])
   return vma_results.CellResult(
-      max_classes=max_classes, memory_size=memory_size, bound=bound, stderr=stderr,
+      max_classes=cell.max_classes, memory_size=cell.memory_size, same_class=cell.same_class,
+      bound=bound, stderr=stderr,
       num_importance=num_importance, num_targets=len(values["neg_bound"]), seconds=seconds,
       **{name: float(np.mean(values[name])) for name in vma_results.ADDRESS_FIELDS})
 
 
 def evaluate_grid(model: vma_model.VMA, params, split: vma_data.OmniglotSplit,
-                  cells: Sequence[tuple[int, int]], *, num_importance: int, num_targets: int,
+                  cells: Sequence[vma_cells.Cell], *, num_importance: int, num_targets: int,
                   batch_size: int, chunk_size: int, seed: int,
-                  done: Mapping[tuple[int, int], vma_results.CellResult] | None = None,
+                  done: Mapping[vma_cells.Cell, vma_results.CellResult] | None = None,
                   on_result: Callable[[vma_results.CellResult], None] | None = None
                   ) -> list[vma_results.CellResult]:
   """Every cell of `cells` on `split`, each target once per cell.
 
-  Cells in `done` (keyed (C, T), from an evaluation with the same settings) are taken from it,
+  Cells in `done` (from an evaluation with the same settings) are taken from it,
   not evaluated again; `on_result` is called with each newly evaluated cell's result.
   """
   done = done or {}
   mesh, data, targets = vma_cells.on_devices(split, num_targets)
   results = []
-  for max_classes, memory_size in cells:
-    reused = (max_classes, memory_size) in done
+  for cell in cells:
+    reused = cell in done
     if reused:
-      result = done[(max_classes, memory_size)]
+      result = done[cell]
     else:
       result = evaluate_cell(
-          model, params, data, max_classes=max_classes, memory_size=memory_size,
-          num_importance=num_importance, targets=targets, batch_size=batch_size,
-          chunk_size=chunk_size, seed=seed, mesh=mesh)
+          model, params, data, cell, num_importance=num_importance, targets=targets,
+          batch_size=batch_size, chunk_size=chunk_size, seed=seed, mesh=mesh)
       if on_result is not None:
         on_result(result)
-    logging.info("C=%d T=%2d  -L_%d = %.2f +- %.2f nats  (%d targets, %.0f s%s)", max_classes,
-                 memory_size, num_importance, result.bound, result.stderr, result.num_targets,
+    logging.info("cell %-6s -L_%d = %.2f +- %.2f nats  (%d targets, %.0f s%s)", cell,
+                 num_importance, result.bound, result.stderr, result.num_targets,
                  result.seconds, ", done before" if reused else "")
     results.append(result)
   return results
@@ -104,7 +104,8 @@ def _eval_settings(config, *, cells, num_importance, num_targets, seed, batch_si
   """The evaluation settings: arguments given, else the run's config.eval values."""
   pick = lambda value, default: default if value is None else value
   return dict(
-      cells=vma_cells.parse_cells(config.eval.cells if cells == "config" else cells),
+      cells=vma_cells.parse_cells(
+          config.eval.cells if cells == "config" else vma_results.GRIDS.get(cells, cells)),
       num_importance=pick(num_importance, config.eval.num_importance),
       num_targets=pick(num_targets, config.eval.num_targets),
       seed=pick(seed, config.eval.seed),
@@ -129,7 +130,7 @@ def write_figures(results: Sequence[vma_results.CellResult], out_dir: str, *, st
   return paths
 
 
-def evaluate_workdir(workdir: str, *, cells: str = vma_results.GRID,
+def evaluate_workdir(workdir: str, *, cells: str = "table1",
                      num_importance: int | None = None,
                      num_targets: int | None = None, seed: int | None = None,
                      batch_size: int | None = None, chunk_size: int | None = None,
@@ -142,7 +143,8 @@ def evaluate_workdir(workdir: str, *, cells: str = vma_results.GRID,
 
   Args:
     workdir: the training run's workdir (with config.json and checkpoints/).
-    cells: "C:T,..." or "config" for the run's own config.eval.cells.
+    cells: "C:T,R/T,..." (`cells.parse_cell`), a name of `results.GRIDS` ("table1",
+      "large"), or "config" for the run's own config.eval.cells.
     num_importance: K.
     num_targets: targets per cell, spread evenly over the classes; 0 = the whole test split
       (13,180).

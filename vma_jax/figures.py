@@ -19,7 +19,9 @@ from vma_jax import results as vma_results
 
 _PAPER = "paper (Bornschein et al. 2017)"
 _REPRODUCTION = "PyTorch reproduction"
-_COLOURS = {1: "tab:blue", 2: "tab:orange"}
+# Lines of Table 1 cells C:T by C, of large-memory cells R/T by R.
+_COLOURS = {("C", 1): "tab:blue", ("C", 2): "tab:orange", ("R", 1): "tab:green",
+            ("R", 5): "tab:red"}
 
 
 def write_png(fig: mpl_figure.Figure, path: str, dpi: int = 100) -> None:
@@ -45,12 +47,28 @@ def _memory_axis(ax, memory_sizes) -> None:
   ax.set_xlabel("T, images in memory")
 
 
-def _by_classes(results: Sequence[vma_results.CellResult]):
-  """{C: results of that C, sorted by T}."""
-  grouped = {}
-  for r in sorted(results, key=lambda r: (r.max_classes, r.memory_size)):
-    grouped.setdefault(r.max_classes, []).append(r)
-  return grouped
+def _series(results: Sequence[vma_results.CellResult]):
+  """{("C", C) or ("R", R): the results of the cells C:T or R/T, by T}, memories of T > 0;
+  and the results of empty memories (T = 0), drawn as horizontal lines."""
+  grouped, empty = {}, []
+  for r in sorted(results, key=lambda r: (r.same_class, r.max_classes, r.memory_size)):
+    if r.memory_size == 0:
+      empty.append(r)
+    else:
+      key = ("R", r.same_class) if r.same_class else ("C", r.max_classes)
+      grouped.setdefault(key, []).append(r)
+  return grouped, empty
+
+
+def _series_label(key) -> str:
+  kind, value = key
+  return f"C={value}" if kind == "C" else f"R={value} of x's class among T"
+
+
+def _empty_memory_lines(ax, empty, value) -> None:
+  for r in empty:
+    ax.axhline(value(r), color="grey", ls="-.", lw=1,
+               label=f"this run, T=0 (dummies only), C={r.max_classes}")
 
 
 def bound_vs_memory(results: Sequence[vma_results.CellResult]) -> mpl_figure.Figure:
@@ -58,20 +76,27 @@ def bound_vs_memory(results: Sequence[vma_results.CellResult]) -> mpl_figure.Fig
   the reproduction's Table 1 values of the same C as reference lines."""
   fig = mpl_figure.Figure(figsize=(6.4, 4.4))
   ax = fig.add_subplot()
-  for c, cells in _by_classes(results).items():
-    colour = _COLOURS.get(c)
+  grouped, empty = _series(results)
+  for key, cells in grouped.items():
+    colour = _COLOURS.get(key)
     t = [r.memory_size for r in cells]
     ax.errorbar(t, [r.bound for r in cells], yerr=[r.stderr for r in cells], marker="o",
-                capsize=3, color=colour, label=f"this run, C={c}")
-    reference = sorted((tt, v) for (cc, tt), v in vma_results.REFERENCE.items() if cc == c)
+                capsize=3, color=colour, label=f"this run, {_series_label(key)}")
+    kind, c = key
+    reference = sorted((tt, v) for (cc, tt), v in vma_results.REFERENCE.items()
+                       if kind == "C" and cc == c)
     if reference:
       ref_t = [tt for tt, _ in reference]
       ax.plot(ref_t, [v[0] for _, v in reference], ls="--", color=colour, alpha=0.6,
               label=f"{_PAPER}, C={c}")
       ax.plot(ref_t, [v[1] for _, v in reference], ls=":", color=colour, alpha=0.8,
               label=f"{_REPRODUCTION}, C={c}")
+  _empty_memory_lines(ax, empty, lambda r: r.bound)
   k = sorted({r.num_importance for r in results})
-  _memory_axis(ax, [r.memory_size for r in results] + [t for _, t in vma_results.REFERENCE])
+  drawn_t = [r.memory_size for cells in grouped.values() for r in cells]
+  if any(kind == "C" for kind, _ in grouped):
+    drawn_t += [t for _, t in vma_results.REFERENCE]
+  _memory_axis(ax, drawn_t or [1])
   ax.set_ylabel(f"-L_K (K = {', '.join(map(str, k))}), nats per image")
   ax.set_title("Few-shot bound against memory size (lower is better)")
   ax.grid(True, alpha=0.3)
@@ -86,14 +111,16 @@ def kl_vs_memory(results: Sequence[vma_results.CellResult],
   the KL of a posterior certain of one slot, the most it can be."""
   fig = mpl_figure.Figure(figsize=(6.4, 4.4))
   ax = fig.add_subplot()
-  all_t = sorted({r.memory_size for r in results})
+  grouped, empty = _series(results)
+  all_t = sorted({r.memory_size for cells in grouped.values() for r in cells}) or [1]
   grid_t = np.geomspace(min(all_t), max(all_t), 50) if len(all_t) > 1 else np.asarray(all_t)
   ax.plot(grid_t, np.log(grid_t + num_dummies), color="grey", ls="--",
           marker="_" if len(grid_t) == 1 else None, markersize=40,
           label=f"log(T + D), D = {num_dummies}: q certain of one slot")
-  for c, cells in _by_classes(results).items():
+  for key, cells in grouped.items():
     ax.plot([r.memory_size for r in cells], [r.address_kl for r in cells], marker="o",
-            color=_COLOURS.get(c), label=f"this run, C={c}")
+            color=_COLOURS.get(key), label=f"this run, {_series_label(key)}")
+  _empty_memory_lines(ax, empty, lambda r: r.address_kl)
   _memory_axis(ax, all_t)
   ax.set_ylabel("KL(q(a|x,M) || p(a)), nats")
   ax.set_title("How far the address posterior is from uniform")

@@ -87,6 +87,8 @@ class MemoryEncoding(NamedTuple):
   address_logits_BxS: jax.Array  # <h(x), h(m_i)> for every slot i
   memory_BxTxHxW: jax.Array  # M itself, for encoding only the sampled slots
   slots: SlotEncoding | None  # every slot's encoding, or None: encode the sampled ones
+  h_memory_BxTxA: jax.Array | None = None  # h(m_i), for a read that queries the memory
+  h_dummy_DxA: jax.Array | None = None  # h(dummy_d)
 
 
 class LogWeights(NamedTuple):
@@ -218,7 +220,9 @@ class VMA(nn.Module):
         e_x_BxE=e_x_BxE,
         address_logits_BxS=jnp.concatenate([logits_memory_BxT, logits_dummy_BxD], axis=1),
         memory_BxTxHxW=memory_BxTxHxW,
-        slots=slots)
+        slots=slots,
+        h_memory_BxTxA=to_memory(h_NxA),
+        h_dummy_DxA=h_dummy_DxA)
 
   def _match_rows(self, images_NxHxW, distinct: distinct_lib.DistinctRows | None):
     """h of every row; with `distinct`, computed once per distinct image where they fit."""
@@ -328,6 +332,107 @@ class VMA(nn.Module):
     return jax.nn.sigmoid(self._decode(z_BxKxZ, e_m_BxKxE, terms_BxK))
 
 
+class PlainVAE(VMA):
+  """Baseline: a VAE whose only slots are the D learned dummies (a VMA with T = 0).
+
+  The memory of an episode is ignored, so its bound on every cell is the same: p(a) =
+  Uniform(D), and a plain VAE with D learned pseudo-inputs. Trained with T = 0
+  (configs/baseline_vae.py).
+  """
+
+  def encode(self, x_BxHxW, memory_BxTxHxW, embed_slots: bool = True,
+             distinct: distinct_lib.DistinctRows | None = None) -> MemoryEncoding:
+    del distinct  # the rows of the memory, which is dropped
+    return super().encode(x_BxHxW, memory_BxTxHxW[:, :0], embed_slots=embed_slots)
+
+
+class SoftAttentionVAE(VMA):
+  """Baseline: the memory read by soft attention, a deterministic mixture of every slot.
+
+  No address variable. With w_i(u) = softmax_i <u, h(m_i)> over the S slots and a read
+  r(u) = sum_i w_i(u) [e(m_i), skips(m_i)] (the embedding and the skip connections mixed
+  alike):
+
+    p(z) = N(0, I)
+    p(x | z, M) = Bernoulli(dec([z, g(r_e(k(z)))], r_skips(k(z))))   k: a learned query
+    q(z | x, M) = N(mu_q([e(x), r_e(h(x))]), sigma_q([e(x), r_e(h(x))]))
+
+  and log w_k = log p(x|z_k,M) + log p(z_k) - log q(z_k|x,M). Every sample reads all S
+  slots: the decoder's inputs cost O(K S) per episode, against O(K) for the hard address.
+  The generative model reads M through z alone, so L_K bounds log p(x | M). Trained with
+  L_K (its gradient: no score-function term, `log_q_a_BxK` is zero); configs/baseline_soft.py.
+  """
+
+  def setup(self):
+    super().setup()
+    self.query = nn.Dense(self.match_dim, dtype=jnp.dtype(self.dtype), name="query",
+                          **initializers.layer_kwargs(self.param_init, self.latent_dim))
+
+  def encode(self, x_BxHxW, memory_BxTxHxW, embed_slots: bool = True,
+             distinct: distinct_lib.DistinctRows | None = None) -> MemoryEncoding:
+    del embed_slots  # every sample reads every slot: all are encoded
+    return super().encode(x_BxHxW, memory_BxTxHxW, embed_slots=True, distinct=distinct)
+
+  def _read(self, w_BxKxS, slots: SlotEncoding):
+    """sum_i w_i [e(m_i), skip terms of m_i] (the terms are linear in the skips, and the
+    weights sum to one, so mixing terms mixes the skips)."""
+    batch = w_BxKxS.shape[0]
+    with_dummies = lambda memory_BxTx, dummy_Dx: jnp.concatenate(
+        [memory_BxTx, jnp.broadcast_to(dummy_Dx, (batch,) + dummy_Dx.shape)], axis=1)
+    mix = lambda v_BxSx: jnp.einsum("bks,bs...->bk...", w_BxKxS.astype(v_BxSx.dtype), v_BxSx)
+    e_BxKxE = mix(with_dummies(slots.e_memory_BxTxE, slots.e_dummy_DxE))
+    terms_BxK = jax.tree.map(lambda m, d: mix(with_dummies(m, d)), slots.terms_memory,
+                             slots.terms_dummy)
+    return e_BxKxE, terms_BxK
+
+  def _query_weights(self, z_BxKxZ, encoding: MemoryEncoding):
+    """w(k(z)) over the S slots, per sample."""
+    batch = z_BxKxZ.shape[0]
+    h_BxSxA = jnp.concatenate(
+        [encoding.h_memory_BxTxA, jnp.broadcast_to(
+            encoding.h_dummy_DxA, (batch,) + encoding.h_dummy_DxA.shape)], axis=1)
+    u_BxKxA = self.query(z_BxKxZ).astype(jnp.float32)
+    return jax.nn.softmax(jnp.einsum("bka,bsa->bks", u_BxKxA, h_BxSxA.astype(jnp.float32)), -1)
+
+  def log_weights(self, x_BxHxW, encoding: MemoryEncoding, keys_BxK) -> LogWeights:
+    """z_k ~ q(z|x,M) from keys_BxK, scored under p(z) p(x|z,M)."""
+    w_x_Bx1xS = jax.nn.softmax(encoding.address_logits_BxS.astype(jnp.float32), -1)[:, None]
+    e_read_x_BxE = self._read(w_x_Bx1xS, encoding.slots)[0][:, 0]
+    q_mean_BxZ, q_std_BxZ = self._gaussian(
+        self.posterior_mean, self.posterior_scale,
+        jnp.concatenate([encoding.e_x_BxE, e_read_x_BxE.astype(encoding.e_x_BxE.dtype)], -1))
+    eps_BxKxZ = jax.vmap(jax.vmap(
+        lambda key: jax.random.normal(key, (self.latent_dim,))))(keys_BxK)
+    z_BxKxZ = q_mean_BxZ[:, None] + q_std_BxZ[:, None] * eps_BxKxZ
+    log_qz_BxK = distributions.gaussian_log_prob(z_BxKxZ, q_mean_BxZ[:, None],
+                                                 q_std_BxZ[:, None])
+    log_pz_BxK = distributions.gaussian_log_prob(z_BxKxZ, 0.0, 1.0)
+    w_BxKxS = self._query_weights(z_BxKxZ, encoding)
+    e_m_BxKxE, terms_BxK = self._read(w_BxKxS, encoding.slots)
+    logits_BxKxHxW = self._decode(z_BxKxZ, e_m_BxKxE, terms_BxK)
+    log_px_BxK = distributions.bernoulli_log_prob(x_BxHxW[:, None], logits_BxKxHxW)
+    return LogWeights(
+        log_w_BxK=log_px_BxK + log_pz_BxK - log_qz_BxK,
+        log_q_a_BxK=jnp.zeros_like(log_px_BxK), log_px_BxK=log_px_BxK,
+        kl_z_BxK=log_qz_BxK - log_pz_BxK,
+        a_BxK=jnp.argmax(w_BxKxS, axis=-1).astype(jnp.int32),  # the slot read the most
+        logits_BxKxHxW=logits_BxKxHxW)
+
+  def generate(self, memory_BxTxHxW, a_BxK, key):
+    """Bernoulli means of x ~ p(x | z, M), z ~ p(z); a_BxK gives only the number of
+    samples (the read is the attention's, not a chosen slot)."""
+    batch, num_samples = a_BxK.shape
+    size = memory_BxTxHxW.shape[-1]
+    encoding = self.encode(jnp.zeros((batch, size, size), memory_BxTxHxW.dtype), memory_BxTxHxW)
+    z_BxKxZ = jax.random.normal(key, (batch, num_samples, self.latent_dim))
+    e_m_BxKxE, terms_BxK = self._read(self._query_weights(z_BxKxZ, encoding), encoding.slots)
+    return jax.nn.sigmoid(self._decode(z_BxKxZ, e_m_BxKxE, terms_BxK))
+
+
+# config.model.memory_read: how the generator reads the memory.
+MEMORY_READS = {"hard": VMA, "soft": SoftAttentionVAE, "none": PlainVAE}
+
+
 def _split2(keys):
   """Splits every key of an array of keys in two: (keys_a, keys_b) of the same shape."""
   split = jax.vmap(lambda key: jax.random.split(key, 2))(keys.reshape(-1))
@@ -346,8 +451,14 @@ def sample_keys(episode_keys_B, start, num_importance):
 
 
 def make_model(config) -> VMA:
-  """The model of a full experiment config (`config.model`, image size from `config.data`)."""
-  return VMA(image_size=config.data.image_size, **config.model)
+  """The model of a full experiment config (`config.model`, image size from `config.data`):
+  `VMA`, or the baseline that config.model.memory_read names (`MEMORY_READS`)."""
+  fields = dict(config.model)
+  memory_read = fields.pop("memory_read", "hard")
+  if memory_read not in MEMORY_READS:
+    raise ValueError(f"unknown config.model.memory_read {memory_read!r}; choose one of "
+                     f"{', '.join(MEMORY_READS)}")
+  return MEMORY_READS[memory_read](image_size=config.data.image_size, **fields)
 
 
 def init_params(config, key):

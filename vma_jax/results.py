@@ -20,6 +20,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from vma_jax import cells as vma_cells
 from vma_jax import files
 
 # ELBO@1000 in nats on the test split (docs/model.md, Table 1): {(C, T): (paper, reproduction)}.
@@ -31,6 +32,10 @@ REFERENCE = {
 }
 # The cells of Table 1, as `cells.parse_cells` reads them.
 GRID = ",".join(f"{c}:{t}" for c, t in REFERENCE)
+# Large memories: R = 1 and R = 5 images of the target's class among T up to 1000.
+LARGE_GRID = ",".join(f"{r}/{t}" for r in (1, 5) for t in (19, 50, 100, 200, 500, 1000))
+# The grids `evaluate.py --cells` knows by name.
+GRIDS = {"table1": GRID, "large": LARGE_GRID}
 # Written by an evaluation; the figures by `vma_jax.evaluate` (`vma_jax.figures`).
 FIGURE_FILES = ("bound_vs_T.png", "kl_vs_T.png")
 RESULT_FILES = ("results.json", "results.csv", "results.md", *FIGURE_FILES)
@@ -41,7 +46,8 @@ ADDRESS_FIELDS = ("address_kl", "address_entropy", "mass_target_class", "mass_du
 @dataclasses.dataclass(frozen=True)
 class CellResult:
   """-L_K on one cell: mean over targets, its standard error, K and the number of targets;
-  and the address posterior's means over the targets (NaN where not measured)."""
+  and the address posterior's means over the targets (NaN where not measured). A cell R/T
+  has max_classes = 0 and same_class = R; a Table 1 cell C:T same_class = 0."""
 
   max_classes: int
   memory_size: int
@@ -54,17 +60,29 @@ class CellResult:
   address_entropy: float = math.nan  # H[q(a|x,M)], nats
   mass_target_class: float = math.nan  # q(a|x,M) on the memory slots of x's class
   mass_dummy: float = math.nan  # q(a|x,M) on the dummy slots
+  same_class: int = 0  # R of a cell R/T
+
+  @property
+  def cell(self) -> vma_cells.Cell:
+    return vma_cells.Cell(self.max_classes, self.memory_size, self.same_class)
+
+
+def reference(cell: vma_cells.Cell) -> tuple[float | None, float | None]:
+  """The (paper, reproduction) Table 1 values of a cell; (None, None) outside Table 1."""
+  if cell.same_class:
+    return None, None
+  return REFERENCE.get((cell.max_classes, cell.memory_size), (None, None))
 
 
 def results_markdown(results: Iterable[CellResult]) -> str:
   """A Markdown table of the results beside the paper's and the reproduction's numbers."""
-  lines = ["| C | T | ours | ± | paper | reproduction | K | targets | KL(q(a)‖p(a)) | "
+  lines = ["| cell | ours | ± | paper | reproduction | K | targets | KL(q(a)‖p(a)) | "
            "q on x's class | q on dummies |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:
-    paper, repro = REFERENCE.get((r.max_classes, r.memory_size), (None, None))
+    paper, repro = reference(r.cell)
     fmt = lambda v: "–" if v is None else f"{v:.1f}"
-    lines.append(f"| {r.max_classes} | {r.memory_size} | {r.bound:.2f} | {r.stderr:.2f} | "
+    lines.append(f"| {r.cell} | {r.bound:.2f} | {r.stderr:.2f} | "
                  f"{fmt(paper)} | {fmt(repro)} | {r.num_importance} | {r.num_targets} | "
                  f"{r.address_kl:.2f} | {r.mass_target_class:.2f} | {r.mass_dummy:.2f} |")
   return "\n".join(lines) + "\n"
@@ -78,9 +96,9 @@ def write_results(results: Sequence[CellResult], out_dir: str, meta: dict) -> di
   latest evaluation is always results.*.
   """
   rows = [dataclasses.asdict(r) for r in results]
-  for row in rows:
-    row["paper"], row["reproduction"] = REFERENCE.get(
-        (row["max_classes"], row["memory_size"]), (None, None))
+  for row, result in zip(rows, results):
+    row["cell"] = str(result.cell)
+    row["paper"], row["reproduction"] = reference(result.cell)
   csv_text = io.StringIO()
   writer = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
   writer.writeheader()
@@ -121,27 +139,27 @@ class FinishedCells:
     self.identity = identity
     name = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     self.path = os.path.join(out_dir, f"partial-{name}.json")
-    self.cells: dict[tuple[int, int], CellResult] = {}
+    self.cells: dict[vma_cells.Cell, CellResult] = {}
     if os.path.exists(self.path):
       try:
         with open(self.path) as f:
           saved = json.load(f)
         if saved["identity"] == identity:
-          self.cells = {(r["max_classes"], r["memory_size"]): CellResult(**r)
-                        for r in saved["results"]}
+          self.cells = {result.cell: result for result in
+                        (CellResult(**r) for r in saved["results"])}
       except (ValueError, KeyError, TypeError) as e:
         logging.warning("Ignoring %s, which cannot be read (%s): its cells are evaluated "
                         "again, and it is replaced when the first one finishes", self.path, e)
 
   def add(self, result: CellResult) -> None:
     """Records a finished cell (atomically: a kill leaves the previous file whole)."""
-    self.cells[(result.max_classes, result.memory_size)] = result
+    self.cells[result.cell] = result
     files.write_json(self.path, {
         "identity": self.identity,
         "results": [dataclasses.asdict(r) for r in self.cells.values()]})
 
   def remove_if_within(self, results: Sequence[CellResult]) -> None:
     """Removes the file once `results` hold every cell it has (else it stays, for later)."""
-    written = {(r.max_classes, r.memory_size) for r in results}
+    written = {r.cell for r in results}
     if os.path.exists(self.path) and set(self.cells) <= written:
       os.remove(self.path)

@@ -116,14 +116,14 @@ def draw(model: vma_model.VMA, params, memory_TxHxW, x_HxW, *, num_generated: in
   prior_key, posterior_key, slot_key = jax.random.split(key, 3)
   a_1xN = jax.random.randint(slot_key, (1, num_generated), 0, num_slots)
   prior_1xNxHxW = model.apply(params, memory_1xTxHxW, a_1xN, prior_key,
-                              method=vma_model.VMA.generate)
+                              method="generate")
   q_S = posterior_NxHxW = None
   if x_HxW is not None:
     x_1xHxW = jnp.asarray(x_HxW, jnp.float32)[None]
-    encoding = model.apply(params, x_1xHxW, memory_1xTxHxW, method=vma_model.VMA.encode)
+    encoding = model.apply(params, x_1xHxW, memory_1xTxHxW, method="encode")
     q_S = np.asarray(jax.nn.softmax(encoding.address_logits_BxS[0]))
     keys_1xN = vma_model.sample_keys(posterior_key[None], 0, num_generated)
-    weights = model.apply(params, x_1xHxW, encoding, keys_1xN, method=vma_model.VMA.log_weights)
+    weights = model.apply(params, x_1xHxW, encoding, keys_1xN, method="log_weights")
     posterior_NxHxW = np.asarray(jax.nn.sigmoid(weights.logits_BxKxHxW[0]))
   return Sheet(memory_TxHxW=np.asarray(memory_TxHxW, np.float32), dummies_DxHxW=dummies_DxHxW,
                x_HxW=None if x_HxW is None else np.asarray(x_HxW, np.float32), q_S=q_S,

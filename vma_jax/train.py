@@ -121,9 +121,9 @@ def make_loss_fn(config, model: vma_model.VMA) -> Callable:
     # With K < T, e runs on the K sampled slots only, not on all T.
     embed_slots = vma_model.embed_every_slot(memory_BxTxHxW.shape[1], num_importance)
     encoding = model.apply(params, x_BxHxW, memory_BxTxHxW, embed_slots=embed_slots,
-                           distinct=episodes.distinct, method=vma_model.VMA.encode)
+                           distinct=episodes.distinct, method="encode")
     weights = model.apply(params, x_BxHxW, encoding, keys_BxK,
-                          method=vma_model.VMA.log_weights)
+                          method="log_weights")
     surrogate_B = objective.vimco_surrogate(weights.log_w_BxK, weights.log_q_a_BxK, baseline)
     return -jnp.mean(surrogate_B), (encoding.address_logits_BxS, weights)
 
@@ -242,7 +242,7 @@ def make_image_fn(config, model: vma_model.VMA, num_generated: int = 8):
         memory_size=v.memory_size)
     memory_BxTxHxW = episodes.memory_BxTxHxW
     encoding = model.apply(params, episodes.x_BxHxW, memory_BxTxHxW, embed_slots=False,
-                           method=vma_model.VMA.encode)  # only the address logits are used
+                           method="encode")  # only the address logits are used
     logits_BxS = encoding.address_logits_BxS
     batch = logits_BxS.shape[0]
     retrieved_BxHxW = vma_model.gather_slots(
@@ -250,7 +250,7 @@ def make_image_fn(config, model: vma_model.VMA, num_generated: int = 8):
     a_BxK = jax.random.categorical(address_key, logits_BxS[:, None, :],
                                    shape=(batch, num_generated))
     samples_BxKxHxW = model.apply(params, memory_BxTxHxW, a_BxK, generate_key,
-                                  method=vma_model.VMA.generate)
+                                  method="generate")
     return memory_BxTxHxW, episodes.x_BxHxW, retrieved_BxHxW, samples_BxKxHxW
 
   return jax.jit(images)
@@ -314,7 +314,7 @@ def _prepare_run(config, mesh: Mesh, splits: dict | None) -> _Run:
         sample=make_episode_sampler(config, mesh),
         train_step=make_train_step(config, model, mesh),
         validation=vma_cells.make_cell_fn(
-            model, max_classes=v.max_classes, memory_size=v.memory_size,
+            model, vma_cells.Cell(v.max_classes, v.memory_size),
             num_importance=v.num_importance, chunk_size=v.chunk_size, mesh=mesh),
         images=make_image_fn(config, model))
   if splits is None:
