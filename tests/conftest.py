@@ -6,6 +6,7 @@ is set (so repeated runs reuse the cache), else to a session temp dir (about a m
 2 cores, once).
 """
 
+import fcntl
 import os
 
 import jax
@@ -47,7 +48,12 @@ def omniglot_data_dir(tmp_path_factory) -> str:
 def _load(split, archive_dir, data_dir):
   from vma_jax import data  # pylint: disable=g-import-not-at-top
 
-  return data.load_omniglot(split, image_size=26, data_dir=data_dir, archive_dir=archive_dir)
+  # Test processes running side by side (pytest -n) share $TFDS_DATA_DIR: one prepares a
+  # split while the others wait, then read its cache.
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, ".vma_jax_tests.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return data.load_omniglot(split, image_size=26, data_dir=data_dir, archive_dir=archive_dir)
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,11 @@ Modules, bottom to top (each imports only modules above it in this list):
   distinct        a batch's repeated images, found on the device: each is encoded once.
   episodes        jittable few-shot episode sampling on device arrays; the data on the mesh.
   model           the VMA model: p(a), p(z|m_a), p(x|z,m_a), q(a|x,M), q(z|x,m_a), the
-                  per-sample log-weights log w_k, and its initial parameters.
+                  per-sample log-weights log w_k, and its initial parameters; the baselines
+                  (a plain VAE, soft attention) that read the memory without an address.
   objective       pure functions of the log-weights: L_K, the VIMCO surrogate, KL(q(a)||p(a)).
-  cells           few-shot evaluation cells (C, T): each target's L_K for large K, in chunks.
+  cells           few-shot evaluation cells C:T (Table 1) and R/T (large memories): each
+                  target's L_K for large K, in chunks.
   checkpoints     Orbax checkpoints and saved configs of a workdir.
   results         results files of an evaluation, the Table 1 reference numbers.
   figures         matplotlib figures: bound and KL against T, few-shot grids, sample sheets.
