@@ -12,6 +12,8 @@ Public API:
   OmniglotSplit        images_NxHxW (uint8, ink = 1), labels_N, alphabets_N (int32)
   DataError            a user-fixable problem (missing, damaged or mismatched data)
   resize_nearest(images_NxSxS, size), nearest_indices(src, dst)
+  read_ink_png(source, name, image_size) -> HxW ink mask of one PNG (a path, bytes or a file)
+  ImageError           a PNG that cannot be read as an Omniglot-style image
 
 Where things live:
 
@@ -39,6 +41,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -46,6 +49,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
+from typing import IO
 
 from absl import logging
 import ml_collections
@@ -72,6 +76,10 @@ ARCHIVES = (
 
 class DataError(RuntimeError):
   """The data is missing, damaged or mismatched; the message says what to do."""
+
+
+class ImageError(ValueError):
+  """A PNG that `read_ink_png` cannot use; the message names it and says what is expected."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +139,41 @@ def ink_from_decoded(images_NxSxSxC: np.ndarray) -> np.ndarray:
   """
   x = images_NxSxSxC[..., 0] if images_NxSxSxC.ndim == 4 else images_NxSxSxC
   return (x == 0).astype(np.uint8)
+
+
+def read_ink_png(source: str | bytes | IO[bytes], name: str, image_size: int, *,
+                 sizes: Sequence[int] | None = None) -> np.ndarray:
+  """One greyscale PNG (dark ink on light paper) preprocessed as the training data.
+
+  Ink is the dark pixels (< 128 once converted to 8-bit grey: the zeros of a 1-bit Omniglot
+  PNG, as `ink_from_decoded`); an image larger than image_size x image_size is resized with
+  `resize_nearest`. `source` is a path, the PNG's bytes or a binary file object (a zip
+  member); `name` is what errors call it. `sizes` are the accepted sides (default:
+  Omniglot's 105 and image_size). Returns a uint8 ink mask, image_size x image_size.
+  Raises ImageError naming the file and what was expected.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  sizes = tuple(sizes) if sizes is not None else tuple(dict.fromkeys((SOURCE_SIZE, image_size)))
+  sides = [f"{s}x{s}" + (" (Omniglot's size)" if s == SOURCE_SIZE else "") for s in sizes]
+  expected = f"greyscale PNGs (mode '1' or 'L'), dark ink on light paper, of {' or '.join(sides)}"
+  if isinstance(source, (bytes, bytearray)):
+    source = io.BytesIO(source)
+  try:
+    with Image.open(source) as image:
+      mode, size = image.mode, image.size
+      pixels = np.asarray(image.convert("L"))
+  except (OSError, SyntaxError, ValueError) as e:
+    raise ImageError(f"{name} is not a readable image ({e}); expected {expected}") from e
+  if mode not in ("1", "L"):
+    raise ImageError(f"{name} has mode {mode!r}; expected {expected}. Convert it first "
+                     "(e.g. PIL's image.convert('L')).")
+  if size[0] != size[1] or size[0] not in sizes:
+    raise ImageError(f"{name} is {size[0]}x{size[1]}; expected {expected}.")
+  ink_HxW = (pixels < 128).astype(np.uint8)
+  if size[0] != image_size:
+    ink_HxW = resize_nearest(ink_HxW[None], image_size)[0]
+  return ink_HxW
 
 
 def _canonical_order(ink_NxSxS: np.ndarray, labels_N: np.ndarray) -> np.ndarray:

@@ -55,29 +55,12 @@ class Sheet:
 
 
 def read_images(paths: list[str], image_size: int) -> np.ndarray:
-  """Greyscale PNGs (ink dark on light paper) as the training data: uint8 ink masks NxHxW."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  expected = (f"greyscale PNGs (mode '1' or 'L'), dark ink on light paper, of "
-              f"{OMNIGLOT_SIZE}x{OMNIGLOT_SIZE} (Omniglot's size) or {image_size}x{image_size}")
-  images = []
-  for path in paths:
-    try:
-      with Image.open(path) as image:
-        mode, size = image.mode, image.size
-        pixels = np.asarray(image.convert("L"))
-    except OSError as e:
-      raise SampleError(f"{path} is not a readable image ({e}); expected {expected}") from e
-    if mode not in ("1", "L"):
-      raise SampleError(f"{path} has mode {mode!r}; expected {expected}. Convert it first "
-                        "(e.g. PIL's image.convert('L')).")
-    if size not in ((OMNIGLOT_SIZE, OMNIGLOT_SIZE), (image_size, image_size)):
-      raise SampleError(f"{path} is {size[0]}x{size[1]}; expected {expected}.")
-    ink = (pixels < 128).astype(np.uint8)
-    if size[0] != image_size:
-      ink = vma_data.resize_nearest(ink[None], image_size)[0]
-    images.append(ink)
-  return np.stack(images)
+  """Greyscale PNGs (ink dark on light paper) as the training data: uint8 ink masks NxHxW
+  (`vma_jax.data.read_ink_png`)."""
+  try:
+    return np.stack([vma_data.read_ink_png(path, path, image_size) for path in paths])
+  except vma_data.ImageError as e:
+    raise SampleError(str(e)) from e
 
 
 def memory_from_folder(folder: str, image_size: int) -> np.ndarray:
