@@ -10,7 +10,8 @@ Modules, bottom to top (each imports only modules above it in this list):
   networks        the conv encoder (e, h) and the skip-connected decoder, in stock Flax layers.
   cpu             opt-in speed-ups for XLA:CPU (`config.model.cpu_kernels`, on by default on a
                   CPU backend): the same networks on faster kernels, and host settings.
-  data            Omniglot through TFDS (offline from local archives), numpy cache.
+  data            Omniglot through TFDS (offline from local archives), numpy cache; PNGs.
+  one_shot        Lake et al.'s 20-way one-shot runs (all_runs.zip), read as the training data.
   distinct        a batch's repeated images, found on the device: each is encoded once.
   episodes        jittable few-shot episode sampling on device arrays; the data on the mesh.
   model           the VMA model: p(a), p(z|m_a), p(x|z,m_a), q(a|x,M), q(z|x,m_a), the
