@@ -26,6 +26,7 @@ Modules, bottom to top (each imports only modules above it in this list):
   summaries       TensorBoard writers (TensorFlow only if asked for), metrics.jsonl, progress.
   evaluate        the Table 1 grid of few-shot bounds of a trained workdir, and its figures.
   sample          samples from a trained workdir with a memory the user chooses.
+  classify        20-way one-shot classification of Lake et al.'s runs with a trained workdir.
   train           train_and_evaluate(config, workdir): one jitted train step, Orbax, CLU.
 
 The model, its notation and the shape letters of tensor names: docs/model.md.

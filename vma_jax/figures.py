@@ -1,5 +1,6 @@
 """Figures of a run, drawn with matplotlib: the bound and the address KL against the memory
-size, the training grids of few-shot generations, and the sampling command's sheet.
+size, the training grids of few-shot generations, the sampling command's sheet, and the one-shot
+classifiers' mistakes.
 
 Each function returns a matplotlib `Figure` (no pyplot state, no global backend), which
 `write_png` saves atomically and `to_rgb` turns into an image array for TensorBoard.
@@ -7,6 +8,7 @@ Each function returns a matplotlib `Figure` (no pyplot state, no global backend)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from matplotlib import figure as mpl_figure
@@ -204,3 +206,61 @@ def sample_sheet(memory_TxHxW, dummies_DxHxW, q_S: np.ndarray | None, x_HxW,
   fig.suptitle(title, fontsize=9)
   return fig
 
+
+
+@dataclasses.dataclass(frozen=True)
+class Mistake:
+  """One one-shot trial classified wrong: the test image x, the training image of the class
+  predicted and that of the correct class (ink = 1), with a label under each."""
+
+  x_HxW: np.ndarray
+  predicted_HxW: np.ndarray
+  answer_HxW: np.ndarray
+  labels: tuple[str, str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class MistakeGroup:
+  """A classifier's mistakes: how many of its trials are wrong, and those drawn."""
+
+  name: str
+  num_wrong: int
+  num_trials: int
+  mistakes: Sequence[Mistake]
+
+
+def one_shot_mistakes(groups: Sequence[MistakeGroup], *, title: str,
+                      per_row: int = 4) -> mpl_figure.Figure:
+  """The one-shot classifiers' mistakes, one section per classifier headed by its count of
+  wrong trials and of those not drawn: per mistake, the test image x, the predicted training
+  image (framed red) and the correct one, labelled."""
+  # Rows: a header per group, then its mistakes, per_row triples to a row.
+  rows = []
+  for g in groups:
+    rows.append(("header", g))
+    rows += [("images", g.mistakes[i:i + per_row])
+             for i in range(0, len(g.mistakes), per_row)]
+  heights = [0.35 if kind == "header" else 1.0 for kind, _ in rows]
+  widths = ([1.0, 1.0, 1.0, 0.35] * per_row)[:-1]
+  fig = mpl_figure.Figure(figsize=(0.95 * sum(widths) + 0.4, 1.15 * sum(heights) + 0.6))
+  grid = fig.add_gridspec(len(rows), len(widths), height_ratios=heights, width_ratios=widths,
+                          hspace=0.45, wspace=0.08, left=0.02, right=0.98, bottom=0.02,
+                          top=1 - 0.5 / (1.15 * sum(heights) + 0.6))
+  for r, (kind, content) in enumerate(rows):
+    if kind == "header":
+      ax = fig.add_subplot(grid[r, :])
+      ax.axis("off")
+      shown = len(content.mistakes)
+      not_shown = content.num_wrong - shown
+      ax.text(0.0, 0.2, f"{content.name}: {content.num_wrong} of {content.num_trials} wrong"
+              + (f"; {shown} shown, {not_shown} not shown" if not_shown else "")
+              + "   (test image x | predicted class | correct class)",
+              fontsize=9, weight="bold", transform=ax.transAxes)
+      continue
+    for i, m in enumerate(content):
+      for j, (pixels, label) in enumerate(zip((m.x_HxW, m.predicted_HxW, m.answer_HxW),
+                                              m.labels)):
+        _image(fig.add_subplot(grid[r, 4 * i + j]), np.asarray(pixels, np.float32), label,
+               highlight=j == 1)
+  fig.suptitle(title, fontsize=10)
+  return fig

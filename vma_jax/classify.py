@@ -1,0 +1,419 @@
+"""20-way one-shot classification on Lake et al.'s Omniglot runs with a trained VMA.
+
+    python classify.py --workdir=runs/quick --runs=all_runs.zip --num_importance=100
+    python -m vma_jax.classify --workdir=runs/quick        (runs from $VMA_ONE_SHOT_RUNS)
+
+Each of the R = 20 runs (`vma_jax.one_shot`) has J = 20 training images, one per class, and
+Q = 20 test images: 400 trials in all. For a test image x of a run with training images
+m_1 .. m_J the classifiers predict:
+
+  address   argmax_c q(a = c | x, M) with M = (m_1 .. m_J) the memory (T = J, plus the model's
+            D dummies, which are left out of the argmax): the slot the model would read.
+  bound     argmax_c L_K(x | m_c), the K-sample bound with the one-image memory (m_c) (T = 1;
+            `cells.streaming_bound`): the class whose image explains x best. With a uniform
+            prior over classes, softmax_c L_K is an approximate posterior over the class.
+  combined  argmax_c [log_softmax_c <h(x), h(m_c)> + log_softmax_c L_K(x | m_c)]: a heuristic
+            that adds the two log-scores as if they were independent evidence; it is not the
+            posterior of either model.
+  pixel     argmin_c of the Hamming distance between x and m_c on the same preprocessed
+            images: no model, the floor a model should beat.
+
+Sample k of the bound of (x, m_c) is drawn from fold_in(fold_in(fold_in(key(seed), n), c), k)
+with n the trial's index (run-major), so results do not depend on the batch or chunk sizes.
+Results go to workdir/classify/ (or `out`): results.json, results.csv, results.md and
+wrong.png, the trials the address and bound classifiers get wrong; earlier files there are
+kept as results.<n>.* and wrong.<n>.png.
+
+Shape letters: as docs/model.md, and R runs, J classes (training images) of a run, Q test
+images of a run; N = R * Q trials, B trials in a batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vma_jax import cells as vma_cells
+from vma_jax import checkpoints
+from vma_jax import data as vma_data
+from vma_jax import figures
+from vma_jax import files
+from vma_jax import model as vma_model
+from vma_jax import one_shot
+from vma_jax import results as vma_results
+
+CLASSIFIERS = ("address", "bound", "combined", "pixel")
+# The classifiers that use the model's score of each class (the rest come from them or none).
+_MODEL_SCORES = {"address": ("address",), "bound": ("bound",),
+                 "combined": ("address", "bound"), "pixel": ()}
+RESULT_FILES = ("results.json", "results.csv", "results.md", "wrong.png")
+# wrong.png draws at most this many mistakes of each of the address and bound classifiers.
+MAX_DRAWN = 24
+_Z_95 = 1.959963984540054
+
+
+class ClassifyError(ValueError):
+  """Settings the command cannot use; the message says what is expected."""
+
+
+def parse_classifiers(text: str | Sequence[str]) -> tuple[str, ...]:
+  """'address,bound' -> ('address', 'bound'), in CLASSIFIERS' order; unknown names refused."""
+  names = text.replace(" ", "").split(",") if isinstance(text, str) else list(text)
+  names = [n for n in names if n]
+  unknown = sorted(set(names) - set(CLASSIFIERS))
+  if unknown or not names:
+    raise ClassifyError(f"--classifiers={','.join(names)}: expected a comma-separated list of "
+                        f"{', '.join(CLASSIFIERS)}")
+  return tuple(c for c in CLASSIFIERS if c in names)
+
+
+def wilson_interval(errors: int, trials: int, z: float = _Z_95) -> tuple[float, float]:
+  """The Wilson score interval (95% by default) of an error rate errors / trials."""
+  if trials <= 0:
+    return (math.nan, math.nan)
+  p = errors / trials
+  centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+  half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+  return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+# ----------------------------------------------------------------------------------------
+# The jitted scores of a batch of trials: B test images, each with its run's J training images.
+
+
+def make_address_fn(model: vma_model.VMA):
+  """A jitted `(params, x_BxHxW, memory_BxJxHxW) -> <h(x), h(m_c)>, B x J`: the address
+  logits of the J memory slots (the D dummy slots dropped)."""
+
+  def address_fn(params, x_BxHxW, memory_BxJxHxW):
+    encoding = model.apply(params, x_BxHxW, memory_BxJxHxW, False, method="encode")
+    return encoding.address_logits_BxS[:, :memory_BxJxHxW.shape[1]]
+
+  return jax.jit(address_fn)
+
+
+def make_bound_fn(model: vma_model.VMA, *, num_importance: int, chunk_size: int):
+  """A jitted `(params, x_BxHxW, memory_BxJxHxW, key, trial_B) -> L_K(x | m_c), B x J`.
+
+  The B * J episodes (x, (m_c)) have one-image memories; episode (n, c) draws its samples
+  from fold_in(fold_in(key, n), c), with n = trial_B[b] the trial's index.
+  """
+
+  def bound_fn(params, x_BxHxW, memory_BxJxHxW, key, trial_B):
+    batch, num_classes = memory_BxJxHxW.shape[:2]
+    size = x_BxHxW.shape[1:]
+    # Episode-major rows N = B * J: row b * J + c is the episode (x_b, (m_bc)).
+    x_NxHxW = jnp.broadcast_to(x_BxHxW[:, None], memory_BxJxHxW.shape).reshape((-1, *size))
+    memory_Nx1xHxW = memory_BxJxHxW.reshape((-1, 1, *size))
+    class_J = jnp.arange(num_classes, dtype=jnp.uint32)
+    keys_BxJ = jax.vmap(lambda n: jax.vmap(
+        lambda c: jax.random.fold_in(jax.random.fold_in(key, n), c))(class_J))(trial_B)
+    encoding = model.apply(params, x_NxHxW, memory_Nx1xHxW, method="encode")
+    bound_N = vma_cells.streaming_bound(
+        model.apply, params, x_NxHxW, memory_Nx1xHxW, keys_BxJ.reshape(-1),
+        num_importance=num_importance, chunk_size=chunk_size, encoding=encoding)
+    return bound_N.reshape(batch, num_classes)
+
+  return jax.jit(bound_fn)
+
+
+@jax.jit
+def hamming_distances(x_BxHxW, memory_BxJxHxW):
+  """The number of pixels where x and m_c differ, B x J (int32)."""
+  return jnp.sum(x_BxHxW[:, None] != memory_BxJxHxW, axis=(-2, -1), dtype=jnp.int32)
+
+
+def _in_batches(fn, batch_size: int, trial_N: np.ndarray, *arrays) -> np.ndarray:
+  """fn(arrays[:, batch], trial_B) for batches of batch_size trials, concatenated.
+
+  The last batch is padded with trials from the start, to keep one compiled shape; the
+  padding's values are dropped.
+  """
+  num = len(trial_N)
+  padded_N = np.resize(np.arange(num), -(-num // batch_size) * batch_size)
+  out = []
+  for i in range(0, len(padded_N), batch_size):
+    index_B = padded_N[i:i + batch_size]
+    out.append(np.asarray(fn(*(a[index_B] for a in arrays), trial_N[index_B])))
+  return np.concatenate(out)[:num]
+
+
+def class_scores(runs: one_shot.OneShotRuns, classifiers: Sequence[str], *,
+                 model: vma_model.VMA | None = None, params=None, num_importance: int = 1000,
+                 chunk_size: int = 10, batch_size: int = 10, seed: int = 0
+                 ) -> dict[str, np.ndarray]:
+  """Each classifier's score of each class for every trial, float64 N x J, highest = the
+  prediction (run-major: trial n is test image n % Q of run n // Q).
+
+  "address": <h(x), h(m_c)>; "bound": L_K(x | m_c); "combined": the sum of their log_softmax
+  over c; "pixel": minus the Hamming distance. The model's scores need `model` and `params`.
+  """
+  needed = {score for c in classifiers for score in _MODEL_SCORES[c]}
+  if needed and (model is None or params is None):
+    raise ClassifyError(f"the {', '.join(sorted(needed))} scores need a trained model")
+  test_NxHxW = runs.test_RxQxHxW.reshape((-1, *runs.test_RxQxHxW.shape[2:]))
+  num_test = runs.test_RxQxHxW.shape[1]
+  # Each trial's memory: its run's J training images.
+  memory_NxJxHxW = np.repeat(runs.train_RxJxHxW, num_test, axis=0)
+  trial_N = np.arange(len(test_NxHxW), dtype=np.uint32)
+  x_NxHxW, m_NxJxHxW = test_NxHxW.astype(np.float32), memory_NxJxHxW.astype(np.float32)
+  scores = {}
+  if "address" in needed:
+    address_fn = make_address_fn(model)
+    scores["address"] = _in_batches(lambda x, m, _: address_fn(params, x, m), batch_size,
+                                    trial_N, x_NxHxW, m_NxJxHxW)
+  if "bound" in needed:
+    bound_fn = make_bound_fn(model, num_importance=num_importance, chunk_size=chunk_size)
+    key = jax.random.key(seed)
+    start = time.perf_counter()
+    scores["bound"] = _in_batches(lambda x, m, n: bound_fn(params, x, m, key, n), batch_size,
+                                  trial_N, x_NxHxW, m_NxJxHxW)
+    logging.info("L_%d of %d x %d episodes in %.0f s", num_importance, len(x_NxHxW),
+                 m_NxJxHxW.shape[1], time.perf_counter() - start)
+    if not np.all(np.isfinite(scores["bound"])):
+      raise FloatingPointError("non-finite bound: the checkpoint's parameters may be corrupt")
+  scores = {k: v.astype(np.float64) for k, v in scores.items()}
+  if "combined" in classifiers:
+    log_softmax = lambda v: v - np.logaddexp.reduce(v, axis=-1, keepdims=True)
+    scores["combined"] = log_softmax(scores["address"]) + log_softmax(scores["bound"])
+  if "pixel" in classifiers:
+    scores["pixel"] = -_in_batches(lambda x, m, _: hamming_distances(x, m), max(batch_size, 100),
+                                   trial_N, test_NxHxW, memory_NxJxHxW).astype(np.float64)
+  return {c: scores[c] for c in classifiers}
+
+
+# ----------------------------------------------------------------------------------------
+# Results.
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierResult:
+  """One classifier on all trials: its predictions (class indices, R x Q) and errors."""
+
+  name: str
+  predicted_RxQ: np.ndarray
+  answer_RxQ: np.ndarray
+
+  @property
+  def errors_R(self) -> np.ndarray:
+    return np.sum(self.predicted_RxQ != self.answer_RxQ, axis=1)
+
+  @property
+  def errors(self) -> int:
+    return int(self.errors_R.sum())
+
+  @property
+  def trials(self) -> int:
+    return int(self.answer_RxQ.size)
+
+  @property
+  def error_rate(self) -> float:
+    return self.errors / self.trials
+
+  @property
+  def interval(self) -> tuple[float, float]:
+    return wilson_interval(self.errors, self.trials)
+
+
+def predictions(runs: one_shot.OneShotRuns,
+                scores: dict[str, np.ndarray]) -> list[ClassifierResult]:
+  """Each classifier's argmax_c of its scores (the first class of a tie) as a result."""
+  shape = runs.answer_RxQ.shape
+  return [ClassifierResult(name, np.argmax(s, axis=-1).reshape(shape), runs.answer_RxQ)
+          for name, s in scores.items()]
+
+
+def results_json(runs: one_shot.OneShotRuns, results: Sequence[ClassifierResult],
+                 meta: dict) -> dict:
+  """What results.json holds: the meta, and per classifier its errors per run, its overall
+  error rate with the 95% Wilson interval, and every prediction."""
+  out = {"meta": meta, "classifiers": {}}
+  for r in results:
+    out["classifiers"][r.name] = {
+        "errors": r.errors, "trials": r.trials, "error_rate": r.error_rate,
+        "wilson_95": list(r.interval),
+        "errors_per_run": {run.name: int(e) for run, e in zip(runs.runs, r.errors_R)},
+        "predictions": [
+            {"run": run.name, "item": run.item_names_Q[q],
+             "predicted": run.class_names_J[r.predicted_RxQ[i, q]],
+             "answer": run.class_names_J[r.answer_RxQ[i, q]],
+             "correct": bool(r.predicted_RxQ[i, q] == r.answer_RxQ[i, q])}
+            for i, run in enumerate(runs.runs) for q in range(len(run.item_names_Q))],
+    }
+  return out
+
+
+def results_csv(runs: one_shot.OneShotRuns, results: Sequence[ClassifierResult]) -> str:
+  """One row per classifier and run, and one overall row per classifier."""
+  text = io.StringIO()
+  writer = csv.writer(text)
+  writer.writerow(["classifier", "run", "errors", "trials", "error_rate", "wilson_95_low",
+                   "wilson_95_high"])
+  for r in results:
+    per_run = len(r.answer_RxQ[0])
+    for run, errors in zip(runs.runs, r.errors_R):
+      low, high = wilson_interval(int(errors), per_run)
+      writer.writerow([r.name, run.name, int(errors), per_run, errors / per_run, low, high])
+    writer.writerow([r.name, "all", r.errors, r.trials, r.error_rate, *r.interval])
+  return text.getvalue()
+
+
+def results_markdown(results: Sequence[ClassifierResult], meta: dict) -> str:
+  """A table of each classifier's error % with its 95% interval, then Lake et al.'s
+  published figures, labelled as theirs."""
+  lines = [f"20-way one-shot classification, Lake et al.'s {len(results[0].answer_RxQ)} runs "
+           f"({results[0].trials} trials); checkpoint step {meta.get('step')}, "
+           f"K = {meta.get('num_importance')}, seed {meta.get('seed')}.", "",
+           "| classifier | error % | 95% interval (Wilson) | errors / trials |",
+           "|---|---|---|---|"]
+  for r in results:
+    low, high = r.interval
+    whose = "no model: Hamming distance" if r.name == "pixel" else "this model"
+    lines.append(f"| {r.name} ({whose}) | {100 * r.error_rate:.1f} | "
+                 f"{100 * low:.1f} – {100 * high:.1f} | {r.errors} / {r.trials} |")
+  for name, error in one_shot.PUBLISHED:
+    lines.append(f"| {name} (Lake et al. 2015, published) | {error:.1f} | – | – |")
+  return "\n".join(lines) + "\n"
+
+
+def wrong_figure(runs: one_shot.OneShotRuns, results: Sequence[ClassifierResult], title: str,
+                 max_drawn: int = MAX_DRAWN):
+  """The figure of the address and bound classifiers' mistakes (`figures.one_shot_mistakes`):
+  the test image, the predicted and the correct training image, at most max_drawn of each."""
+  groups = []
+  for r in results:
+    if r.name not in ("address", "bound"):
+      continue
+    wrong = np.argwhere(r.predicted_RxQ != r.answer_RxQ)
+    drawn = []
+    for i, q in wrong[:max_drawn]:
+      run = runs.runs[i]
+      predicted, answer = r.predicted_RxQ[i, q], r.answer_RxQ[i, q]
+      drawn.append(figures.Mistake(
+          x_HxW=run.test_QxHxW[q], predicted_HxW=run.train_JxHxW[predicted],
+          answer_HxW=run.train_JxHxW[answer],
+          labels=(f"{run.name} {run.item_names_Q[q][:-4]}",
+                  f"said {run.class_names_J[predicted][:-4]}",
+                  f"is {run.class_names_J[answer][:-4]}")))
+    groups.append(figures.MistakeGroup(name=r.name, num_wrong=len(wrong), num_trials=r.trials,
+                                       mistakes=drawn))
+  return figures.one_shot_mistakes(groups, title=title)
+
+
+def write_results(runs: one_shot.OneShotRuns, results: Sequence[ClassifierResult], out_dir: str,
+                  meta: dict) -> dict[str, str]:
+  """results.json, results.csv, results.md and wrong.png in out_dir (atomically each); the
+  earlier ones there are kept as results.<n>.* and wrong.<n>.png."""
+  texts = {"results.json": json.dumps(results_json(runs, results, meta), indent=2) + "\n",
+           "results.csv": results_csv(runs, results),
+           "results.md": results_markdown(results, meta)}
+  kept = files.keep_previous(out_dir, RESULT_FILES)
+  if kept is not None:
+    logging.info("Earlier results kept as %s (and .csv, .md, wrong.%d.png)",
+                 os.path.join(out_dir, f"results.{kept}.json"), kept)
+  paths = {}
+  for name, text in texts.items():
+    paths[name] = os.path.join(out_dir, name)
+    files.write_text(paths[name], text)
+  if any(r.name in ("address", "bound") for r in results):
+    paths["wrong.png"] = os.path.join(out_dir, "wrong.png")
+    title = (f"{os.path.basename(os.path.normpath(meta.get('workdir', '')))}, step "
+             f"{meta.get('step')}: one-shot trials classified wrong")
+    figures.write_png(wrong_figure(runs, results, title), paths["wrong.png"])
+  return paths
+
+
+def classify_workdir(workdir: str, *, runs: str | None = None, num_importance: int = 1000,
+                     classifiers: str | Sequence[str] = CLASSIFIERS, step: int | None = None,
+                     seed: int = 0, batch_size: int = 10, chunk_size: int = 10,
+                     out: str | None = None) -> tuple[list[ClassifierResult], dict[str, str]]:
+  """Restores a run's checkpoint (default: the latest), classifies the 400 trials of the
+  one-shot runs (`runs`, default `$VMA_ONE_SHOT_RUNS`) and writes the results to `out`
+  (default: workdir/classify/). Returns (the results, the paths written)."""
+  classifiers = parse_classifiers(classifiers)
+  if num_importance < 1 or batch_size < 1 or chunk_size < 1:
+    raise ClassifyError(f"--num_importance={num_importance}, --batch_size={batch_size}, "
+                        f"--chunk_size={chunk_size}: each must be at least 1")
+  source = one_shot.resolve_source(runs)
+  params, step, config = checkpoints.restore_params(workdir, step)
+  loaded = one_shot.load_runs(source, image_size=config.data.image_size)
+  start = time.perf_counter()
+  scores = class_scores(loaded, classifiers, model=vma_model.make_model(config), params=params,
+                        num_importance=num_importance, chunk_size=chunk_size,
+                        batch_size=batch_size, seed=seed)
+  seconds = time.perf_counter() - start
+  results = predictions(loaded, scores)
+  device = jax.devices()[0]
+  meta = dict(workdir=os.path.abspath(workdir), step=int(step), num_importance=num_importance,
+              seed=seed, params_sha256=vma_results.params_digest(params),
+              device=f"{device.platform}: {device.device_kind}", cpu_count=os.cpu_count(),
+              runs=loaded.source, runs_sha256=loaded.sha256, batch_size=batch_size,
+              chunk_size=chunk_size, seconds=round(seconds, 1))
+  paths = write_results(loaded, results, out or os.path.join(workdir, "classify"), meta)
+  for r in results:
+    low, high = r.interval
+    logging.info("%-8s %5.1f%% wrong (95%%: %.1f-%.1f), %d/%d", r.name, 100 * r.error_rate,
+                 100 * low, 100 * high, r.errors, r.trials)
+  return results, paths
+
+
+# ----------------------------------------------------------------------------------------
+# The command line (classify.py, and `python -m vma_jax.classify`).
+
+
+def define_flags() -> None:
+  """The command's absl flags."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  flags.DEFINE_string("workdir", "runs/quick", "The trained run to classify with.")
+  flags.DEFINE_string("runs", None, f"{one_shot.RUNS_FILE}, or the folder it was extracted to "
+                      f"(default: ${one_shot.RUNS_ENV}).")
+  flags.DEFINE_integer("num_importance", 1000, "K, samples of each bound L_K(x | m_c); a "
+                       "2-core CPU wants ~100 (400 x 20 bounds).")
+  flags.DEFINE_string("classifiers", ",".join(CLASSIFIERS),
+                      f"Comma-separated, of {', '.join(CLASSIFIERS)}.")
+  flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
+  flags.DEFINE_integer("seed", 0, "Fixes the bounds' samples.")
+  flags.DEFINE_integer("batch_size", 10, "Test images at once (each with its run's 20 images).")
+  flags.DEFINE_integer("chunk_size", 10, "Samples of each bound decoded at once.")
+  flags.DEFINE_string("out", None, "The output folder (default: workdir/classify).")
+
+
+def main(argv) -> None:
+  """Classifies with the flags' settings and prints the table; errors end in one line."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  f = flags.FLAGS
+  try:
+    results, paths = classify_workdir(
+        f.workdir, runs=f.runs, num_importance=f.num_importance, classifiers=f.classifiers,
+        step=f.step, seed=f.seed, batch_size=f.batch_size, chunk_size=f.chunk_size, out=f.out)
+  except (checkpoints.CheckpointError, vma_data.DataError, one_shot.OneShotError,
+          ClassifyError, FloatingPointError) as e:
+    sys.exit(f"classify.py: {e}")
+  with open(paths["results.md"]) as md:
+    print(md.read(), end="")
+  print(f"wrote {', '.join(paths.values())}")
+
+
+if __name__ == "__main__":
+  from absl import app as _app  # pylint: disable=g-import-not-at-top
+
+  define_flags()
+  _app.run(main)
