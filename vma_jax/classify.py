@@ -135,18 +135,26 @@ def hamming_distances(x_BxHxW, memory_BxJxHxW):
   return jnp.sum(x_BxHxW[:, None] != memory_BxJxHxW, axis=(-2, -1), dtype=jnp.int32)
 
 
-def _in_batches(fn, batch_size: int, trial_N: np.ndarray, *arrays) -> np.ndarray:
+def _in_batches(fn, batch_size: int, trial_N: np.ndarray, *arrays, name: str = "",
+                log_every_s: float = 60.0) -> np.ndarray:
   """fn(arrays[:, batch], trial_B) for batches of batch_size trials, concatenated.
 
   The last batch is padded with trials from the start, to keep one compiled shape; the
-  padding's values are dropped.
+  padding's values are dropped. Every `log_every_s` seconds a log line (prefixed `name`) says
+  how many trials are done and how long the rest should take.
   """
   num = len(trial_N)
   padded_N = np.resize(np.arange(num), -(-num // batch_size) * batch_size)
   out = []
+  start = last_log = time.perf_counter()
   for i in range(0, len(padded_N), batch_size):
     index_B = padded_N[i:i + batch_size]
     out.append(np.asarray(fn(*(a[index_B] for a in arrays), trial_N[index_B])))
+    done, now = min(i + batch_size, num), time.perf_counter()
+    if now - last_log >= log_every_s and done < num:
+      logging.info("%s%d/%d trials, %.0f s left", name, done, num,
+                   (now - start) / done * (num - done))
+      last_log = now
   return np.concatenate(out)[:num]
 
 
@@ -179,7 +187,7 @@ def class_scores(runs: one_shot.OneShotRuns, classifiers: Sequence[str], *,
     key = jax.random.key(seed)
     start = time.perf_counter()
     scores["bound"] = _in_batches(lambda x, m, n: bound_fn(params, x, m, key, n), batch_size,
-                                  trial_N, x_NxHxW, m_NxJxHxW)
+                                  trial_N, x_NxHxW, m_NxJxHxW, name=f"L_{num_importance}: ")
     logging.info("L_%d of %d x %d episodes in %.0f s", num_importance, len(x_NxHxW),
                  m_NxJxHxW.shape[1], time.perf_counter() - start)
     if not np.all(np.isfinite(scores["bound"])):
