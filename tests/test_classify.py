@@ -71,7 +71,7 @@ def test_bound_and_pixel_recognise_a_test_image_that_is_a_training_image(trained
                                  model=vma_model.make_model(config), params=params,
                                  num_importance=4, chunk_size=4, batch_size=20, seed=0)
   for result in classify.predictions(identical, scores):
-    assert result.errors == 0, (result.name, result.predicted_RxQ, result.answer_RxQ)
+    assert result.errors == 0, (result.name, result.predicted_GxQ, result.answer_GxQ)
   # The pixel classifier's distance to the identical image is zero.
   assert np.all(scores["pixel"].max(axis=-1) == 0)
   # Deterministic: the same seed gives the same bounds, whatever the batch size.
@@ -81,18 +81,27 @@ def test_bound_and_pixel_recognise_a_test_image_that_is_a_training_image(trained
   np.testing.assert_allclose(again["bound"], scores["bound"], rtol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "q(a|x,M) is a softmax of inner products <h(x), h(m_c)>, not of a similarity that is "
-    "largest for m_c = x: a training image whose h is longer along h(x) than h(x) itself "
-    "outscores x's own image (a 'hub' the model picks for many x). Trained models here are "
-    "wrong on 380/400 (this small model) and 244/400 (configs/quick.py) identical trials."))
-def test_address_recognises_a_test_image_that_is_a_training_image(trained_run, runs):
+def test_address_picks_the_largest_inner_product_which_need_not_be_the_image_itself(
+    trained_run, runs):
+  """On runs whose test images are their training images, the address classifier's answer
+  is argmax_c <h(x), h(m_c)> computed here image by image; it misses x's own image exactly
+  where another training image scores more than |h(x)|^2 (q(a|x,M) is a softmax of inner
+  products, not of a similarity that is largest at m_c = x)."""
   params, _, config = checkpoints.restore_params(trained_run)
+  model = vma_model.make_model(config)
   identical = _identical(runs, num_runs=2)
-  scores = classify.class_scores(identical, ["address"], model=vma_model.make_model(config),
-                                 params=params, batch_size=20)
+  scores = classify.class_scores(identical, ["address"], model=model, params=params,
+                                 batch_size=20)
   (result,) = classify.predictions(identical, scores)
-  assert result.errors == 0
+  for run, predicted_Q in zip(identical.runs, result.predicted_GxQ):
+    h_JxA = np.asarray(model.apply(params, run.train_JxHxW.astype(np.float32),
+                                   method=lambda vma, images: vma.match(images)[0]))
+    h_x_QxA = h_JxA[run.answer_Q]
+    score_QxJ = h_x_QxA @ h_JxA.T
+    np.testing.assert_array_equal(predicted_Q, np.argmax(score_QxJ, axis=1))
+    own_Q = np.sum(h_x_QxA ** 2, axis=1)
+    hub_Q = np.max(score_QxJ, axis=1) > own_Q * (1 + 1e-5)
+    np.testing.assert_array_equal(predicted_Q != run.answer_Q, hub_Q)
 
 
 def test_results_files_agree_with_their_predictions(trained_run, runs, tmp_path):
@@ -144,14 +153,14 @@ def test_results_files_agree_with_their_predictions(trained_run, runs, tmp_path)
 
 
 def test_wrong_figure_says_how_many_are_not_shown(runs):
-  wrong_RxQ = (runs.answer_RxQ + 1) % 20  # every trial wrong
-  results = [classify.ClassifierResult("bound", wrong_RxQ, runs.answer_RxQ)]
+  wrong_GxQ = (runs.answer_GxQ + 1) % 20  # every trial wrong
+  results = [classify.ClassifierResult("bound", wrong_GxQ, runs.answer_GxQ)]
   fig = classify.wrong_figure(runs, results, "t", max_drawn=6)
   texts = [t.get_text() for ax in fig.axes for t in ax.texts]
   assert any("bound: 400 of 400 wrong; 6 shown, 394 not shown" in t for t in texts)
   titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-  assert titles[:3] == ["run01 item01", f"said {runs.runs[0].class_names_J[wrong_RxQ[0, 0]][:-4]}",
-                        f"is {runs.runs[0].class_names_J[runs.answer_RxQ[0, 0]][:-4]}"]
+  assert titles[:3] == ["run01 item01", f"said {runs.runs[0].class_names_J[wrong_GxQ[0, 0]][:-4]}",
+                        f"is {runs.runs[0].class_names_J[runs.answer_GxQ[0, 0]][:-4]}"]
 
 
 @pytest.mark.parametrize("args, env, expected", [

@@ -43,11 +43,11 @@ def extracted(runs_zip, tmp_path) -> str:
 def test_the_real_runs(loaded, runs_zip):
   assert len(loaded.runs) == 20 and [r.name for r in loaded.runs] == [
       f"run{i:02d}" for i in range(1, 21)]
-  assert loaded.train_RxJxHxW.shape == loaded.test_RxQxHxW.shape == (20, 20, 26, 26)
+  assert loaded.train_GxJxHxW.shape == loaded.test_GxQxHxW.shape == (20, 20, 26, 26)
   for run in loaded.runs:
     assert sorted(run.answer_Q.tolist()) == list(range(20)), run.name  # a permutation
     assert run.item_names_Q == tuple(f"item{i:02d}.png" for i in range(1, 21))
-  assert set(np.unique(loaded.train_RxJxHxW)) == {0, 1}
+  assert set(np.unique(loaded.train_GxJxHxW)) == {0, 1}
   assert loaded.sha256 == "437c1eeab0af8484112e1b4cc0f3d541ec727f7c47b9b202da738af9dfd6c325"
   # The answers are class_labels.txt's, read here independently.
   with zipfile.ZipFile(runs_zip) as z:
@@ -66,8 +66,8 @@ def test_the_real_runs(loaded, runs_zip):
 
 def test_a_folder_and_the_folder_of_the_zip_read_the_same(loaded, extracted, monkeypatch):
   from_folder = one_shot.load_runs(extracted)
-  np.testing.assert_array_equal(from_folder.test_RxQxHxW, loaded.test_RxQxHxW)
-  np.testing.assert_array_equal(from_folder.answer_RxQ, loaded.answer_RxQ)
+  np.testing.assert_array_equal(from_folder.test_GxQxHxW, loaded.test_GxQxHxW)
+  np.testing.assert_array_equal(from_folder.answer_GxQ, loaded.answer_GxQ)
   assert from_folder.sha256 == ""
   monkeypatch.setenv(one_shot.RUNS_ENV, RUNS_DIR)  # the folder holding all_runs.zip
   assert one_shot.resolve_source() == RUNS_ZIP

@@ -3,7 +3,7 @@
     python classify.py --workdir=runs/quick --runs=all_runs.zip --num_importance=100
     python -m vma_jax.classify --workdir=runs/quick        (runs from $VMA_ONE_SHOT_RUNS)
 
-Each of the R = 20 runs (`vma_jax.one_shot`) has J = 20 training images, one per class, and
+Each of the G = 20 runs (`vma_jax.one_shot`) has J = 20 training images, one per class, and
 Q = 20 test images: 400 trials in all. For a test image x of a run with training images
 m_1 .. m_J the classifiers predict:
 
@@ -24,8 +24,8 @@ Results go to workdir/classify/ (or `out`): results.json, results.csv, results.m
 wrong.png, the trials the address and bound classifiers get wrong; earlier files there are
 kept as results.<n>.* and wrong.<n>.png.
 
-Shape letters: as docs/model.md, and R runs, J classes (training images) of a run, Q test
-images of a run; N = R * Q trials, B trials in a batch.
+Shape letters: docs/model.md's (G runs, J classes of a run, Q test images of a run); here
+N = G * Q trials and B trials in a batch.
 """
 
 from __future__ import annotations
@@ -171,10 +171,10 @@ def class_scores(runs: one_shot.OneShotRuns, classifiers: Sequence[str], *,
   needed = {score for c in classifiers for score in _MODEL_SCORES[c]}
   if needed and (model is None or params is None):
     raise ClassifyError(f"the {', '.join(sorted(needed))} scores need a trained model")
-  test_NxHxW = runs.test_RxQxHxW.reshape((-1, *runs.test_RxQxHxW.shape[2:]))
-  num_test = runs.test_RxQxHxW.shape[1]
+  test_NxHxW = runs.test_GxQxHxW.reshape((-1, *runs.test_GxQxHxW.shape[2:]))
+  num_test = runs.test_GxQxHxW.shape[1]
   # Each trial's memory: its run's J training images.
-  memory_NxJxHxW = np.repeat(runs.train_RxJxHxW, num_test, axis=0)
+  memory_NxJxHxW = np.repeat(runs.train_GxJxHxW, num_test, axis=0)
   trial_N = np.arange(len(test_NxHxW), dtype=np.uint32)
   x_NxHxW, m_NxJxHxW = test_NxHxW.astype(np.float32), memory_NxJxHxW.astype(np.float32)
   scores = {}
@@ -211,20 +211,20 @@ class ClassifierResult:
   """One classifier on all trials: its predictions (class indices, R x Q) and errors."""
 
   name: str
-  predicted_RxQ: np.ndarray
-  answer_RxQ: np.ndarray
+  predicted_GxQ: np.ndarray
+  answer_GxQ: np.ndarray
 
   @property
-  def errors_R(self) -> np.ndarray:
-    return np.sum(self.predicted_RxQ != self.answer_RxQ, axis=1)
+  def errors_G(self) -> np.ndarray:
+    return np.sum(self.predicted_GxQ != self.answer_GxQ, axis=1)
 
   @property
   def errors(self) -> int:
-    return int(self.errors_R.sum())
+    return int(self.errors_G.sum())
 
   @property
   def trials(self) -> int:
-    return int(self.answer_RxQ.size)
+    return int(self.answer_GxQ.size)
 
   @property
   def error_rate(self) -> float:
@@ -238,8 +238,8 @@ class ClassifierResult:
 def predictions(runs: one_shot.OneShotRuns,
                 scores: dict[str, np.ndarray]) -> list[ClassifierResult]:
   """Each classifier's argmax_c of its scores (the first class of a tie) as a result."""
-  shape = runs.answer_RxQ.shape
-  return [ClassifierResult(name, np.argmax(s, axis=-1).reshape(shape), runs.answer_RxQ)
+  shape = runs.answer_GxQ.shape
+  return [ClassifierResult(name, np.argmax(s, axis=-1).reshape(shape), runs.answer_GxQ)
           for name, s in scores.items()]
 
 
@@ -252,12 +252,12 @@ def results_json(runs: one_shot.OneShotRuns, results: Sequence[ClassifierResult]
     out["classifiers"][r.name] = {
         "errors": r.errors, "trials": r.trials, "error_rate": r.error_rate,
         "wilson_95": list(r.interval),
-        "errors_per_run": {run.name: int(e) for run, e in zip(runs.runs, r.errors_R)},
+        "errors_per_run": {run.name: int(e) for run, e in zip(runs.runs, r.errors_G)},
         "predictions": [
             {"run": run.name, "item": run.item_names_Q[q],
-             "predicted": run.class_names_J[r.predicted_RxQ[i, q]],
-             "answer": run.class_names_J[r.answer_RxQ[i, q]],
-             "correct": bool(r.predicted_RxQ[i, q] == r.answer_RxQ[i, q])}
+             "predicted": run.class_names_J[r.predicted_GxQ[i, q]],
+             "answer": run.class_names_J[r.answer_GxQ[i, q]],
+             "correct": bool(r.predicted_GxQ[i, q] == r.answer_GxQ[i, q])}
             for i, run in enumerate(runs.runs) for q in range(len(run.item_names_Q))],
     }
   return out
@@ -270,8 +270,8 @@ def results_csv(runs: one_shot.OneShotRuns, results: Sequence[ClassifierResult])
   writer.writerow(["classifier", "run", "errors", "trials", "error_rate", "wilson_95_low",
                    "wilson_95_high"])
   for r in results:
-    per_run = len(r.answer_RxQ[0])
-    for run, errors in zip(runs.runs, r.errors_R):
+    per_run = len(r.answer_GxQ[0])
+    for run, errors in zip(runs.runs, r.errors_G):
       low, high = wilson_interval(int(errors), per_run)
       writer.writerow([r.name, run.name, int(errors), per_run, errors / per_run, low, high])
     writer.writerow([r.name, "all", r.errors, r.trials, r.error_rate, *r.interval])
@@ -281,7 +281,7 @@ def results_csv(runs: one_shot.OneShotRuns, results: Sequence[ClassifierResult])
 def results_markdown(results: Sequence[ClassifierResult], meta: dict) -> str:
   """A table of each classifier's error % with its 95% interval, then Lake et al.'s
   published figures, labelled as theirs."""
-  lines = [f"20-way one-shot classification, Lake et al.'s {len(results[0].answer_RxQ)} runs "
+  lines = [f"20-way one-shot classification, Lake et al.'s {len(results[0].answer_GxQ)} runs "
            f"({results[0].trials} trials); checkpoint step {meta.get('step')}, "
            f"K = {meta.get('num_importance')}, seed {meta.get('seed')}.", "",
            "| classifier | error % | 95% interval (Wilson) | errors / trials |",
@@ -304,11 +304,11 @@ def wrong_figure(runs: one_shot.OneShotRuns, results: Sequence[ClassifierResult]
   for r in results:
     if r.name not in ("address", "bound"):
       continue
-    wrong = np.argwhere(r.predicted_RxQ != r.answer_RxQ)
+    wrong = np.argwhere(r.predicted_GxQ != r.answer_GxQ)
     drawn = []
     for i, q in wrong[:max_drawn]:
       run = runs.runs[i]
-      predicted, answer = r.predicted_RxQ[i, q], r.answer_RxQ[i, q]
+      predicted, answer = r.predicted_GxQ[i, q], r.answer_GxQ[i, q]
       drawn.append(figures.Mistake(
           x_HxW=run.test_QxHxW[q], predicted_HxW=run.train_JxHxW[predicted],
           answer_HxW=run.train_JxHxW[answer],
@@ -356,6 +356,10 @@ def classify_workdir(workdir: str, *, runs: str | None = None, num_importance: i
                         f"--chunk_size={chunk_size}: each must be at least 1")
   source = one_shot.resolve_source(runs)
   params, step, config = checkpoints.restore_params(workdir, step)
+  reads_memory = config.model.get("memory_read", "hard") != "none"
+  if not reads_memory and set(classifiers) - {"pixel"}:
+    raise ClassifyError(f"{workdir} is a plain VAE (config.model.memory_read = 'none'): it "
+                        "reads no memory, so only --classifiers=pixel applies")
   loaded = one_shot.load_runs(source, image_size=config.data.image_size)
   start = time.perf_counter()
   scores = class_scores(loaded, classifiers, model=vma_model.make_model(config), params=params,

@@ -16,8 +16,8 @@ beside the zip, the zip's sha256 must match its line.
 Where the runs are: the path given (`classify.py --runs`), else `$VMA_ONE_SHOT_RUNS`; either is
 all_runs.zip, the folder holding it, or the folder it was extracted to.
 
-Shape letters (beside docs/model.md's): R runs, J classes of a run (its training images),
-Q test images of a run.
+Shape letters (docs/model.md): G runs, J classes of a run (its training images), Q test
+images of a run.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ RUNS_FILE = "all_runs.zip"
 RUNS_URL = ("https://github.com/brendenlake/omniglot/raw/master/python/one-shot-classification/"
             + RUNS_FILE)
 CHECKSUMS_FILE = "SHA256SUMS"
-NUM_RUNS = 20  # R
+NUM_RUNS = 20  # G
 NUM_CLASSES = 20  # J, one training image each
 NUM_TEST = 20  # Q
 LABELS_FILE = "class_labels.txt"
@@ -86,15 +86,15 @@ class OneShotRuns:
   sha256: str = ""
 
   @property
-  def train_RxJxHxW(self) -> np.ndarray:
+  def train_GxJxHxW(self) -> np.ndarray:
     return np.stack([r.train_JxHxW for r in self.runs])
 
   @property
-  def test_RxQxHxW(self) -> np.ndarray:
+  def test_GxQxHxW(self) -> np.ndarray:
     return np.stack([r.test_QxHxW for r in self.runs])
 
   @property
-  def answer_RxQ(self) -> np.ndarray:
+  def answer_GxQ(self) -> np.ndarray:
     return np.stack([r.answer_Q for r in self.runs])
 
 
@@ -273,7 +273,7 @@ def _answers(source, run: str, class_names_J, item_names_Q) -> np.ndarray:
 
 
 def load_runs(path: str | None = None, image_size: int = 26) -> OneShotRuns:
-  """The R = 20 runs of all_runs.zip (or the folder it was extracted to, or the folder that
+  """The G = 20 runs of all_runs.zip (or the folder it was extracted to, or the folder that
   holds it; default `$VMA_ONE_SHOT_RUNS`), images as image_size x image_size ink masks.
 
   Raises OneShotError for a missing or malformed file, naming it and what was expected.
