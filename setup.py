@@ -34,6 +34,8 @@ setuptools.setup(
     extras_require={
         "test": [
             "pytest>=8",
+            # Two test processes side by side (-n 2): compiling is mostly one core's work.
+            "pytest-xdist>=3.5",
             "scipy>=1.11",
             # Independent VIMCO baselines (numpy substrate; test-only).
             "tensorflow-probability==0.25.0",

@@ -50,7 +50,7 @@ def test_notebook_runs_end_to_end(tmp_path, archive_dir, omniglot_data_dir, omni
                           text=True, timeout=900, env=dict(os.environ, MPLBACKEND="Agg"))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "trained to step 2" in result.stdout
-  assert "| 1 | 5 |" in result.stdout  # the results table of cell C=1, T=5
+  assert "| 1:5 |" in result.stdout  # the results table of cell C=1, T=5
   saved = json.loads((workdir / "eval" / "results.json").read_text())
   assert [(r["max_classes"], r["memory_size"], r["num_targets"], r["num_importance"])
           for r in saved["results"]] == [(1, 5, 4, 4)]
