@@ -31,6 +31,22 @@ def test_run_writes_required_keys(tmp_path):
   assert entry["peak_rss_mb"] > 0
 
 
+def test_large_memory_entry_takes_the_targets_evaluation_takes(tmp_path):
+  """eval_t100_k1000 at a tiny size: cell 5/T, fewer targets per call as T grows, and the
+  per-target figures the entries compare."""
+  out = tmp_path / "large.json"
+  subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--only", "eval_t100_k1000",
+       "--batch", "4", "--memory", "40", "--samples", "2", "--chunk-size", "2", "--repeats", "1",
+       "--warmup", "0", "--matmul-n", "64", "--cpu-devices", "1", "--out", str(out)],
+      check=True, cwd=ROOT, timeout=600)
+  [entry] = json.loads(out.read_text())
+  assert entry["cell"] == "5/40" and entry["memory"] == 40
+  assert entry["batch"] == 4 * 20 // 41  # cells.targets_per_batch
+  assert entry["s_per_target"] == pytest.approx(entry["median_s"] / entry["batch"])
+  assert entry["xla_temp_mb_per_target"] > 0
+
+
 def test_conv_grads_times_every_encoder_layer_and_agrees_with_xla(tmp_path):
   out = tmp_path / "conv.json"
   subprocess.run(
