@@ -13,11 +13,10 @@ there are kept as results.<n>.* and wrong.<n>.png. The same command:
 `python -m vma_jax.classify`.
 """
 
-from absl import app
-
 from vma_jax import classify
+from vma_jax import cli
 
 classify.define_flags()
 
 if __name__ == "__main__":
-  app.run(classify.main)
+  cli.run(classify.main, "classify.py")

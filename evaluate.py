@@ -12,11 +12,12 @@ less than 0.1 nat), it writes workdir/eval_<dtype>/ instead.
 
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from vma_jax import cells as vma_cells
 from vma_jax import checkpoints
+from vma_jax import cli
 from vma_jax import data
 from vma_jax import distributed
 from vma_jax import evaluate
@@ -49,9 +50,16 @@ distributed.define_flags()
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # every setting is a flag (cli.run refuses anything else)
   logging.set_verbosity(logging.INFO)
+  # Mistakes in the command line, before anything is loaded.
+  cells = _CELLS.value
+  if cells != "config":
+    try:
+      vma_cells.parse_cells(vma_results.GRIDS.get(cells, cells))
+    except ValueError as e:
+      cli.exit_usage("evaluate.py", f"--cells={cells}: {e}")
+  cli.require_workdir(_WORKDIR.value, "evaluate.py")
   try:
     batch_size = _BATCH_SIZE.value or checkpoints.load_config(_WORKDIR.value).eval.batch_size
     # Before JAX starts: the targets are sharded over one CPU device per core.
@@ -69,4 +77,4 @@ def main(argv):
 
 if __name__ == "__main__":
   host.reexec_with_malloc_tunables()  # before anything allocates: see vma_jax/cpu/host.py
-  app.run(main)
+  cli.run(main, "evaluate.py")

@@ -13,11 +13,11 @@ as the training data) or already at the model's size (26x26).
 
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 
 from vma_jax import checkpoints
+from vma_jax import cli
 from vma_jax import data
 from vma_jax import sample
 
@@ -34,9 +34,9 @@ _OUT = flags.DEFINE_string("out", None, "The PNG to write.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # every setting is a flag (cli.run refuses anything else)
   logging.set_verbosity(logging.INFO)
+  cli.require_workdir(_WORKDIR.value, "sample.py")
   try:
     path, sheet = sample.sample_workdir(
         _WORKDIR.value, out=_OUT.value, test_class=_TEST_CLASS.value, count=_COUNT.value,
@@ -51,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "sample.py")

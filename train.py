@@ -11,13 +11,13 @@ docs/training.md.
 import os
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
 from vma_jax import checkpoints
+from vma_jax import cli
 from vma_jax import data
 from vma_jax import distributed
 from vma_jax.cpu import host
@@ -35,8 +35,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # every setting is a flag (cli.run refuses anything else)
   # Before JAX starts: the batch is sharded over one CPU device per core.
   host.use_cpu_cores(train.batch_sizes(FLAGS.config), FLAGS.cpu_devices)
   # Also before JAX starts: joins the other processes of a run on several hosts, if any.
@@ -56,4 +55,4 @@ def main(argv):
 
 if __name__ == "__main__":
   host.reexec_with_malloc_tunables()  # before anything allocates: see vma_jax/cpu/host.py
-  app.run(main)
+  cli.run(main, "train.py")

@@ -166,7 +166,7 @@ def test_wrong_figure_says_how_many_are_not_shown(runs):
 @pytest.mark.parametrize("args, env, expected", [
     (["--workdir=/nonexistent", "--runs=/nowhere/all_runs.zip"], {}, "does not exist"),
     (["--classifiers=address,nearest"], {}, "expected a comma-separated list of address"),
-    (["--workdir=/nonexistent"], {"VMA_ONE_SHOT_RUNS": RUNS_ZIP}, "no checkpoint"),
+    (["--workdir=/nonexistent"], {"VMA_ONE_SHOT_RUNS": RUNS_ZIP}, "not a training run"),
 ])
 def test_command_line_errors_are_one_line(args, env, expected, tmp_path):
   command = ([sys.executable, "-m", "vma_jax.classify"] if "no checkpoint" in expected

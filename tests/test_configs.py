@@ -106,3 +106,39 @@ def test_unknown_key_is_an_error_of_train_py(tmp_path):
   assert result.returncode != 0
   assert "nonexistent" in result.stderr
   assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def _command(*args, timeout=300):
+  return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--config.train.num_stpes=3"],
+     "train.py: --config.train.num_stpes: the config has no field 'num_stpes'; did you mean "
+     "--config.train.num_steps?"),
+    (["--config.train.num_steps=many"], "train.py: flag --config.train.num_steps=many:"),
+    (["--config=configs/nope.py"], "train.py: "),
+    (["extra"], "train.py: unexpected arguments extra: every setting is a --flag"),
+])
+def test_train_py_usage_errors_are_one_line_with_status_2(tmp_path, args, expected):
+  argv = ["--config=configs/quick.py", f"--workdir={tmp_path / 'run'}"]
+  if args[0].startswith("--config="):
+    argv = argv[1:]
+  result = _command(str(REPO_ROOT / "train.py"), *argv, *args)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith(expected), lines
+  assert not (tmp_path / "run").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--cells=1-5"], "evaluate.py: --cells=1-5: bad cell '1-5': cells are written C:T"),
+    (["--num_importance=lots"], "evaluate.py: flag --num_importance=lots:"),
+    (["--nosuchflag"], "evaluate.py: Unknown command line flag 'nosuchflag'"),
+])
+def test_evaluate_py_usage_errors_are_one_line_with_status_2(args, expected):
+  result = _command(str(REPO_ROOT / "evaluate.py"), "--workdir=/nonexistent", *args)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+  assert lines[0].startswith(expected), lines

@@ -115,12 +115,14 @@ def test_memory_from_a_test_class(untrained_run, omniglot_test):
     sample.memory_from_class(omniglot_test, 0, 20)
 
 
-def test_command_line_errors_are_one_line(tmp_path):
-  for args, expected in ((["--workdir", str(tmp_path / "nothing"), "--test_class=1"],
-                          "no checkpoint"),
-                         (["--workdir", str(tmp_path)], "give the memory as")):
+def test_command_line_errors_are_one_line(tmp_path, untrained_run):
+  for args, expected, status in (
+      (["--workdir", str(tmp_path / "nothing"), "--test_class=1"], "does not exist", 2),
+      (["--workdir", str(tmp_path)], "has no config.json", 2),
+      (["--workdir", untrained_run], "give the memory as", 1)):
     result = subprocess.run([sys.executable, str(REPO_ROOT / "sample.py"), *args],
                             cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True,
                             timeout=300)
-    assert result.returncode != 0
+    assert result.returncode == status, result.stderr
     assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("sample.py: ")

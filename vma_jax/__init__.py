@@ -21,6 +21,7 @@ Modules, bottom to top (each imports only modules above it in this list):
   cells           few-shot evaluation cells C:T (Table 1) and R/T (large memories): each
                   target's L_K for large K, in chunks.
   checkpoints     Orbax checkpoints and saved configs of a workdir.
+  cli             the commands' mistakes in one line, exit status 2 for a usage error.
   results         results files of an evaluation, the Table 1 reference numbers.
   figures         matplotlib figures: bound and KL against T, few-shot grids, sample sheets.
   summaries       TensorBoard writers (TensorFlow only if asked for), metrics.jsonl, progress.

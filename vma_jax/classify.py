@@ -47,6 +47,7 @@ import numpy as np
 
 from vma_jax import cells as vma_cells
 from vma_jax import checkpoints
+from vma_jax import cli
 from vma_jax import data as vma_data
 from vma_jax import figures
 from vma_jax import files
@@ -405,13 +406,18 @@ def define_flags() -> None:
 
 def main(argv) -> None:
   """Classifies with the flags' settings and prints the table; errors end in one line."""
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # every setting is a flag (cli.run refuses anything else)
   logging.set_verbosity(logging.INFO)
   f = flags.FLAGS
+  # Mistakes in the command line first, each one line with exit status 2.
+  try:
+    parse_classifiers(f.classifiers)
+    one_shot.resolve_source(f.runs)
+  except (ClassifyError, one_shot.OneShotError) as e:
+    cli.exit_usage("classify.py", str(e))
+  cli.require_workdir(f.workdir, "classify.py")
   try:
     results, paths = classify_workdir(
         f.workdir, runs=f.runs, num_importance=f.num_importance, classifiers=f.classifiers,
@@ -425,7 +431,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app as _app  # pylint: disable=g-import-not-at-top
-
   define_flags()
-  _app.run(main)
+  cli.run(main, "classify.py")
