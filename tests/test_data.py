@@ -36,7 +36,7 @@ def _archive_copy(src_dir, dst_dir, sums=None):
 
 
 def _listed_sums(archive_dir):
-  return data._read_checksums(archive_dir)  # pylint: disable=protected-access
+  return data.read_checksums(archive_dir)
 
 
 def _tfds_checksums():

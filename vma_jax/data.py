@@ -247,7 +247,7 @@ def _read_cache(path: str) -> OmniglotSplit:
 # Local archives: checks done before TFDS sees them, for clear errors.
 
 
-def _read_checksums(archive_dir: str) -> dict[str, str]:
+def read_checksums(archive_dir: str) -> dict[str, str]:
   """{file name: sha256} from archive_dir/SHA256SUMS (`sha256sum` format); {} if absent."""
   path = os.path.join(archive_dir, CHECKSUMS_FILE)
   if not os.path.exists(path):
@@ -267,7 +267,7 @@ def _read_checksums(archive_dir: str) -> dict[str, str]:
   return sums
 
 
-def _sha256(path: str) -> str:
+def sha256(path: str) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -289,7 +289,7 @@ def verify_archives(archive_dir: str, tfds_checksums: dict[str, str]) -> dict[st
         f" {', '.join(ARCHIVES)} and their {CHECKSUMS_FILE}. Point ${ARCHIVE_ENV} at"
         " such a folder, or unset it to let TFDS download the archives."
     )
-  listed = _read_checksums(archive_dir)
+  listed = read_checksums(archive_dir)
   checksums = {}
   for name in ARCHIVES:
     path = os.path.join(archive_dir, name)
@@ -307,7 +307,7 @@ def verify_archives(archive_dir: str, tfds_checksums: dict[str, str]) -> dict[st
           " and TFDS has none. Add its line (`sha256sum " + name + "`) to"
           f" {CHECKSUMS_FILE}."
       )
-    got = _sha256(path)
+    got = sha256(path)
     if got != expected:
       raise DataError(
           f"{path} has sha256 {got}, but {where} expects {expected}. The file is"

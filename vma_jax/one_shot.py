@@ -23,7 +23,6 @@ images of a run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import zipfile
@@ -114,33 +113,18 @@ def resolve_source(runs: str | None = None) -> str:
   return path
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def verify_checksum(zip_path: str) -> str:
   """The zip's sha256, checked against the SHA256SUMS beside it when that lists it."""
-  got = _sha256(zip_path)
-  sums_path = os.path.join(os.path.dirname(os.path.abspath(zip_path)), CHECKSUMS_FILE)
-  if not os.path.isfile(sums_path):
-    return got
-  name = os.path.basename(zip_path)
-  with open(sums_path) as f:
-    for n, line in enumerate(f, 1):
-      parts = line.split()
-      if not parts:
-        continue
-      if len(parts) != 2 or not re.fullmatch(r"[0-9a-fA-F]{64}", parts[0]):
-        raise OneShotError(f"{sums_path}, line {n}: cannot parse {line.strip()!r}; expected "
-                           "'<64 hex sha256>  <file name>' as `sha256sum` writes it")
-      if parts[1].lstrip("*") == name and parts[0].lower() != got:
-        raise OneShotError(f"{zip_path} has sha256 {got}, but {sums_path} expects "
-                           f"{parts[0].lower()}: the file is damaged or another one; copy it "
-                           f"again ({WHERE_FROM})")
+  got = vma_data.sha256(zip_path)
+  folder = os.path.dirname(os.path.abspath(zip_path))
+  try:
+    expected = vma_data.read_checksums(folder).get(os.path.basename(zip_path))
+  except vma_data.DataError as e:
+    raise OneShotError(str(e)) from e
+  if expected is not None and expected != got:
+    raise OneShotError(f"{zip_path} has sha256 {got}, but "
+                       f"{os.path.join(folder, CHECKSUMS_FILE)} expects {expected}: the file "
+                       f"is damaged or another one; copy it again ({WHERE_FROM})")
   return got
 
 
