@@ -37,6 +37,9 @@ _CELLS = flags.DEFINE_string(
 _NUM_TARGETS = flags.DEFINE_integer(
     "num_targets", None,
     "Targets per cell; 0 = every test image, 13,180 (default: the run's config.eval).")
+_STEP = flags.DEFINE_integer(
+    "step", None, "The checkpoint to evaluate (default: the newest intact one; damaged ones "
+    "are skipped and logged).")
 _SEED = flags.DEFINE_integer("seed", None, "Fixes the episodes and samples (default 0).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Targets at once (default: config).")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Samples at once (default: config).")
@@ -60,6 +63,8 @@ def main(argv):
     except ValueError as e:
       cli.exit_usage("evaluate.py", f"--cells={cells}: {e}")
   cli.require_workdir(_WORKDIR.value, "evaluate.py")
+  if _STEP.value is not None:
+    cli.require_step(_WORKDIR.value, _STEP.value, "evaluate.py")
   try:
     batch_size = _BATCH_SIZE.value or checkpoints.load_config(_WORKDIR.value).eval.batch_size
     # Before JAX starts: the targets are sharded over one CPU device per core.
@@ -67,7 +72,7 @@ def main(argv):
     # Also before JAX starts: joins the other processes of a run on several hosts, if any.
     distributed.initialize_from_flags()
     results = evaluate.evaluate_workdir(
-        _WORKDIR.value, cells=_CELLS.value, num_importance=_NUM_IMPORTANCE.value,
+        _WORKDIR.value, cells=_CELLS.value, step=_STEP.value, num_importance=_NUM_IMPORTANCE.value,
         num_targets=_NUM_TARGETS.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
         chunk_size=_CHUNK_SIZE.value, dtype=_DTYPE.value)
   except (checkpoints.CheckpointError, data.DataError, FloatingPointError, ValueError) as e:

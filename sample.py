@@ -29,7 +29,7 @@ _MEMORY_DIR = flags.DEFINE_string("memory_dir", None, "Memory from this folder's
 _TARGET = flags.DEFINE_string("target", None, "With --memory_dir: the target image (a PNG).")
 _NUM_GENERATED = flags.DEFINE_integer("num_generated", 8, "Samples in each row.")
 _SEED = flags.DEFINE_integer("seed", 0, "Fixes the images chosen and the samples.")
-_STEP = flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
+_STEP = flags.DEFINE_integer("step", None, "The checkpoint's step (default: the newest intact one).")
 _OUT = flags.DEFINE_string("out", None, "The PNG to write.")
 
 
@@ -37,6 +37,8 @@ def main(argv):
   del argv  # every setting is a flag (cli.run refuses anything else)
   logging.set_verbosity(logging.INFO)
   cli.require_workdir(_WORKDIR.value, "sample.py")
+  if _STEP.value is not None:
+    cli.require_step(_WORKDIR.value, _STEP.value, "sample.py")
   try:
     path, sheet = sample.sample_workdir(
         _WORKDIR.value, out=_OUT.value, test_class=_TEST_CLASS.value, count=_COUNT.value,

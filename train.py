@@ -9,7 +9,6 @@ docs/training.md.
 """
 
 import os
-import sys
 
 from absl import flags
 from absl import logging
@@ -22,6 +21,7 @@ from vma_jax import data
 from vma_jax import distributed
 from vma_jax.cpu import host
 from vma_jax import train
+from vma_jax import workdir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.")
@@ -30,6 +30,10 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_integer(
     "cpu_devices", None, "On a CPU-only host, the JAX devices to split it into (default: one "
     "per core, as many as divide every batch size); no effect on GPU or TPU.")
+flags.DEFINE_bool(
+    "allow_config_change", False, "Resume even though the config trains otherwise than the "
+    "checkpoint's (e.g. a lowered --config.optim.lr); the change is recorded in the "
+    "workdir's config_history.jsonl. Without it such a resume is refused, listing the fields.")
 distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -42,15 +46,17 @@ def main(argv):
   try:
     distributed.initialize_from_flags()
   except ValueError as e:
-    sys.exit(f"error: {e}")
+    cli.exit_usage("train.py", str(e))
   logging.info("JAX process %d/%d, local devices: %s; GLIBC_TUNABLES=%s", jax.process_index(),
                jax.process_count(), jax.local_devices(), os.environ.get("GLIBC_TUNABLES"))
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (checkpoints.CheckpointError, data.DataError, train.ConfigError,
-          train.NonFiniteLossError) as e:
-    logging.error("%s", e)
-    sys.exit(f"error: {e}")
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                             allow_config_change=FLAGS.allow_config_change)
+  except (checkpoints.ConfigChangedError, train.ConfigError) as e:
+    cli.exit_usage("train.py", str(e))
+  except (checkpoints.CheckpointError, data.DataError, train.NonFiniteLossError,
+          workdir.WorkdirError) as e:
+    cli.exit_error("train.py", str(e))
 
 
 if __name__ == "__main__":

@@ -180,6 +180,34 @@ def test_evaluate_command_without_checkpoint_is_a_clear_error(tmp_path):
       f"--config=configs/<name>.py --workdir={tmp_path / 'nothing'})."]
 
 
+def test_evaluate_a_chosen_step(untrained_run):
+  """--step picks the checkpoint; a step with no checkpoint is a one-line usage error."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from vma_jax import checkpoints  # pylint: disable=g-import-not-at-top
+
+  config = checkpoints.load_config(untrained_run)
+  newer = vma_model.init_params(config, jax.random.key(2))
+  manager = checkpoints.make_manager(untrained_run)
+  checkpoints.save(manager, 5, newer, optax.adam(1e-4).init(newer), config)
+  manager.wait_until_finished()
+  manager.close()
+  settings = dict(cells="1:1", num_importance=2, num_targets=2, batch_size=2, chunk_size=2)
+  by_step = {}
+  for step in (None, 3):
+    evaluate.evaluate_workdir(untrained_run, step=step, **settings)
+    saved = json.loads((pathlib.Path(untrained_run) / "eval" / "results.json").read_text())
+    by_step[step] = saved["meta"]["step"], saved["results"][0]["bound"]
+  assert by_step[None][0] == 5 and by_step[3][0] == 3
+  assert by_step[None][1] != by_step[3][1]  # other parameters, another bound
+  result = subprocess.run(
+      [sys.executable, str(REPO_ROOT / "evaluate.py"), f"--workdir={untrained_run}",
+       "--step=4"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"evaluate.py: --step=4: {untrained_run} has no checkpoint at step 4; its checkpoints "
+      "are at steps 3, 5."]
+
+
 def test_evaluate_workdir_end_to_end(untrained_run):
   """A saved checkpoint of the recipe's model, evaluated on real test episodes."""
   workdir, run = untrained_run, pathlib.Path(untrained_run)

@@ -4,26 +4,40 @@ Workdir layout:
 
   workdir/config.json             the config of the latest start (earlier ones: config.<n>.json)
   workdir/checkpoints/<step>/     Orbax checkpoints: items `params`, `opt_state`, `config`,
-                                  `meta` ({"model_revision": vma_model.REVISION})
+                                  `meta` ({"model_revision": vma_model.REVISION,
+                                  "sha256": {item: digest}})
+  workdir/damaged_checkpoints/    checkpoints that failed to restore, moved aside by training
 
 Every checkpoint carries the config that produced it, so `restore_params(workdir)` rebuilds
 the model (and the abstract target of the restore) from the checkpoint alone, and the model
 revision it was written for: parameters of an earlier form of the model are refused. Orbax writes
 a checkpoint into a temporary folder and renames it when complete: a run killed while
 saving leaves no half-written `<step>/` folder for a later run to pick up.
+
+What a disk can still do to a finished checkpoint (a truncated file, a flipped byte, a lost
+metadata file) is caught on restore: `save` records a sha256 of every item's values, and
+`restore_newest` reads a checkpoint back only if its files load, its values hash to the
+recorded digests and are finite. A checkpoint that fails is a `DamagedCheckpointError`;
+`restore_newest` goes on to the next older one and reports the damaged ones, which are never
+deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import functools
+import hashlib
 import json
 import logging
 import os
-from typing import Any
+import sys
+from typing import Any, Callable, NamedTuple
 
 import jax
 from jax.sharding import Mesh
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from vma_jax import files
@@ -32,10 +46,22 @@ from vma_jax import sharding
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"
 
 # Config fields that fix the shapes of the saved parameters: a checkpoint can only be
 # resumed or restored by a config that agrees on all of them.
 MODEL_FIELDS = ("model", "data.image_size")
+
+
+# Fields a resumed run may change freely: how long it runs, how often it logs and saves,
+# its validation and evaluation, where the data lives. Any other change alters what is
+# trained from the checkpoint on and needs train.py --allow_config_change
+# (`check_unchanged`).
+FREE_FIELDS = ("train.num_steps", "train.log_every", "train.checkpoint_every",
+               "train.max_checkpoints", "train.validate_every", "train.image_every",
+               "train.tensorboard", "validation", "eval", "data.archive_dir", "data.data_dir")
+
+CONFIG_HISTORY_FILE = "config_history.jsonl"
 
 
 # Fields renamed since checkpoints were first written: {old dotted name: new one}. Configs
@@ -58,8 +84,29 @@ class CheckpointError(RuntimeError):
   """A missing or incompatible checkpoint or config; the message says what to do."""
 
 
+class ConfigChangedError(CheckpointError):
+  """A resumed run whose config trains otherwise than its checkpoint's, without
+  --allow_config_change."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint whose files do not read back what was saved: `step` and `reason`."""
+
+  def __init__(self, step: int, reason: str):
+    super().__init__(f"the checkpoint at step {step} is damaged: {reason}")
+    self.step, self.reason = step, reason
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def saved_steps(workdir: str) -> list[int]:
+  """The steps of the finished checkpoints in workdir, from the folders' names (without
+  starting JAX); a save in progress writes into a temporary folder, not counted."""
+  directory = checkpoint_dir(workdir)
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return sorted(int(name) for name in names if name.isdigit())
 
 
 def to_dict(config) -> dict:
@@ -120,11 +167,14 @@ def model_revision(manager: ocp.CheckpointManager, step: int, saved_config) -> i
   Checkpoints written before revisions were recorded have no `meta` item; their config tells
   them apart: revision 2 introduced `model.param_init`.
   """
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-  except KeyError:
-    return 2 if _get(to_dict(saved_config), "model.param_init") is not None else 1
-  return int(restored["meta"]["model_revision"])
+  meta = _read_meta(manager, step)
+  return _revision(meta, to_dict(saved_config))
+
+
+def _revision(meta: dict | None, config_dict: dict) -> int:
+  if meta is None:
+    return 2 if _get(config_dict, "model.param_init") is not None else 1
+  return int(meta["model_revision"])
 
 
 def check_model_revision(revision: int, *, source: str) -> None:
@@ -149,24 +199,65 @@ def check_model_revision(revision: int, *, source: str) -> None:
         "of vma_jax that trained it.")
 
 
+def _in(name: str, fields) -> bool:
+  return any(name == f or name.startswith(f + ".") for f in fields)
+
+
+def describe_differences(old, new, names) -> str:
+  """'a.b: 1 there, 2 here; ...' for the fields `names` of two configs."""
+  old, new = to_dict(old), to_dict(new)
+  return "; ".join(f"{name}: {_get(old, name)!r} there, {_get(new, name)!r} here"
+                   for name in names)
+
+
 def check_compatible(saved_config, config, *, source: str) -> list[str]:
   """Raises CheckpointError if `config` asks for other parameter shapes than `saved_config`.
 
   Returns the names of the fields that differ without changing the parameters' shapes (a
-  longer run, another learning rate), for the caller to report.
+  longer run, another learning rate), for the caller to check (`check_unchanged`).
   """
-  saved, new = to_dict(saved_config), to_dict(config)
-  differences = config_differences(saved, new)
-  clashes = [name for name in differences
-             if any(name == f or name.startswith(f + ".") for f in MODEL_FIELDS)]
+  differences = config_differences(saved_config, config)
+  clashes = [name for name in differences if _in(name, MODEL_FIELDS)]
   if clashes:
-    detail = "; ".join(f"{name}: {_get(saved, name)!r} there, {_get(new, name)!r} here"
-                       for name in clashes)
     raise CheckpointError(
-        f"{source} was written for a different model ({detail}). Resuming would load "
+        f"{source} was written for a different model "
+        f"({describe_differences(saved_config, config, clashes)}). Resuming would load "
         "parameters of the wrong shapes. Train this config in a new --workdir, or pass the "
         f"saved model settings (see {source}) to continue that run.")
   return differences
+
+
+def check_unchanged(saved_config, config, *, source: str) -> None:
+  """Raises ConfigChangedError, listing them, if fields outside `FREE_FIELDS` differ."""
+  changed = [name for name in config_differences(saved_config, config)
+             if not _in(name, FREE_FIELDS)]
+  if changed:
+    raise ConfigChangedError(
+        f"{source} was trained with another config: "
+        f"{describe_differences(saved_config, config, changed)}. Resuming would go on "
+        "with other settings than the run's. If that is intended (e.g. a lowered "
+        "learning rate), pass --allow_config_change and it is recorded in the workdir's "
+        f"{CONFIG_HISTORY_FILE}; otherwise give the run's settings, or a new --workdir.")
+
+
+def record_config_change(workdir: str, step: int, saved_config, config) -> dict | None:
+  """Appends to workdir/config_history.jsonl the fields in which `config` differs from the
+  config of the checkpoint it resumes at `step` ({name: [there, here]}); returns the record,
+  or None when nothing differs."""
+  names = config_differences(saved_config, config)
+  if not names:
+    return None
+  old, new = to_dict(saved_config), to_dict(config)
+  record = {"step": int(step),
+            "time": datetime.datetime.now().isoformat(timespec="seconds"),
+            "changed": {name: [_get(old, name), _get(new, name)] for name in names}}
+  path = os.path.join(workdir, CONFIG_HISTORY_FILE)
+  earlier = ""
+  if os.path.exists(path):
+    with open(path) as f:
+      earlier = f.read()
+  files.write_text(path, earlier + json.dumps(record, sort_keys=True) + "\n")
+  return record
 
 
 def save_config(workdir: str, config) -> str:
@@ -205,17 +296,60 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 class _OrbaxNoise(logging.Filter):
   """Drops Orbax's INFO lines (tens per save or restore, under the entry points' INFO level)
-  and its warning that a manager opened read-only is read-only; its other warnings pass."""
+  and its warning that a manager opened read-only is read-only; its other warnings and errors
+  pass as one line each, without the traceback (kept at absl's debug verbosity). Drops
+  asyncio's "Future exception was never retrieved", which a failed asynchronous write repeats
+  for every array: training reports the failure itself (`vma_jax.workdir.write_failure`)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
+    if record.name.startswith("asyncio"):
+      return "exception was never retrieved" not in record.getMessage()
     if f"{os.sep}orbax{os.sep}" not in record.pathname:
       return True
     if record.levelno < logging.WARNING:
       return False
-    return not record.getMessage().startswith("Given directory is read only")
+    message = record.getMessage()
+    if message.startswith("Given directory is read only"):
+      return False
+    if record.exc_info and logging.getLogger("absl").getEffectiveLevel() > logging.DEBUG:
+      record.msg, record.args = " ".join(message.split())[:300], ()
+      record.exc_info = record.exc_text = None
+    return True
 
 
 _ORBAX_NOISE = _OrbaxNoise()
+
+
+def _is_closed_loop_error(error: BaseException) -> bool:
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _is_orbax_coroutine(obj) -> bool:
+  code = getattr(obj, "cr_code", None)
+  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _drop_abandoned_io_errors() -> None:
+  """Hooks (installed once) that drop what Orbax's abandoned I/O prints: after a failed
+  asynchronous save, TensorStore's threads call back into each write's closed event loop
+  (`RuntimeError: Event loop is closed`, once per array); after a restore that failed, its
+  pending reads are collected at exit ("Exception ignored in: <coroutine ...>"). The failure
+  itself is reported once, by the caller."""
+  if getattr(sys.excepthook, "_vma_jax", False):
+    return
+  excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+  def quiet_excepthook(kind, value, traceback):
+    if not _is_closed_loop_error(value):
+      excepthook(kind, value, traceback)
+
+  def quiet_unraisablehook(unraisable):
+    if not (_is_closed_loop_error(unraisable.exc_value)
+            or _is_orbax_coroutine(unraisable.object)):
+      unraisablehook(unraisable)
+
+  quiet_excepthook._vma_jax = True  # pylint: disable=protected-access
+  sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
 
 
 def make_manager(workdir: str, *, max_to_keep: int | None = None,
@@ -226,7 +360,9 @@ def make_manager(workdir: str, *, max_to_keep: int | None = None,
     raise CheckpointError(
         f"{directory} does not exist: no checkpoint to restore. Train first "
         f"(python train.py --config=configs/<name>.py --workdir={workdir}).")
-  logging.getLogger("absl").addFilter(_ORBAX_NOISE)  # idempotent
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).addFilter(_ORBAX_NOISE)  # idempotent
+  _drop_abandoned_io_errors()
   options = ocp.CheckpointManagerOptions(
       max_to_keep=None if read_only else max_to_keep, create=not read_only,
       read_only=read_only, enable_async_checkpointing=not read_only,
@@ -234,73 +370,243 @@ def make_manager(workdir: str, *, max_to_keep: int | None = None,
   return ocp.CheckpointManager(directory, options=options)
 
 
+def _host_value(x) -> np.ndarray:
+  """The value of a leaf on the host; a replicated array spanning several processes is read
+  from this process's copy."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if not x.is_fully_replicated:
+      raise ValueError("checkpoint digests need replicated arrays")
+    x = x.addressable_data(0)
+  return np.asarray(jax.device_get(x))
+
+
+def tree_digest(tree) -> str:
+  """sha256 of a pytree's values: every leaf's dtype, shape and bytes, in tree order."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(tree):
+    value = np.ascontiguousarray(_host_value(leaf))
+    digest.update(f"{value.dtype.str}{value.shape};".encode())
+    digest.update(value.tobytes())
+  return digest.hexdigest()
+
+
+def _json_digest(obj) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
 def save(manager: ocp.CheckpointManager, step: int, params, opt_state, config) -> None:
   """Starts an (asynchronous) save of params, optimiser state, config and the model
-  revision at `step`."""
+  revision at `step`, with the sha256 of each item's values (`tree_digest`) for the restore
+  to verify."""
+  config_dict = to_dict(config)
+  digests = {"params": tree_digest(params), "opt_state": tree_digest(opt_state),
+             "config": _json_digest(config_dict)}
   manager.save(step, args=ocp.args.Composite(
       params=ocp.args.StandardSave(params),
       opt_state=ocp.args.StandardSave(opt_state),
-      config=ocp.args.JsonSave(to_dict(config)),
-      meta=ocp.args.JsonSave({"model_revision": vma_model.REVISION})))
+      config=ocp.args.JsonSave(config_dict),
+      meta=ocp.args.JsonSave({"model_revision": vma_model.REVISION, "sha256": digests})))
+
+
+class _Quiet(logging.Filter):
+  """Drops every record of Orbax and asyncio: while a damaged checkpoint is read, each of
+  its arrays logs a traceback; the caller reports the damage in one line instead."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return (f"{os.sep}orbax{os.sep}" not in record.pathname
+            and not record.name.startswith("asyncio"))
+
+
+@contextlib.contextmanager
+def _quiet():
+  quiet = _Quiet()
+  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+  for logger in loggers:
+    logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    for logger in loggers:
+      logger.removeFilter(quiet)
+
+
+def _reason(error: BaseException) -> str:
+  """A short, one-line account of why reading failed."""
+  text = " ".join(str(error).split())
+  if len(text) > 200:
+    text = text[:200] + "..."
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _item_dir(manager: ocp.CheckpointManager, step: int, item: str) -> str:
+  return os.path.join(str(manager.directory), str(step), item)
+
+
+def _read_meta(manager: ocp.CheckpointManager, step: int) -> dict | None:
+  """The checkpoint's `meta` item; None for checkpoints written before it existed."""
+  if not os.path.isdir(_item_dir(manager, step, "meta")):
+    return None
+  try:
+    with _quiet():
+      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    int(meta["model_revision"])
+  except Exception as e:  # pylint: disable=broad-except
+    raise DamagedCheckpointError(step, f"its meta item does not load ({_reason(e)})") from e
+  return meta
+
+
+def _read_config(manager: ocp.CheckpointManager, step: int, meta: dict | None) -> dict:
+  """The config saved with the checkpoint, as saved, checked against its digest."""
+  try:
+    with _quiet():
+      config_dict = manager.restore(
+          step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    if not isinstance(config_dict, dict):
+      raise ValueError(f"a config is a JSON object, not {type(config_dict).__name__}")
+  except Exception as e:  # pylint: disable=broad-except
+    raise DamagedCheckpointError(step, f"its config item does not load ({_reason(e)})") from e
+  expected = (meta or {}).get("sha256", {}).get("config")
+  if expected is not None and _json_digest(config_dict) != expected:
+    raise DamagedCheckpointError(step, "its config item does not match its sha256")
+  return config_dict
 
 
 def saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
-  """The config stored with the checkpoint at `step`."""
-  restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  return ml_collections.ConfigDict(upgrade(restored["config"]))
+  """The config stored with the checkpoint at `step` (DamagedCheckpointError if it does not
+  load or does not match its recorded digest)."""
+  return ml_collections.ConfigDict(upgrade(_read_config(manager, step, _read_meta(manager, step))))
 
 
-def restore(manager: ocp.CheckpointManager, step: int, **abstract_items) -> dict:
-  """Restores the named items (params=..., opt_state=...) onto abstract targets.
-
-  Targets are pytrees of jax.ShapeDtypeStruct with shardings: the arrays are placed as
-  those say, whatever devices wrote them. A stored array of another shape or structure is a
-  CheckpointError.
-  """
+def _read_items(manager: ocp.CheckpointManager, step: int, meta: dict | None,
+                abstract_items: dict) -> dict:
+  """The named items restored onto their abstract targets and verified: they load, their
+  floating-point values are finite, and they hash to the digests recorded at save time."""
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(**{
-        name: ocp.args.StandardRestore(target) for name, target in abstract_items.items()}))
-  except (ValueError, KeyError, TypeError) as e:
-    # Orbax raises these for other shapes or trees, but also for arrays it cannot place (a
-    # target without shardings, for a checkpoint written on other devices): say both.
+    with _quiet():
+      restored = manager.restore(step, args=ocp.args.Composite(**{
+          name: ocp.args.StandardRestore(target) for name, target in abstract_items.items()}))
+  except Exception as e:  # pylint: disable=broad-except
+    raise DamagedCheckpointError(
+        step, f"its {', '.join(abstract_items)} do not load ({_reason(e)})") from e
+  digests = (meta or {}).get("sha256", {})
+  items = {}
+  for name in abstract_items:
+    values = [_host_value(leaf) for leaf in jax.tree.leaves(restored[name])]
+    if not all(np.isfinite(v).all() for v in values if np.issubdtype(v.dtype, np.floating)):
+      raise DamagedCheckpointError(step, f"its {name} hold NaN or infinite values")
+    if name in digests and tree_digest(restored[name]) != digests[name]:
+      raise DamagedCheckpointError(
+          step, f"its {name} do not match the sha256 recorded when it was saved")
+    items[name] = restored[name]
+  return items
+
+
+class Restored(NamedTuple):
+  """A checkpoint read back by `restore_newest`."""
+
+  step: int
+  config: ml_collections.ConfigDict  # the config saved with it
+  items: dict  # {name: restored pytree}
+  damaged: list[DamagedCheckpointError]  # newer checkpoints skipped, newest first
+
+
+def restore_newest(manager: ocp.CheckpointManager,
+                   abstract_items: Callable[[ml_collections.ConfigDict], dict], *,
+                   step: int | None = None,
+                   check_config: Callable[[ml_collections.ConfigDict, str], None] | None = None
+                   ) -> Restored | None:
+  """The newest checkpoint (or the one at `step`) that restores intact; None if there is none.
+
+  Each checkpoint is read as: its meta and config items (verified against their digests),
+  the model revision (`check_model_revision`) and `check_config(saved_config, source)`,
+  which raise CheckpointError for a checkpoint this code must not take (another model);
+  then the items `abstract_items(saved_config)` ({name: abstract pytree with shardings}),
+  verified by `_read_items`. A checkpoint that fails to load or verify is skipped for the
+  next older one and returned in `damaged`; with `step` given, its damage is raised. If every
+  checkpoint is damaged, CheckpointError says so.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if step is not None:
+    if step not in steps:
+      raise CheckpointError(f"no checkpoint at step {step} in {manager.directory}; "
+                            f"available steps: {sorted(steps)}.")
+    steps = [step]
+  damaged = []
+  for candidate in steps:
+    source = os.path.join(str(manager.directory), str(candidate))
+    try:
+      meta = _read_meta(manager, candidate)
+      config_dict = _read_config(manager, candidate, meta)
+      config = ml_collections.ConfigDict(upgrade(config_dict))
+      check_model_revision(_revision(meta, config_dict), source=source)
+      if check_config is not None:
+        check_config(config, source)
+      items = _read_items(manager, candidate, meta, abstract_items(config))
+    except DamagedCheckpointError as e:
+      if step is not None:
+        raise CheckpointError(
+            f"{e} ({source}). Choose another step (available: "
+            f"{sorted(manager.all_steps())}), or omit the step for the newest intact one.") from e
+      damaged.append(e)
+      continue
+    return Restored(int(candidate), config, items, damaged)
+  if damaged:
+    listed = "; ".join(f"step {e.step}: {e.reason}" for e in damaged)
     raise CheckpointError(
-        f"the checkpoint at step {step} in {manager.directory} could not be restored as "
-        f"this config's {', '.join(abstract_items)} ({type(e).__name__}: {str(e)[:500]}). "
-        "If its shapes or structure differ, it was written by another model or optimiser "
-        "(e.g. optim.grad_clip_norm switched on or off): use a new --workdir, or the config "
-        "the run was started with.") from e
-  return {name: restored[name] for name in abstract_items}
+        f"every checkpoint in {manager.directory} is damaged ({listed}). Train again in a "
+        "new --workdir, or restore the checkpoints from a copy.")
+  return None
+
+
+def describe_damage(error: DamagedCheckpointError, directory: str, *, now: str) -> str:
+  """The one log line for a damaged checkpoint skipped on restore; `now` says what became of
+  it ("left in place", "moved to ...")."""
+  return (f"Skipped the checkpoint at step {error.step} in {directory}, damaged: "
+          f"{error.reason}; it is {now}")
+
+
+def move_aside(workdir: str, step: int) -> str:
+  """Moves the checkpoint at `step` to workdir/damaged_checkpoints/<step>[.<n>] (never over an
+  earlier one); returns where it went."""
+  source = os.path.join(checkpoint_dir(workdir), str(step))
+  folder = os.path.join(os.path.abspath(workdir), DAMAGED_DIR)
+  os.makedirs(folder, exist_ok=True)
+  target, n = os.path.join(folder, str(step)), 0
+  while os.path.exists(target):
+    n += 1
+    target = os.path.join(folder, f"{step}.{n}")
+  os.replace(source, target)
+  return target
 
 
 def restore_params(workdir: str, step: int | None = None, mesh: Mesh | None = None):
-  """(params, step, config) of the checkpoint at `step` (default: the latest) in workdir.
+  """(params, step, config) of the checkpoint at `step` (default: the newest intact one) in
+  workdir.
 
   The model is rebuilt from the config saved with the checkpoint, so evaluation needs only
   the workdir. The parameters are replicated over `mesh` (default: every device of every
-  process), whatever the devices and mesh that wrote them.
+  process), whatever the devices and mesh that wrote them. Damaged checkpoints newer than the
+  one restored are left in place and logged, one line each.
   """
   mesh = sharding.make_mesh() if mesh is None else mesh
   replicated, _ = sharding.shardings(mesh)
+
+  def abstract_params(config):
+    return {"params": jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(functools.partial(vma_model.init_params, config), jax.random.key(0)))}
+
   manager = make_manager(workdir, read_only=True)
   try:
-    steps = manager.all_steps()
-    if not steps:
+    if not manager.all_steps():
       raise CheckpointError(
           f"no checkpoint in {manager.directory}. Train first (python train.py "
           f"--config=configs/<name>.py --workdir={workdir}), or pass the workdir of a "
           "finished run.")
-    if step is None:
-      step = manager.latest_step()
-    elif step not in steps:
-      raise CheckpointError(f"no checkpoint at step {step} in {manager.directory}; "
-                            f"available steps: {sorted(steps)}.")
-    config = saved_config(manager, step)
-    check_model_revision(model_revision(manager, step, config),
-                         source=os.path.join(manager.directory, str(step)))
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        jax.eval_shape(functools.partial(vma_model.init_params, config), jax.random.key(0)))
-    params = restore(manager, step, params=abstract)["params"]
+    restored = restore_newest(manager, abstract_params, step=step)
   finally:
     manager.close()
-  return params, int(step), config
+  for error in restored.damaged:
+    logging.getLogger("absl").warning(
+        describe_damage(error, checkpoint_dir(workdir), now="left in place"))
+  return restored.items["params"], restored.step, restored.config

@@ -418,6 +418,8 @@ def main(argv) -> None:
   except (ClassifyError, one_shot.OneShotError) as e:
     cli.exit_usage("classify.py", str(e))
   cli.require_workdir(f.workdir, "classify.py")
+  if f.step is not None:
+    cli.require_step(f.workdir, f.step, "classify.py")
   try:
     results, paths = classify_workdir(
         f.workdir, runs=f.runs, num_importance=f.num_importance, classifiers=f.classifiers,

@@ -21,6 +21,7 @@ from absl import flags
 from vma_jax import checkpoints
 
 USAGE_ERROR = 2  # exit status of a usage error
+FAILURE = 1  # exit status of a run that could not be done (a damaged workdir, a full disk)
 
 
 def one_line(message: str) -> str:
@@ -34,6 +35,12 @@ def exit_usage(program: str, message: str) -> NoReturn:
   sys.exit(USAGE_ERROR)
 
 
+def exit_error(program: str, message: str) -> NoReturn:
+  """Prints `program: message` (one line) to stderr and exits with status 1."""
+  print(f"{program}: {one_line(message)}", file=sys.stderr)
+  sys.exit(FAILURE)
+
+
 def require_workdir(workdir: str, program: str) -> None:
   """`exit_usage` unless `workdir` is a training run's workdir (it has its config.json)."""
   if not os.path.isfile(os.path.join(workdir, checkpoints.CONFIG_FILE)):
@@ -41,6 +48,15 @@ def require_workdir(workdir: str, program: str) -> None:
     exit_usage(program, f"--workdir={workdir} {what}: it is not a training run. Give the "
                "workdir of a trained run, or train one first (python train.py "
                f"--config=configs/<name>.py --workdir={workdir}).")
+
+
+def require_step(workdir: str, step: int, program: str) -> None:
+  """`exit_usage` unless `workdir` holds a checkpoint at `step` (read from the folder names:
+  JAX must not start before the command has chosen its devices)."""
+  steps = checkpoints.saved_steps(workdir)
+  if step not in steps:
+    exit_usage(program, f"--step={step}: {workdir} has no checkpoint at step {step}; its "
+               f"checkpoints are at steps {', '.join(map(str, steps)) or '(none)'}.")
 
 
 def _unknown_field(error: Exception, argv: list[str]) -> str:

@@ -130,14 +130,14 @@ def write_figures(results: Sequence[vma_results.CellResult], out_dir: str, *, st
   return paths
 
 
-def evaluate_workdir(workdir: str, *, cells: str = "table1",
+def evaluate_workdir(workdir: str, *, cells: str = "table1", step: int | None = None,
                      num_importance: int | None = None,
                      num_targets: int | None = None, seed: int | None = None,
                      batch_size: int | None = None, chunk_size: int | None = None,
                      dtype: str | None = None,
                      data_config: ml_collections.ConfigDict | None = None
                      ) -> list[vma_results.CellResult]:
-  """Restores the latest checkpoint of a training run and evaluates it on the test split.
+  """Restores a checkpoint of a training run and evaluates it on the test split.
 
   Arguments left None take the run's `config.eval` values (K = 1000, all targets, seed 0).
 
@@ -145,6 +145,8 @@ def evaluate_workdir(workdir: str, *, cells: str = "table1",
     workdir: the training run's workdir (with config.json and checkpoints/).
     cells: "C:T,R/T,..." (`cells.parse_cell`), a name of `results.GRIDS` ("table1",
       "large"), or "config" for the run's own config.eval.cells.
+    step: the checkpoint to evaluate; default: the newest intact one (damaged ones are
+      skipped, `checkpoints.restore_newest`).
     num_importance: K.
     num_targets: targets per cell, spread evenly over the classes; 0 = the whole test split
       (13,180).
@@ -161,7 +163,7 @@ def evaluate_workdir(workdir: str, *, cells: str = "table1",
     left.
     With several processes, every one returns the results and process 0 writes the files.
   """
-  params, step, run_config = checkpoints.restore_params(workdir)
+  params, step, run_config = checkpoints.restore_params(workdir, step)
   config = with_dtype(run_config, dtype)
   settings, split = settings_and_test_split(
       config, data_config, cells=cells, num_importance=num_importance, num_targets=num_targets,

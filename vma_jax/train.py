@@ -44,6 +44,7 @@ from vma_jax import model as vma_model
 from vma_jax import objective
 from vma_jax import sharding
 from vma_jax import summaries
+from vma_jax import workdir as workdir_lib
 
 TrainState = train_state.TrainState
 METRICS_FILE = "metrics.jsonl"
@@ -353,34 +354,64 @@ def _trace(run: _Run, config) -> TrainState:
   return abstract
 
 
-def _check_resumable(manager, config) -> int | None:
-  """The step to resume from (None: a fresh run), once its checkpoint's model revision and
-  config have been checked (CheckpointError)."""
-  step = manager.latest_step()
-  if step is not None:
-    source = os.path.join(manager.directory, str(step))
-    saved_config = checkpoints.saved_config(manager, step)
-    checkpoints.check_model_revision(
-        checkpoints.model_revision(manager, step, saved_config), source=source)
-    differences = checkpoints.check_compatible(saved_config, config, source=source)
-    if differences:
-      logging.warning("Resuming with a config that differs from the checkpoint's in: %s",
-                      ", ".join(differences))
-  return step
-
-
-def _restore_or_init(run: _Run, abstract: TrainState, manager, step: int | None, config,
-                     mesh: Mesh) -> TrainState:
-  """The state of checkpoint `step`, restored onto abstract targets (the fresh parameters are
-  never computed), or, for step None, a fresh state."""
-  if step is None:
-    return init_train_state(config, run.init_key, mesh)
+def _abstract_items(abstract: TrainState, mesh: Mesh) -> dict:
+  """The restore targets of a checkpoint: params and opt_state, replicated over `mesh`."""
   replicated, _ = sharding.shardings(mesh)
-  restored = checkpoints.restore(manager, step, **jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      {"params": abstract.params, "opt_state": abstract.opt_state}))
-  logging.info("Resumed from step %d of %s", step, manager.directory)
-  return abstract.replace(step=sharding.replicate(np.int32(step), mesh), **restored)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                      {"params": abstract.params, "opt_state": abstract.opt_state})
+
+
+def _check_continuable(saved_config, config, abstract: TrainState, source: str,
+                       allow_config_change: bool) -> None:
+  """Raises CheckpointError unless `config` can continue the checkpoint written with
+  `saved_config`: the same model and optimiser state (always), and the same training
+  (`checkpoints.check_unchanged`) unless `allow_config_change`."""
+  differences = checkpoints.check_compatible(saved_config, config, source=source)
+  saved_opt_state = jax.eval_shape(make_optimizer(saved_config.optim).init, abstract.params)
+  shapes = lambda tree: (jax.tree.structure(tree), [x.shape for x in jax.tree.leaves(tree)])
+  if shapes(saved_opt_state) != shapes(abstract.opt_state):
+    detail = checkpoints.describe_differences(
+        saved_config, config, [d for d in differences if d.startswith("optim.")])
+    raise checkpoints.CheckpointError(
+        f"{source} holds the state (opt_state) of another optimiser ({detail}). Resume with "
+        "the run's optim settings, or train this config in a new --workdir.")
+  if not allow_config_change:
+    checkpoints.check_unchanged(saved_config, config, source=source)
+
+
+def _resume(manager, abstract: TrainState, config, mesh: Mesh, *, workdir: str,
+            allow_config_change: bool) -> checkpoints.Restored | None:
+  """The newest intact checkpoint this config can continue (None: a fresh run).
+
+  Damaged checkpoints newer than it are moved to workdir/damaged_checkpoints/ by process 0
+  (one log line each), so that the run saves those steps again.
+  """
+  targets = _abstract_items(abstract, mesh)
+  restored = checkpoints.restore_newest(
+      manager, lambda _: targets,
+      check_config=lambda saved, source: _check_continuable(
+          saved, config, abstract, source, allow_config_change))
+  if restored is not None and restored.damaged:
+    for error in restored.damaged:
+      moved = (checkpoints.move_aside(workdir, error.step) if distributed.is_chief()
+               else checkpoints.DAMAGED_DIR)
+      logging.warning("%s", checkpoints.describe_damage(error, manager.directory,
+                                                        now=f"moved to {moved}"))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("damaged checkpoints moved aside")
+    manager.reload()
+  return restored
+
+
+def _initial_state(run: _Run, abstract: TrainState, restored: checkpoints.Restored | None,
+                   config, mesh: Mesh, workdir: str) -> TrainState:
+  """The state of the restored checkpoint (the fresh parameters are never computed), or, for
+  None, a fresh state."""
+  if restored is None:
+    return init_train_state(config, run.init_key, mesh)
+  logging.info("Resumed from step %d of %s", restored.step, checkpoints.checkpoint_dir(workdir))
+  return abstract.replace(step=sharding.replicate(np.int32(restored.step), mesh),
+                          **restored.items)
 
 
 def _batches(sample, data, train_key, start_step: int, num_steps: int):
@@ -450,51 +481,84 @@ def _write_images(run: _Run, params, outputs: _Outputs, step: int) -> None:
 def _train_loop(run: _Run, state: TrainState, start_step: int, config, manager,
                 outputs: _Outputs, mesh: Mesh) -> TrainState:
   """Steps start_step .. num_steps, with logging, checkpoints, validation and images at the
-  periods of config.train; the host reads the device only at those."""
+  periods of config.train; the host reads the device only at those.
+
+  A write that fails (a full disk) ends the run with a WorkdirError of one line; the last
+  checkpoint that was completely written stays as it was.
+  """
   train_config = config.train
   num_steps = train_config.num_steps
   pending: list[tuple[int, dict]] = []  # per-step metrics (on device) since the last log
-  last_checkpoint = manager.latest_step()
+  saved = manager.latest_step()  # the newest checkpoint completely written
+  saving = None  # the step of a save that may still be in flight
   log_time, log_step, bar = time.monotonic(), start_step, None
+  workdir = outputs.workdir
 
   def every(period, step, at_end=True):
     if period <= 0:
       return at_end and step == num_steps
     return step % period == 0 or step == num_steps
 
-  for step, episodes, sample_key in _batches(run.sample, run.train_data, run.train_key,
-                                             start_step, num_steps):
-    state, metrics = run.train_step(state, episodes, sample_key)
-    done = step + 1
-    pending.append((done, metrics))
-    if bar is None:  # the step is compiled (at its first call); rates count from here
-      bar, log_time = summaries.progress_bar(num_steps, done), time.monotonic()
-    else:
-      bar.update(1)
-    if every(train_config.log_every, done):
-      _check_finite(pending, outputs.workdir, last_checkpoint)
-      now = time.monotonic()
-      _log_train_metrics(outputs, pending, done, num_steps, now - log_time, done - log_step)
-      pending, log_time, log_step = [], now, done
-    if every(train_config.checkpoint_every, done):
-      _check_finite(pending, outputs.workdir, last_checkpoint)
-      checkpoints.save(manager, done, state.params, state.opt_state, config)
-      last_checkpoint = done
-    if every(train_config.validate_every, done, at_end=False):
-      _validate(run, state.params, config, outputs, done, mesh)
-    if every(train_config.image_every, done, at_end=False):
-      _write_images(run, state.params, outputs, done)
-  if bar is not None:
-    bar.close()
+  def failed(error, what, step):
+    return workdir_lib.WorkdirError(workdir_lib.write_failure(
+        error, what=what, step=step, workdir=workdir, last_checkpoint=saved))
+
+  def finish_save():
+    nonlocal saved, saving
+    if saving is not None:
+      try:
+        manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        raise failed(e, "the checkpoint", saving) from e
+      saved, saving = saving, None
+
+  try:
+    for step, episodes, sample_key in _batches(run.sample, run.train_data, run.train_key,
+                                               start_step, num_steps):
+      state, metrics = run.train_step(state, episodes, sample_key)
+      done = step + 1
+      pending.append((done, metrics))
+      if bar is None:  # the step is compiled (at its first call); rates count from here
+        bar, log_time = summaries.progress_bar(num_steps, done), time.monotonic()
+      else:
+        bar.update(1)
+      try:
+        if every(train_config.log_every, done):
+          _check_finite(pending, workdir, saving or saved)
+          now = time.monotonic()
+          _log_train_metrics(outputs, pending, done, num_steps, now - log_time,
+                             done - log_step)
+          pending, log_time, log_step = [], now, done
+        if every(train_config.checkpoint_every, done):
+          _check_finite(pending, workdir, saving or saved)
+          finish_save()
+          try:
+            checkpoints.save(manager, done, state.params, state.opt_state, config)
+          except Exception as e:  # pylint: disable=broad-except
+            raise failed(e, "the checkpoint", done) from e
+          saving = done
+        if every(train_config.validate_every, done, at_end=False):
+          _validate(run, state.params, config, outputs, done, mesh)
+        if every(train_config.image_every, done, at_end=False):
+          _write_images(run, state.params, outputs, done)
+      except OSError as e:
+        raise failed(e, "the run's metrics and images", done) from e
+    finish_save()
+  finally:
+    if bar is not None:
+      bar.close()
   return state
 
 
-def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> TrainState:
+def train_and_evaluate(config, workdir: str, *, splits: dict | None = None,
+                       allow_config_change: bool = False) -> TrainState:
   """Trains (or resumes) the run of `config` in `workdir`; returns the final state.
 
-  Nothing is written to `workdir` before every jitted function of the run has been traced
-  with this config (one that cannot run raises ConfigError) and, on resuming, the
-  checkpoint's revision and config have been checked (CheckpointError).
+  The workdir is checked writable, and locked (`vma_jax.workdir`), before any data is loaded
+  or anything compiled; nothing is written to it before every jitted function of the run has
+  been traced with this config (one that cannot run raises ConfigError) and, on resuming, the
+  checkpoint's revision and config have been checked (CheckpointError). Damaged checkpoints
+  are skipped for the newest intact one (`checkpoints.restore_newest`).
 
   Args:
     config: an experiment config (see configs/default.py).
@@ -502,42 +566,86 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None) -> T
       workdir resumes from its latest checkpoint.
     splits: {"train": ..., "test": ...} Omniglot-like splits; by default
       `vma_jax.data.load_splits(config.data)`.
+    allow_config_change: resume even if the config trains otherwise than the checkpoint's
+      (fields outside `checkpoints.FREE_FIELDS`, e.g. a lowered learning rate); the change is
+      recorded in workdir/config_history.jsonl. Without it, such a resume raises
+      ConfigChangedError.
   """
   workdir = os.path.abspath(workdir)
-  mesh = sharding.make_mesh()
-  run = _prepare_run(config, mesh, splits)
-  abstract = _trace(run, config)
-  manager = checkpoints.make_manager(workdir, max_to_keep=config.train.max_checkpoints)
-  resume_step = _check_resumable(manager, config)
-
-  # Process 0 alone writes config.json, metrics.jsonl, summaries and images; every process
-  # saves and restores the checkpoints (Orbax writes each array once).
+  # Process 0 alone writes config.json, metrics.jsonl, summaries and images, and holds the
+  # lock; every process saves and restores the checkpoints (Orbax writes each array once).
   is_chief = distributed.is_chief()
-  writer = summaries.create_writer(workdir, tensorboard=config.train.tensorboard,
-                                   just_logging=not is_chief)
-  outputs = _Outputs(workdir, writer,
-                     summaries.MetricsLog(os.path.join(workdir, METRICS_FILE)), is_chief)
-  state = _restore_or_init(run, abstract, manager, resume_step, config, mesh)
-  if resume_step is None and writer is not None:
-    writer.write_hparams(_flatten(checkpoints.to_dict(config)))
-  # Only once the checkpoint has restored: a config it cannot continue leaves no trace.
-  _save_config(workdir, config, is_chief)
-  start_step = resume_step or 0
-  logging.info("Training %d steps from step %d on %d device(s) of %d process(es); workdir %s",
-               config.train.num_steps, start_step, mesh.devices.size, jax.process_count(),
-               workdir)
+  lock = workdir_lib.WorkdirLock(workdir)
   try:
-    return _train_loop(run, state, start_step, config, manager, outputs, mesh)
+    _claim(workdir, lock, is_chief, check_writable=True)
+    mesh = sharding.make_mesh()
+    run = _prepare_run(config, mesh, splits)
+    abstract = _trace(run, config)
+    _claim(workdir, lock, is_chief)  # a new workdir is made (and locked) only now
+    manager = checkpoints.make_manager(workdir, max_to_keep=config.train.max_checkpoints)
+    try:
+      restored = _resume(manager, abstract, config, mesh, workdir=workdir,
+                         allow_config_change=allow_config_change)
+      writer = summaries.create_writer(workdir, tensorboard=config.train.tensorboard,
+                                       just_logging=not is_chief)
+      outputs = _Outputs(workdir, writer,
+                         summaries.MetricsLog(os.path.join(workdir, METRICS_FILE)), is_chief)
+      state = _initial_state(run, abstract, restored, config, mesh, workdir)
+      if restored is None and writer is not None:
+        writer.write_hparams(_flatten(checkpoints.to_dict(config)))
+      # Only once the checkpoint has restored: a config it cannot continue leaves no trace.
+      _save_config(workdir, config, is_chief, restored)
+      start_step = 0 if restored is None else restored.step
+      logging.info("Training %d steps from step %d on %d device(s) of %d process(es); "
+                   "workdir %s", config.train.num_steps, start_step, mesh.devices.size,
+                   jax.process_count(), workdir)
+      try:
+        return _train_loop(run, state, start_step, config, manager, outputs, mesh)
+      finally:
+        outputs.close()
+    finally:
+      _close(manager)
   finally:
-    # A save in flight is completed (and finalised) before the process goes on or exits.
+    lock.release()
+
+
+def _claim(workdir: str, lock: workdir_lib.WorkdirLock, is_chief: bool, *,
+           check_writable: bool = False) -> None:
+  """Process 0 checks that the workdir is writable (with `check_writable`) and locks it if it
+  exists; with several processes, all stop if process 0 cannot."""
+  error = None
+  if is_chief:
+    try:
+      if check_writable:
+        workdir_lib.check_writable(workdir)
+      if os.path.isdir(workdir) or not check_writable:
+        lock.acquire()
+    except workdir_lib.WorkdirError as e:
+      error = e
+  if jax.process_count() > 1:
+    if multihost_utils.broadcast_one_to_all(np.int32(error is not None)) and error is None:
+      raise workdir_lib.WorkdirError(
+          f"process 0 cannot use {workdir} (its log says why); this process stops too.")
+  if error is not None:
+    raise error
+
+
+def _close(manager) -> None:
+  """Waits for a save in flight and closes the manager; a failure here (already reported by
+  the loop, or of a run that stopped for another reason) is logged, not raised."""
+  try:
     manager.wait_until_finished()
     manager.close()
-    outputs.close()
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("The last checkpoint could not be completed: %s",
+                    " ".join(str(e).split())[:300])
 
 
-def _save_config(workdir: str, config, is_chief: bool) -> None:
+def _save_config(workdir: str, config, is_chief: bool,
+                 restored: checkpoints.Restored | None) -> None:
   """`checkpoints.save_config` by process 0, after every process has checked that the
-  workdir's config.json takes `config` (so that all stop together where it does not)."""
+  workdir's config.json takes `config` (so that all stop together where it does not), and the
+  fields it changes from the resumed checkpoint's config in config_history.jsonl."""
   path = os.path.join(workdir, checkpoints.CONFIG_FILE)
   if jax.process_count() > 1:
     if os.path.exists(path):
@@ -545,6 +653,14 @@ def _save_config(workdir: str, config, is_chief: bool) -> None:
     multihost_utils.sync_global_devices("config.json checked")  # before process 0 replaces it
   if is_chief:
     checkpoints.save_config(workdir, config)
+    if restored is not None:
+      record = checkpoints.record_config_change(workdir, restored.step, restored.config,
+                                                config)
+      if record:
+        logging.warning("Resuming step %d with a changed config (recorded in %s): %s",
+                        restored.step, checkpoints.CONFIG_HISTORY_FILE,
+                        checkpoints.describe_differences(restored.config, config,
+                                                         list(record["changed"])))
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
