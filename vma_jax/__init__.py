@@ -20,7 +20,8 @@ Modules, bottom to top (each imports only modules above it in this list):
   objective       pure functions of the log-weights: L_K, the VIMCO surrogate, KL(q(a)||p(a)).
   cells           few-shot evaluation cells C:T (Table 1) and R/T (large memories): each
                   target's L_K for large K, in chunks.
-  checkpoints     Orbax checkpoints and saved configs of a workdir.
+  checkpoints     Orbax checkpoints (verified when restored) and saved configs of a workdir.
+  workdir         a training run's hold on its workdir: writable check, lock, failed writes.
   cli             the commands' mistakes in one line, exit status 2 for a usage error.
   results         results files of an evaluation, the Table 1 reference numbers.
   figures         matplotlib figures: bound and KL against T, few-shot grids, sample sheets.
