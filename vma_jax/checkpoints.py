@@ -363,10 +363,12 @@ def make_manager(workdir: str, *, max_to_keep: int | None = None,
   for name in ("absl", "asyncio"):
     logging.getLogger(name).addFilter(_ORBAX_NOISE)  # idempotent
   _drop_abandoned_io_errors()
+  # A writer removes the temporary folders of saves that were cut short (a kill, a full
+  # disk): the workdir lock (`vma_jax.workdir`) ensures no other run is writing them.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=None if read_only else max_to_keep, create=not read_only,
       read_only=read_only, enable_async_checkpointing=not read_only,
-      save_interval_steps=0 if read_only else 1)
+      save_interval_steps=0 if read_only else 1, cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(directory, options=options)
 
 
