@@ -30,6 +30,7 @@ setuptools.setup(
         "matplotlib",  # the figures
         "pillow",  # reading the sampling command's images; image summaries
         "tqdm",  # the training progress bar
+        "packaging",  # vma_jax.runtime compares installed versions with these requirements
     ],
     extras_require={
         "test": [

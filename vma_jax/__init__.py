@@ -3,6 +3,8 @@
 Modules, bottom to top (each imports only modules above it in this list):
 
   files           atomic writes, and earlier versions of a file kept beside the new one.
+  runtime         this Python against the package's requirements: what to upgrade, what to
+                  install without replacing a runtime's JAX (the notebooks' set-up cell).
   distributions   log-densities: diagonal Gaussian, Bernoulli, categorical.
   initializers    the layers' initial values: PyTorch's defaults (the reference's) or Flax's.
   sharding        the device mesh: batches sharded, parameters replicated.
