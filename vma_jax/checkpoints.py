@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from typing import Any, Callable, NamedTuple
 
@@ -433,7 +434,15 @@ def _quiet():
 
 
 def _reason(error: BaseException) -> str:
-  """A short, one-line account of why reading failed."""
+  """A short, one-line account of why reading failed: the innermost TensorStore status in the
+  exception's chain ("OUT_OF_RANGE: ..."), where there is one."""
+  chain, seen = [], set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  statuses = [e for e in chain if re.match(r"[A-Z_]{4,}: ", str(e))]
+  error = statuses[-1] if statuses else chain[0]
   text = " ".join(str(error).split())
   if len(text) > 200:
     text = text[:200] + "..."
