@@ -33,9 +33,10 @@ ALTERNATIVES = {"tensorflow-cpu": ("tensorflow",), "tensorflow": ("tensorflow-cp
 KEPT = ("jax", "jaxlib")
 
 
-def requirements(setup_py: str = SETUP_PY) -> list[Requirement]:
-  """The package's install_requires that apply to this machine: from setup.py in a clone of
-  the repository, else from the installed distribution's metadata."""
+def requirements(setup_py: str | None = None) -> list[Requirement]:
+  """The package's install_requires that apply to this machine: from setup.py (default: the
+  clone's, beside the package), else from the installed distribution's metadata."""
+  setup_py = SETUP_PY if setup_py is None else setup_py
   if os.path.exists(setup_py):
     texts = _install_requires(setup_py)
   else:
