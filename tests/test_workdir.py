@@ -201,6 +201,7 @@ def _holder(path):
     return None
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_workdir_in_use_stops_at_once_naming_the_first(tmp_path):
   workdir = tmp_path / "run"
   lock_path = workdir / workdir_lib.LOCK_FILE
@@ -329,6 +330,7 @@ report(final_step=checkpoints.restore_params(run)[1])
 """
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_save_ends_in_one_line_and_keeps_the_last_checkpoint(tmp_path):
   """On a 32 MB tmpfs (mounted in a user namespace): a checkpoint holds about 4 MB."""
   disk = tmp_path / "disk"
