@@ -482,12 +482,6 @@ def _read_config(manager: ocp.CheckpointManager, step: int, meta: dict | None) -
   return config_dict
 
 
-def saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
-  """The config stored with the checkpoint at `step` (DamagedCheckpointError if it does not
-  load or does not match its recorded digest)."""
-  return ml_collections.ConfigDict(upgrade(_read_config(manager, step, _read_meta(manager, step))))
-
-
 def _read_items(manager: ocp.CheckpointManager, step: int, meta: dict | None,
                 abstract_items: dict) -> dict:
   """The named items restored onto their abstract targets and verified: they load, their

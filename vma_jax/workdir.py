@@ -45,9 +45,8 @@ def check_writable(workdir: str) -> None:
   if not os.path.isdir(folder):
     raise WorkdirError(f"--workdir={workdir}: {folder} is a file, not a folder. Give a "
                        "folder for --workdir.")
-  folders = [folder] + [os.path.join(folder, name) for name in ("checkpoints",)
-                        if os.path.isdir(os.path.join(folder, name))]
-  for path in folders:
+  checkpoints = os.path.join(folder, "checkpoints")
+  for path in [folder] + ([checkpoints] if os.path.isdir(checkpoints) else []):
     try:
       with tempfile.TemporaryFile(dir=path, prefix=".write-test-") as f:
         f.write(b"\0" * _PROBE_BYTES)
