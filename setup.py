@@ -40,6 +40,9 @@ setuptools.setup(
             "scipy>=1.11",
             # Independent VIMCO baselines (numpy substrate; test-only).
             "tensorflow-probability==0.25.0",
+            # The notebooks, run headless in a Jupyter kernel with their parameters set.
+            "papermill>=2.6",
+            "ipykernel>=6",
         ],
     },
 )

@@ -1,5 +1,7 @@
 """Figures: well-formed PNGs of the expected size, labelled as the paper's and ours."""
 
+import io
+
 import numpy as np
 from PIL import Image
 
@@ -82,3 +84,40 @@ def test_few_shot_grid_labels_its_columns(tmp_path):
   figures.write_png(fig, str(path))
   with Image.open(path) as png:
     assert png.format == "PNG" and png.size[0] > png.size[1] > 0
+
+
+def test_training_curves_keep_the_last_record_of_a_step():
+  records = [{"step": 10, "train/neg_bound": 300.0, "train/address_kl": 0.1},
+             {"step": 20, "train/neg_bound": 250.0, "train/address_kl": 0.2},
+             {"step": 20, "train/neg_bound": 240.0, "train/address_kl": 0.3},  # resumed
+             {"step": 20, "valid/neg_bound": 260.0, "valid/address_kl": 0.25}]
+  fig = figures.training_curves(records)
+  bound_ax, kl_ax = fig.axes
+  (train, valid) = bound_ax.get_lines()
+  assert (train.get_label(), valid.get_label()) == ("training batches", "validation")
+  np.testing.assert_array_equal(train.get_xdata(), [10, 20])
+  np.testing.assert_array_equal(train.get_ydata(), [300.0, 240.0])
+  np.testing.assert_array_equal(valid.get_ydata(), [260.0])
+  np.testing.assert_array_equal(kl_ax.get_lines()[0].get_ydata(), [0.1, 0.3])
+  assert bound_ax.get_xlabel() == "step" and "-L_K" in bound_ax.get_ylabel()
+  assert Image.open(io.BytesIO(figures.png_bytes(fig))).format == "PNG"
+
+
+def test_address_posterior_bars_sum_to_one_and_frame_the_retrieved_slot():
+  rng = np.random.default_rng(0)
+  q_S = np.array([0.1, 0.5, 0.05, 0.05, 0.2, 0.1])
+  fig = figures.address_posterior(rng.random((4, 26, 26)), rng.random((2, 26, 26)),
+                                  rng.random((26, 26)), q_S,
+                                  same_class_T=np.array([True, True, False, False]))
+  bar_ax = next(ax for ax in fig.axes if ax.patches)
+  heights = [p.get_height() for p in bar_ax.patches]
+  np.testing.assert_allclose(heights, q_S)
+  colours = [p.get_facecolor() for p in bar_ax.patches]
+  assert colours[0] == colours[1] != colours[2] == colours[3] != colours[4] == colours[5]
+  assert [t.get_text() for t in bar_ax.get_legend().get_texts()] == [
+      "x's class", "other classes", "dummy slots"]
+  titles = [ax.get_title() for ax in fig.axes if not ax.patches]
+  assert titles == ["target x", "m1", "m2", "m3", "m4", "d1", "d2"]
+  framed = [ax.get_title() for ax in fig.axes
+            if not ax.patches and ax.spines["top"].get_linewidth() > 1]
+  assert framed == ["m2"]  # argmax q

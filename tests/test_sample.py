@@ -126,3 +126,30 @@ def test_command_line_errors_are_one_line(tmp_path, untrained_run):
     assert result.returncode == status, result.stderr
     assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("sample.py: ")
+
+
+def test_memory_from_several_classes_and_from_a_folder_with_its_target(omniglot_test,
+                                                                       tmp_path):
+  memory_TxHxW, labels_T, x_HxW = sample.memory_from_classes(omniglot_test, [7, 21, 40], 2)
+  assert memory_TxHxW.shape == (6, 26, 26)
+  np.testing.assert_array_equal(labels_T, [7, 7, 21, 21, 40, 40])
+  images_of = lambda c: omniglot_test.images_NxHxW[omniglot_test.labels_N == c]
+  for image, label in zip(memory_TxHxW, labels_T):
+    assert any((image == m).all() for m in images_of(label))
+  # The target is another image of the first class.
+  assert any((x_HxW == m).all() for m in images_of(7))
+  assert not any((x_HxW == m).all() for m in memory_TxHxW)
+  again = sample.memory_from_classes(omniglot_test, [7, 21, 40], 2)
+  np.testing.assert_array_equal(again[0], memory_TxHxW)  # the seed fixes the choice
+  with pytest.raises(sample.SampleError, match="each class once"):
+    sample.memory_from_classes(omniglot_test, [7, 7], 2)
+
+  inks = _letters(tmp_path / "mine", 3)
+  memory_TxHxW, x_HxW = sample.memory_and_target_from_folder(str(tmp_path / "mine"), 26)
+  assert memory_TxHxW.shape == (2, 26, 26) and x_HxW.shape == (26, 26)
+  np.testing.assert_array_equal(x_HxW, sample.read_images([str(tmp_path / "mine" / "02.png")],
+                                                          26)[0])
+  assert inks.shape[0] == 3
+  _letters(tmp_path / "one", 1)
+  with pytest.raises(sample.SampleError, match="at least two"):
+    sample.memory_and_target_from_folder(str(tmp_path / "one"), 26)

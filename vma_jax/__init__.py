@@ -26,12 +26,15 @@ Modules, bottom to top (each imports only modules above it in this list):
   workdir         a training run's hold on its workdir: writable check, lock, failed writes.
   cli             the commands' mistakes in one line, exit status 2 for a usage error.
   results         results files of an evaluation, the Table 1 reference numbers.
-  figures         matplotlib figures: bound and KL against T, few-shot grids, sample sheets.
+  figures         matplotlib figures: training curves, bound and KL against T, few-shot
+                  grids, sample sheets, the address posterior over a memory.
   summaries       TensorBoard writers (TensorFlow only if asked for), metrics.jsonl, progress.
   evaluate        the Table 1 grid of few-shot bounds of a trained workdir, and its figures.
   sample          samples from a trained workdir with a memory the user chooses.
   classify        20-way one-shot classification of Lake et al.'s runs with a trained workdir.
   train           train_and_evaluate(config, workdir): one jitted train step, Orbax, CLU.
+  estimate        how long training and each evaluation cell take on this runtime, from
+                  the measured time of their first steps (the reproduce notebook).
 
 The model, its notation and the shape letters of tensor names: docs/model.md.
 """

@@ -1,6 +1,6 @@
-"""Figures of a run, drawn with matplotlib: the bound and the address KL against the memory
-size, the training grids of few-shot generations, the sampling command's sheet, and the one-shot
-classifiers' mistakes.
+"""Figures of a run, drawn with matplotlib: the training curves, the bound and the address KL
+against the memory size, the training grids of few-shot generations, the sampling command's
+sheet, the address posterior over a memory, and the one-shot classifiers' mistakes.
 
 Each function returns a matplotlib `Figure` (no pyplot state, no global backend), which
 `write_png` saves atomically and `to_rgb` turns into an image array for TensorBoard.
@@ -9,6 +9,7 @@ Each function returns a matplotlib `Figure` (no pyplot state, no global backend)
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Sequence
 
 from matplotlib import figure as mpl_figure
@@ -33,11 +34,46 @@ def write_png(fig: mpl_figure.Figure, path: str, dpi: int = 100) -> None:
     fig.savefig(f, format="png", dpi=dpi)
 
 
+def png_bytes(fig: mpl_figure.Figure, dpi: int = 100) -> bytes:
+  """The figure as PNG bytes (for `IPython.display.Image(data=...)`, whatever the backend)."""
+  backend_agg.FigureCanvasAgg(fig)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=dpi)
+  return buffer.getvalue()
+
+
 def to_rgb(fig: mpl_figure.Figure) -> np.ndarray:
   """The figure as a uint8 HxWx3 image (what a metric writer's `write_images` takes)."""
   canvas = backend_agg.FigureCanvasAgg(fig)
   canvas.draw()
   return np.array(canvas.buffer_rgba())[..., :3]
+
+
+def training_curves(records: Sequence[dict]) -> mpl_figure.Figure:
+  """-L_K and KL(q(a|x,M) || p(a)) against the step, of training (means of the logged steps)
+  and of validation, from a run's metrics.jsonl records (`summaries.read_metrics`). Records
+  of one step are merged (training and validation are logged apart); a value logged twice
+  (by a run killed after the step and resumed) counts once, by its last record."""
+  last = {}
+  for r in records:
+    last.setdefault(r["step"], {}).update(r)
+  fig = mpl_figure.Figure(figsize=(11, 3.8))
+  panels = (("neg_bound", "-L_K, nats per image (lower is better)"),
+            ("address_kl", "KL(q(a|x,M) || p(a)), nats"))
+  for i, (name, label) in enumerate(panels):
+    ax = fig.add_subplot(1, 2, i + 1)
+    for split, style in (("train", "-"), ("valid", "o-")):
+      steps = sorted(s for s, r in last.items() if f"{split}/{name}" in r)
+      if steps:
+        ax.plot(steps, [float(last[s][f"{split}/{name}"]) for s in steps], style,
+                markersize=4, label="training batches" if split == "train" else "validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel(label)
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+      ax.legend(fontsize=8)
+  fig.tight_layout()
+  return fig
 
 
 def _memory_axis(ax, memory_sizes) -> None:
@@ -206,6 +242,48 @@ def sample_sheet(memory_TxHxW, dummies_DxHxW, q_S: np.ndarray | None, x_HxW,
   fig.suptitle(title, fontsize=9)
   return fig
 
+
+
+def address_posterior(memory_TxHxW, dummies_DxHxW, x_HxW, q_S: np.ndarray, *,
+                      same_class_T: np.ndarray | None = None,
+                      title: str = "") -> mpl_figure.Figure:
+  """q(a|x,M) over the slots as bars, each slot's image under its bar (memory m_1..m_T, then
+  the dummies), the target x on the left; bars of the slots of x's class (`same_class_T`)
+  and of the dummies coloured apart, the retrieved slot argmax_a q framed."""
+  memory_size, num_dummies = len(memory_TxHxW), len(dummies_DxHxW)
+  slots = [*memory_TxHxW, *dummies_DxHxW]
+  num_slots = len(slots)
+  fig = mpl_figure.Figure(figsize=(max(6.0, 0.55 * num_slots + 2.0), 3.6))
+  grid = fig.add_gridspec(2, num_slots + 2, height_ratios=(3.2, 1.0),
+                          width_ratios=[1.6, 0.3] + [1.0] * num_slots, hspace=0.08, wspace=0.1)
+  _image(fig.add_subplot(grid[1, 0]), np.asarray(x_HxW, np.float32), "target x")
+  ax = fig.add_subplot(grid[0, 2:])
+  colours = ["tab:grey"] * num_slots
+  for a in range(memory_size):
+    colours[a] = ("tab:blue" if same_class_T is None or same_class_T[a] else "tab:orange")
+  bars = ax.bar(np.arange(num_slots), q_S, width=0.8, color=colours)
+  ax.set_xlim(-0.5, num_slots - 0.5)
+  ax.set_ylim(0, 1)
+  ax.set_xticks([])
+  ax.set_ylabel("q(a | x, M)")
+  ax.grid(True, axis="y", alpha=0.3)
+  handles = [bars[a] for a in (next((a for a in range(memory_size) if colours[a] == c), None)
+                               for c in ("tab:blue", "tab:orange")) if a is not None]
+  labels = (["memory"] if same_class_T is None else
+            [name for name, c in (("x's class", "tab:blue"), ("other classes", "tab:orange"))
+             if c in colours[:memory_size]])
+  if num_dummies:
+    handles.append(bars[memory_size])
+    labels.append("dummy slots")
+  ax.legend(handles, labels, fontsize=8, loc="upper right")
+  retrieved = int(np.argmax(q_S))
+  for a, pixels in enumerate(slots):
+    name = f"m{a + 1}" if a < memory_size else f"d{a - memory_size + 1}"
+    _image(fig.add_subplot(grid[1, a + 2]), np.asarray(pixels, np.float32), name,
+           highlight=a == retrieved)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  return fig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -74,6 +74,16 @@ def memory_from_folder(folder: str, image_size: int) -> np.ndarray:
   return read_images(paths, image_size)
 
 
+def memory_and_target_from_folder(folder: str, image_size: int):
+  """The .png images of `folder` by file name: all but the last as the memory TxHxW, the
+  last as the target HxW."""
+  images_NxHxW = memory_from_folder(folder, image_size)
+  if len(images_NxHxW) < 2:
+    raise SampleError(f"{folder} has one .png image: put at least two there, the memory's "
+                      "images and (the last by file name) the target")
+  return images_NxHxW[:-1], images_NxHxW[-1]
+
+
 def memory_from_class(split, class_index: int, count: int, seed: int = 0):
   """`count` images of class `class_index` of `split` as the memory, and one more of the
   class as the target, chosen at random with `seed`: (memory TxHxW, target HxW)."""
@@ -87,6 +97,26 @@ def memory_from_class(split, class_index: int, count: int, seed: int = 0):
                       f"the memory holds 1 to {len(index_P) - 1} (one more is the target)")
   chosen = np.random.default_rng(seed).permutation(index_P)[:count + 1]
   return split.images_NxHxW[chosen[:count]], split.images_NxHxW[chosen[count]]
+
+
+def memory_from_classes(split, classes, per_class: int, seed: int = 0):
+  """`per_class` images of each class of `classes` (in that order) as the memory, and one
+  more image of the first class as the target: (memory TxHxW, labels T, target HxW)."""
+  classes = [int(c) for c in classes]
+  if not classes:
+    raise SampleError("give at least one test class for the memory")
+  if len(set(classes)) < len(classes):
+    raise SampleError(f"classes {classes}: each class once (per_class sets how many images)")
+  rng = np.random.default_rng(seed)
+  memory, labels = [], []
+  for i, c in enumerate(classes):
+    # The first class also gives the target: one image more.
+    images_PxHxW, x_HxW = memory_from_class(split, c, per_class, int(rng.integers(2**31)))
+    memory.append(images_PxHxW)
+    labels += [c] * per_class
+    if i == 0:
+      target_HxW = x_HxW
+  return np.concatenate(memory), np.asarray(labels), target_HxW
 
 
 def draw(model: vma_model.VMA, params, memory_TxHxW, x_HxW, *, num_generated: int,
