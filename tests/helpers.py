@@ -33,8 +33,6 @@ def configure_jax() -> None:
 
 
 configure_jax()
-# Child processes (commands, benchmark scripts, notebook kernels) share the same cache.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE_DIR)
 
 
 def child_env(cpu_devices: int | None = None, **extra: str) -> dict[str, str]:
