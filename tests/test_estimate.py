@@ -30,7 +30,6 @@ def test_training_counts_the_steps_left_at_the_measured_rate():
   assert (phase.units, phase.unit) == (30, "step")
   assert phase.seconds_per_unit > 0 and phase.compile_seconds > 0
   assert phase.seconds == pytest.approx(phase.compile_seconds + 30 * phase.seconds_per_unit)
-  assert estimate.training(config, _split(), steps=1, done=80).units == 0
   with pytest.raises(ValueError, match="at least one step"):
     estimate.training(config, _split(), steps=0)
 
