@@ -143,6 +143,12 @@ def test_memory_from_several_classes_and_from_a_folder_with_its_target(omniglot_
   np.testing.assert_array_equal(again[0], memory_TxHxW)  # the seed fixes the choice
   with pytest.raises(sample.SampleError, match="each class once"):
     sample.memory_from_classes(omniglot_test, [7, 7], 2)
+  # Messages name the values, not a command's flags (the notebook calls this too).
+  with pytest.raises(sample.SampleError, match=r"^20 images of test class 7 asked for: it "
+                     r"has 20, so the memory holds 1 to 19 of them \(one more is the target\)$"):
+    sample.memory_from_classes(omniglot_test, [7, 21], 20)
+  with pytest.raises(sample.SampleError, match=r"^there is no test class 700: "):
+    sample.memory_from_classes(omniglot_test, [7, 700], 2)
 
   inks = _letters(tmp_path / "mine", 3)
   memory_TxHxW, x_HxW = sample.memory_and_target_from_folder(str(tmp_path / "mine"), 26)

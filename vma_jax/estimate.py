@@ -42,7 +42,11 @@ class Phase:
 
 
 def _first_and_mean(call: Callable[[], object], repeats: int) -> tuple[float, float]:
-  """Seconds of the first call (compiling) and the mean of `repeats` calls after it."""
+  """Seconds of the first call (compiling) and the mean of `repeats` calls after it.
+
+  The calls after the first are dispatched back to back and waited for once, as the training
+  loop runs them, so the mean is the loop's rate (benchmarks/ times each call alone).
+  """
   start = time.perf_counter()
   jax.block_until_ready(call())
   first = time.perf_counter() - start

@@ -89,12 +89,13 @@ def memory_from_class(split, class_index: int, count: int, seed: int = 0):
   class as the target, chosen at random with `seed`: (memory TxHxW, target HxW)."""
   num_classes = int(split.labels_N.max()) + 1
   if not 0 <= class_index < num_classes:
-    raise SampleError(f"--test_class={class_index}: the test split's classes are 0 to "
-                      f"{num_classes - 1}")
+    raise SampleError(f"there is no test class {class_index}: the test split's classes are "
+                      f"0 to {num_classes - 1}")
   index_P = np.flatnonzero(split.labels_N == class_index)
   if not 1 <= count < len(index_P):
-    raise SampleError(f"--count={count}: class {class_index} has {len(index_P)} images, so "
-                      f"the memory holds 1 to {len(index_P) - 1} (one more is the target)")
+    raise SampleError(f"{count} images of test class {class_index} asked for: it has "
+                      f"{len(index_P)}, so the memory holds 1 to {len(index_P) - 1} of them "
+                      "(one more is the target)")
   chosen = np.random.default_rng(seed).permutation(index_P)[:count + 1]
   return split.images_NxHxW[chosen[:count]], split.images_NxHxW[chosen[count]]
 
