@@ -33,6 +33,9 @@ def configure_jax() -> None:
 
 
 configure_jax()
+# Child processes (commands, benchmark scripts, notebook kernels) load what the suite, or an
+# earlier child, compiled: a command run twice compiles once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE_DIR)
 
 
 def child_env(cpu_devices: int | None = None, **extra: str) -> dict[str, str]:

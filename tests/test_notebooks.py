@@ -102,9 +102,6 @@ def _is_png(image):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("VMA_TEST_NOTEBOOKS") != "1",
-                    reason="runs both notebooks (about 5 min on 2 cores, 10 beside other "
-                    "tests); set VMA_TEST_NOTEBOOKS=1")
 def test_reproduce_then_explore(tmp_path, archive_dir, omniglot_data_dir, omniglot_test,
                                 monkeypatch):
   if not os.path.isfile(RUNS_ZIP):

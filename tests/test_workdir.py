@@ -351,7 +351,7 @@ def test_a_full_disk_during_a_save_ends_in_one_line_and_keeps_the_last_checkpoin
   assert "\n" not in message
   assert message.startswith(f"writing the checkpoint at step 2 failed ({disk}/run/checkpoints/2")
   assert ": No space left on device. Training stopped; the last good checkpoint, step 1, is " \
-      f"intact in {disk}/run/checkpoints." in message
+      f"intact in {disk}/run/checkpoints." in message, message
   assert reports[1] == {"step": 1, "intact": True}
   assert reports[2] == {"final_step": 3}
   assert "Traceback" not in result.stderr
