@@ -17,15 +17,16 @@ def test_run_writes_required_keys(tmp_path):
   out = tmp_path / "bench.json"
   subprocess.run(
       [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--only", "train_small",
-       "--batch", "2", "--memory", "2", "--samples", "2", "--repeats", "2", "--warmup", "1",
-       "--matmul-n", "128", "--out", str(out)],
+       # The GPU check's dry-run sizes (tests/test_gpu_check.py): one compile serves both.
+       "--batch", "2", "--memory", "3", "--samples", "2", "--chunk-size", "2", "--repeats",
+       "2", "--warmup", "1", "--matmul-n", "64", "--cpu-devices", "1", "--out", str(out)],
       check=True, cwd=ROOT, timeout=600)
   entries = json.loads(out.read_text())
   assert [e["name"] for e in entries] == ["train_small"]
   entry = entries[0]
   for key in REQUIRED:
     assert key in entry, key
-  assert (entry["batch"], entry["memory"], entry["samples"]) == (2, 2, 2)
+  assert (entry["batch"], entry["memory"], entry["samples"]) == (2, 3, 2)
   assert entry["min_s"] <= entry["median_s"] <= entry["max_s"]
   assert entry["gflops_per_s"] > 0 and entry["matmul_gflops_per_s"] > 0
   assert entry["peak_rss_mb"] > 0

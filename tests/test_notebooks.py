@@ -1,10 +1,7 @@
 """The notebooks: committed without outputs, each with one tagged parameters cell, and run
 headless in a real Jupyter kernel (papermill, on nbclient) on tiny settings: reproduce.ipynb
 trains the quick config for 2 steps and evaluates two Table 1 cells, then explore.ipynb
-explores the workdir it trained. Their outputs (the tables and figures) are checked.
-
-Running them takes minutes, so it is opt-in: VMA_TEST_NOTEBOOKS=1 python -m pytest
-tests/test_notebooks.py."""
+explores the workdir it trained. Their outputs (the tables and figures) are checked."""
 
 import base64
 import json

@@ -1,7 +1,8 @@
 """What a run writes besides checkpoints: TensorBoard summaries, the JSON-lines metrics log,
 and its progress bar.
 
-`create_writer` is CLU's default writer (TensorBoard event files and log lines). CLU's writers
+`create_writer` is CLU's TensorBoard summary writer; the log lines are the run's own, so CLU's
+logging writer, which would repeat every scalar as a line of its own, is left out. CLU's writers
 import TensorFlow (seconds at every start, and a large install), so they are made only where event
 files are asked for (`config.train.tensorboard`); without them, or where CLU or TensorFlow is
 not installed, a run writes `metrics.jsonl`, its images as PNG files and its log lines, and
@@ -22,8 +23,9 @@ from absl import logging
 
 
 def create_writer(logdir: str, *, tensorboard: bool = True, just_logging: bool = False):
-  """CLU's default writer into `logdir`, or None: without `tensorboard`, for `just_logging`
-  processes (not the first of several), or where CLU or TensorFlow is not installed."""
+  """CLU's asynchronous TensorBoard writer into `logdir`, or None: without `tensorboard`, for
+  `just_logging` processes (not the first of several), or where CLU or TensorFlow is not
+  installed."""
   if not tensorboard or just_logging:
     return None
   try:
@@ -32,7 +34,7 @@ def create_writer(logdir: str, *, tensorboard: bool = True, just_logging: bool =
     logging.warning("No TensorBoard summaries (%s); metrics.jsonl and the PNG images are "
                     "written as usual.", e)
     return None
-  return metric_writers.create_default_writer(logdir)
+  return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(logdir)])
 
 
 def progress_bar(num_steps: int, done: int, *, disable: bool | None = None):

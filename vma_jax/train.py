@@ -576,12 +576,18 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None,
   # lock; every process saves and restores the checkpoints (Orbax writes each array once).
   is_chief = distributed.is_chief()
   lock = workdir_lib.WorkdirLock(workdir)
+
+  def check_and_lock_if_there():  # before any data loads or compiles
+    workdir_lib.check_writable(workdir)
+    if os.path.isdir(workdir):
+      lock.acquire()
+
   try:
-    _claim(workdir, lock, is_chief, check_writable=True)
+    _on_chief(check_and_lock_if_there, workdir)
     mesh = sharding.make_mesh()
     run = _prepare_run(config, mesh, splits)
     abstract = _trace(run, config)
-    _claim(workdir, lock, is_chief)  # a new workdir is made (and locked) only now
+    _on_chief(lock.acquire, workdir)  # a new workdir is made (and locked) only now
     manager = checkpoints.make_manager(workdir, max_to_keep=config.train.max_checkpoints)
     try:
       restored = _resume(manager, abstract, config, mesh, workdir=workdir,
@@ -609,17 +615,13 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None,
     lock.release()
 
 
-def _claim(workdir: str, lock: workdir_lib.WorkdirLock, is_chief: bool, *,
-           check_writable: bool = False) -> None:
-  """Process 0 checks that the workdir is writable (with `check_writable`) and locks it if it
-  exists; with several processes, all stop if process 0 cannot."""
+def _on_chief(action: Callable[[], None], workdir: str) -> None:
+  """Runs `action` (a check or the lock of `workdir`) on process 0 alone; if it raises
+  WorkdirError, every process stops: process 0 with that error, the others saying why."""
   error = None
-  if is_chief:
+  if distributed.is_chief():
     try:
-      if check_writable:
-        workdir_lib.check_writable(workdir)
-      if os.path.isdir(workdir) or not check_writable:
-        lock.acquire()
+      action()
     except workdir_lib.WorkdirError as e:
       error = e
   if jax.process_count() > 1:
