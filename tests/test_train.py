@@ -4,7 +4,6 @@ Runs on mock data (random binary images, 10 classes x 20 drawers) with a shrunke
 (tests/helpers.py).
 """
 
-import contextlib
 import glob
 import json
 import logging
@@ -19,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from absl import logging as absl_logging
 
 from helpers import REPO_ROOT, assert_params_equal, child_env, leaves, mock_splits, small_config
 from vma_jax import checkpoints
@@ -137,27 +135,6 @@ def test_optimizer_clipping():
     train.make_optimizer(small_config(optim__name="sgd").optim)
 
 
-@contextlib.contextmanager
-def _absl_records():
-  """The records absl logs at INFO and above inside the block."""
-  records = []
-
-  class Keep(logging.Handler):
-
-    def emit(self, record):
-      records.append(record)
-
-  logger = logging.getLogger("absl")
-  handler, level = Keep(), logger.level  # restored as it was, not as absl's verbosity
-  logger.addHandler(handler)
-  absl_logging.set_verbosity(absl_logging.INFO)
-  try:
-    yield records
-  finally:
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 def _event_tags_by_step(workdir) -> dict[int, set[str]]:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -168,14 +145,14 @@ def _event_tags_by_step(workdir) -> dict[int, set[str]]:
   return tags
 
 
-def test_train_resume_and_workdir(tmp_path):
+def test_train_resume_and_workdir(tmp_path, caplog):
   splits = mock_splits()
   straight = tmp_path / "straight"
-  with _absl_records() as records:
+  with caplog.at_level(logging.INFO):
     train.train_and_evaluate(small_config(train__num_steps=2), str(straight), splits=splits)
   # One line per logged step, the run's own: CLU's logging writer would add "[1] train/..."
   # lines repeating the scalars, and the hyperparameters.
-  lines = [r.getMessage() for r in records]
+  lines = [r.getMessage() for r in caplog.records]
   assert [m.split(":")[0] for m in lines if m.startswith("step ")] == ["step 1/2", "step 2/2"]
   assert not [m for m in lines if m.startswith(("[1]", "[2]", "[Hyperparameters]"))], lines
   # The scalars still reach TensorBoard.
@@ -359,14 +336,29 @@ def test_restore_params_errors(tmp_path):
 def test_checkpoint_logs_keep_warnings_and_drop_orbax_info(tmp_path):
   """Saving and restoring log no Orbax INFO lines (and not that a read-only restore is
   read-only); other modules' INFO lines and Orbax's other warnings still pass."""
-  with _absl_records() as records:
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  records = []
+
+  class Keep(logging.Handler):
+
+    def emit(self, record):
+      records.append(record)
+
+  logger = logging.getLogger("absl")
+  handler, level = Keep(), logger.level  # restored as it was, not as absl's verbosity
+  logger.addHandler(handler)
+  absl_logging.set_verbosity(absl_logging.INFO)
+  try:
     params = save_initial_checkpoint(str(tmp_path), small_config())
     restored, step, _ = checkpoints.restore_params(str(tmp_path))
     absl_logging.info("a line of ours")
     orbax_file = os.path.join(os.path.dirname(checkpoints.ocp.__file__), "checkpoint_manager.py")
-    logger = logging.getLogger("absl")
     logger.handle(logger.makeRecord("absl", logging.WARNING, orbax_file, 1, "disk full", (),
                                     None))
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)
   assert step == 1
   np.testing.assert_array_equal(jax.tree.leaves(restored)[0], jax.tree.leaves(params)[0])
   from_orbax = [r for r in records if f"{os.sep}orbax{os.sep}" in r.pathname]
