@@ -3,7 +3,9 @@ r"""Trains a VMA model: flags -> vma_jax.train.train_and_evaluate.
     python train.py --config=configs/quick.py --workdir=runs/quick
     python train.py --config=configs/default.py --workdir=runs/default --config.optim.lr=3e-4
 
-Rerunning the same command resumes from the latest checkpoint in --workdir. Any config field
+Rerunning the same command resumes from the latest checkpoint in --workdir. SIGTERM or
+Ctrl-C stops it after the step in flight, once that step's checkpoint is saved (exit status
+128 + the signal's number: 143, 130); a second Ctrl-C stops at once. Any config field
 can be overridden with --config.<field>=<value>; an unknown field is an error. See
 docs/training.md.
 """
@@ -52,6 +54,8 @@ def main(argv):
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                              allow_config_change=FLAGS.allow_config_change)
+  except train.Stopped as e:  # SIGTERM or SIGINT: the checkpoint is saved; 128 + signal
+    cli.exit_error("train.py", str(e), status=e.exit_status)
   except (checkpoints.ConfigChangedError, train.ConfigError) as e:
     cli.exit_usage("train.py", str(e))
   except (checkpoints.CheckpointError, data.DataError, train.NonFiniteLossError,

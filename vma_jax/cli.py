@@ -35,10 +35,10 @@ def exit_usage(program: str, message: str) -> NoReturn:
   sys.exit(USAGE_ERROR)
 
 
-def exit_error(program: str, message: str) -> NoReturn:
-  """Prints `program: message` (one line) to stderr and exits with status 1."""
+def exit_error(program: str, message: str, status: int = FAILURE) -> NoReturn:
+  """Prints `program: message` (one line) to stderr and exits with `status` (default 1)."""
   print(f"{program}: {one_line(message)}", file=sys.stderr)
-  sys.exit(FAILURE)
+  sys.exit(status)
 
 
 def require_workdir(workdir: str, program: str) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -42,6 +43,7 @@ from vma_jax import episodes as episodes_lib
 from vma_jax import figures
 from vma_jax import model as vma_model
 from vma_jax import objective
+from vma_jax import preemption
 from vma_jax import sharding
 from vma_jax import summaries
 from vma_jax import workdir as workdir_lib
@@ -53,6 +55,18 @@ IMAGE_DIR = "images"
 
 class NonFiniteLossError(RuntimeError):
   """The loss, gradient or parameters became NaN or infinite; names the step."""
+
+
+class Stopped(Exception):
+  """Training stopped early on a signal (SIGTERM, SIGINT) after saving the checkpoint of
+  `step`; running the same command again resumes from it."""
+
+  def __init__(self, step: int, num_steps: int, signum: int, workdir: str):
+    self.step, self.exit_status = step, 128 + signum
+    super().__init__(
+        f"stopped by {signal.Signals(signum).name} at step {step} of {num_steps}, its "
+        f"checkpoint saved in {checkpoints.checkpoint_dir(workdir)}; the same command resumes "
+        "from it.")
 
 
 class ConfigError(ValueError):
@@ -444,8 +458,9 @@ def _check_finite(pending: list[tuple[int, dict]], workdir: str, last_checkpoint
 def _log_train_metrics(outputs: _Outputs, pending: list[tuple[int, dict]], step: int,
                        num_steps: int, seconds: float, steps: int) -> None:
   """Writes the means of the pending steps' metrics and logs one line about them."""
-  means = jax.device_get({n: jnp.mean(jnp.stack([m[n] for _, m in pending]))
-                          for n in pending[0][1]})
+  # Averaged on the host: a jnp.stack here would compile once per number of pending steps.
+  values = jax.device_get([m for _, m in pending])
+  means = {n: np.mean([v[n] for v in values]) for n in values[0]}
   scalars = {f"train/{n}": float(v) for n, v in means.items()}
   scalars["train/steps_per_sec"] = steps / max(seconds, 1e-9)
   outputs.scalars(step, scalars)
@@ -483,8 +498,9 @@ def _train_loop(run: _Run, state: TrainState, start_step: int, config, manager,
   """Steps start_step .. num_steps, with logging, checkpoints, validation and images at the
   periods of config.train; the host reads the device only at those.
 
-  A write that fails (a full disk) ends the run with a WorkdirError of one line; the last
-  checkpoint that was completely written stays as it was.
+  On SIGTERM or SIGINT (`preemption.StopRequest`) the step in flight finishes, its checkpoint
+  is saved and Stopped is raised. A write that fails (a full disk) ends the run with a
+  WorkdirError of one line; the last checkpoint that was completely written stays as it was.
   """
   train_config = config.train
   num_steps = train_config.num_steps
@@ -512,41 +528,54 @@ def _train_loop(run: _Run, state: TrainState, start_step: int, config, manager,
         raise failed(e, "the checkpoint", saving) from e
       saved, saving = saving, None
 
-  try:
-    for step, episodes, sample_key in _batches(run.sample, run.train_data, run.train_key,
-                                               start_step, num_steps):
-      state, metrics = run.train_step(state, episodes, sample_key)
-      done = step + 1
-      pending.append((done, metrics))
-      if bar is None:  # the step is compiled (at its first call); rates count from here
-        bar, log_time = summaries.progress_bar(num_steps, done), time.monotonic()
-      else:
-        bar.update(1)
-      try:
-        if every(train_config.log_every, done):
-          _check_finite(pending, workdir, saving or saved)
-          now = time.monotonic()
-          _log_train_metrics(outputs, pending, done, num_steps, now - log_time,
-                             done - log_step)
-          pending, log_time, log_step = [], now, done
-        if every(train_config.checkpoint_every, done):
-          _check_finite(pending, workdir, saving or saved)
-          finish_save()
-          try:
-            checkpoints.save(manager, done, state.params, state.opt_state, config)
-          except Exception as e:  # pylint: disable=broad-except
-            raise failed(e, "the checkpoint", done) from e
-          saving = done
-        if every(train_config.validate_every, done, at_end=False):
-          _validate(run, state.params, config, outputs, done, mesh)
-        if every(train_config.image_every, done, at_end=False):
-          _write_images(run, state.params, outputs, done)
-      except OSError as e:
-        raise failed(e, "the run's metrics and images", done) from e
+  def save(step):
+    nonlocal saving
+    _check_finite(pending, workdir, saving or saved)
     finish_save()
-  finally:
-    if bar is not None:
-      bar.close()
+    try:
+      checkpoints.save(manager, step, state.params, state.opt_state, config)
+    except Exception as e:  # pylint: disable=broad-except
+      raise failed(e, "the checkpoint", step) from e
+    saving = step
+
+  with preemption.StopRequest() as stop:
+    try:
+      for step, episodes, sample_key in _batches(run.sample, run.train_data, run.train_key,
+                                                 start_step, num_steps):
+        state, metrics = run.train_step(state, episodes, sample_key)
+        done = step + 1
+        pending.append((done, metrics))
+        if bar is None:  # the step is compiled (at its first call); rates count from here
+          bar, log_time = summaries.progress_bar(num_steps, done), time.monotonic()
+        else:
+          bar.update(1)
+        try:
+          if every(train_config.log_every, done):
+            _check_finite(pending, workdir, saving or saved)
+            now = time.monotonic()
+            _log_train_metrics(outputs, pending, done, num_steps, now - log_time,
+                               done - log_step)
+            pending, log_time, log_step = [], now, done
+          if every(train_config.checkpoint_every, done):
+            save(done)
+          if every(train_config.validate_every, done, at_end=False):
+            _validate(run, state.params, config, outputs, done, mesh)
+          if every(train_config.image_every, done, at_end=False):
+            _write_images(run, state.params, outputs, done)
+        except OSError as e:
+          raise failed(e, "the run's metrics and images", done) from e
+        if done < num_steps and stop.requested(done):
+          if pending:  # the metrics since the last log line, so that none are lost
+            _log_train_metrics(outputs, pending, done, num_steps,
+                               time.monotonic() - log_time, done - log_step)
+          if saving != done:
+            save(done)
+          finish_save()
+          raise Stopped(done, num_steps, stop.signal, workdir)
+      finish_save()
+    finally:
+      if bar is not None:
+        bar.close()
   return state
 
 
@@ -559,6 +588,9 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None,
   been traced with this config (one that cannot run raises ConfigError) and, on resuming, the
   checkpoint's revision and config have been checked (CheckpointError). Damaged checkpoints
   are skipped for the newest intact one (`checkpoints.restore_newest`).
+
+  On SIGTERM or SIGINT it saves the checkpoint of the step in flight and raises Stopped
+  (`preemption`): the same call resumes from there, bit-identically.
 
   Args:
     config: an experiment config (see configs/default.py).
