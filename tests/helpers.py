@@ -67,6 +67,22 @@ def mock_splits():
   return {"train": MockSplit(0), "test": MockSplit(1)}
 
 
+def write_mock_cache(data_dir, seed=0, num_classes=10, per_class=20, image_size=26):
+  """A numpy cache of random binary Omniglot-like train and test splits in `data_dir`, as
+  vma_jax.data writes it (for commands run as child processes)."""
+  from vma_jax import data  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(seed)
+  for split in ("train", "test"):
+    path = data.cache_path(str(data_dir), split, image_size)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    labels_N = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+    np.savez(path, images_NxHxW=(rng.random((labels_N.size, image_size, image_size)) < 0.2
+                                 ).astype(np.uint8),
+             labels_N=labels_N, alphabets_N=np.zeros_like(labels_N),
+             cache_format=np.int32(data.CACHE_FORMAT))
+
+
 def small_config(**overrides):
   """The default config shrunk to seconds per run: tiny heads, B = 4, T = 4, K = 2.
 

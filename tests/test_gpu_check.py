@@ -11,23 +11,10 @@ import numpy as np
 import pytest
 
 from benchmarks import gpu_check
+from helpers import write_mock_cache
 from vma_jax import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _write_cache(data_dir, seed=0, num_classes=10, per_class=20, image_size=26):
-  """A numpy cache of random binary Omniglot-like train and test splits, as vma_jax.data
-  writes it."""
-  rng = np.random.default_rng(seed)
-  for split in gpu_check.SPLITS:
-    path = data.cache_path(str(data_dir), split, image_size)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    labels_N = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
-    np.savez(path, images_NxHxW=(rng.random((labels_N.size, image_size, image_size)) < 0.2
-                                 ).astype(np.uint8),
-             labels_N=labels_N, alphabets_N=np.zeros_like(labels_N),
-             cache_format=np.int32(data.CACHE_FORMAT))
 
 
 def test_wheels_to_install_only_for_missing_modules(tmp_path):
@@ -44,7 +31,7 @@ def test_wheels_to_install_only_for_missing_modules(tmp_path):
 
 
 def test_prepare_carries_the_cache_and_install_checks_it(tmp_path):
-  _write_cache(tmp_path / "tfds")
+  write_mock_cache(tmp_path / "tfds")
   carry = tmp_path / "carry"
   manifest = gpu_check.prepare(str(carry), str(tmp_path / "tfds"), wheels=False)
   for split in gpu_check.SPLITS:
@@ -102,7 +89,7 @@ def test_without_a_gpu_the_check_skips_the_rest_and_still_writes_its_json(tmp_pa
 
 @pytest.mark.slow
 def test_dry_run_runs_every_phase_into_one_json(tmp_path):
-  _write_cache(tmp_path / "tfds")
+  write_mock_cache(tmp_path / "tfds")
   carry, out, work = tmp_path / "carry", tmp_path / "out", tmp_path / "work"
   env = dict(os.environ, PYTHON=sys.executable, VMA_GPU_CHECK_CARRY=str(carry),
              VMA_GPU_CHECK_WORK=str(work),

@@ -29,9 +29,12 @@ Modules, bottom to top (each imports only modules above it in this list):
   figures         matplotlib figures: training curves, bound and KL against T, few-shot
                   grids, sample sheets, the address posterior over a memory.
   summaries       TensorBoard writers (TensorFlow only if asked for), metrics.jsonl, progress.
+  preemption      SIGTERM and Ctrl-C ask a run to stop after the step in flight, once saved.
   evaluate        the Table 1 grid of few-shot bounds of a trained workdir, and its figures.
   sample          samples from a trained workdir with a memory the user chooses.
   classify        20-way one-shot classification of Lake et al.'s runs with a trained workdir.
+  pretrained      a trained model exported to ship (params.msgpack, config, model.json,
+                  results), which every command then loads as its --workdir.
   train           train_and_evaluate(config, workdir): one jitted train step, Orbax, CLU.
   estimate        how long training and each evaluation cell take on this runtime, from
                   the measured time of their first steps (the reproduce notebook).

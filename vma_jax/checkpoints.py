@@ -14,6 +14,15 @@ revision it was written for: parameters of an earlier form of the model are refu
 a checkpoint into a temporary folder and renames it when complete: a run killed while
 saving leaves no half-written `<step>/` folder for a later run to pick up.
 
+An exported model (`vma_jax.pretrained`) is a folder that `restore_params` reads as it reads a
+workdir, so every command and notebook takes it as --workdir:
+
+  folder/config.json              the config that trained the parameters (as a workdir's)
+  folder/params.msgpack           `flax.serialization.to_bytes` of the float32 parameters
+  folder/model.json               the step, the sha256 of params.msgpack, the model revision,
+                                  the parameter count, versions, date (and results, if exported
+                                  with them)
+
 What a disk can still do to a finished checkpoint (a truncated file, a flipped byte, a lost
 metadata file) is caught on restore: `save` records a sha256 of every item's values, and
 `restore_newest` reads a checkpoint back only if its files load, its values hash to the
@@ -35,6 +44,7 @@ import re
 import sys
 from typing import Any, Callable, NamedTuple
 
+from flax import serialization
 import jax
 from jax.sharding import Mesh
 import ml_collections
@@ -48,6 +58,9 @@ from vma_jax import sharding
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"
+# An exported model's files (`vma_jax.pretrained`).
+MODEL_FILE = "model.json"
+PARAMS_FILE = "params.msgpack"
 
 # Config fields that fix the shapes of the saved parameters: a checkpoint can only be
 # resumed or restored by a config that agrees on all of them.
@@ -108,6 +121,40 @@ def saved_steps(workdir: str) -> list[int]:
   directory = checkpoint_dir(workdir)
   names = os.listdir(directory) if os.path.isdir(directory) else []
   return sorted(int(name) for name in names if name.isdigit())
+
+
+def is_exported(path: str) -> bool:
+  """Whether `path` is an exported model's folder (`vma_jax.pretrained`): it has model.json or
+  params.msgpack and no checkpoints/ (a training workdir's checkpoints come first)."""
+  return (not os.path.isdir(checkpoint_dir(path))
+          and any(os.path.isfile(os.path.join(path, name)) for name in (MODEL_FILE, PARAMS_FILE)))
+
+
+def read_model_info(path: str) -> dict:
+  """The model.json of the exported model in folder `path`; CheckpointError if it is missing
+  or unreadable."""
+  model_path = os.path.join(path, MODEL_FILE)
+  try:
+    with open(model_path) as f:
+      info = json.load(f)
+    int(info["step"]), str(info["params_sha256"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(
+        f"{model_path} is not a readable model description ({type(e).__name__}: {e}): the "
+        "folder is not a complete exported model. Export it again (python -m "
+        "vma_jax.pretrained), or fetch it again.") from e
+  return info
+
+
+def restorable_steps(path: str) -> list[int]:
+  """The steps `restore_params(path, step)` takes, from the files alone (without starting
+  JAX): a workdir's checkpoints (`saved_steps`), or the one step of an exported model."""
+  if not is_exported(path):
+    return saved_steps(path)
+  try:
+    return [int(read_model_info(path)["step"])]
+  except CheckpointError:
+    return []  # restore_params says what is wrong
 
 
 def to_dict(config) -> dict:
@@ -586,15 +633,18 @@ def move_aside(workdir: str, step: int) -> str:
 
 def restore_params(workdir: str, step: int | None = None, mesh: Mesh | None = None):
   """(params, step, config) of the checkpoint at `step` (default: the newest intact one) in
-  workdir.
+  workdir, or of the exported model in folder `workdir` (`is_exported`).
 
   The model is rebuilt from the config saved with the checkpoint, so evaluation needs only
   the workdir. The parameters are replicated over `mesh` (default: every device of every
   process), whatever the devices and mesh that wrote them. Damaged checkpoints newer than the
-  one restored are left in place and logged, one line each.
+  one restored are left in place and logged, one line each. An exported model is read by
+  `restore_exported`.
   """
   mesh = sharding.make_mesh() if mesh is None else mesh
   replicated, _ = sharding.shardings(mesh)
+  if is_exported(workdir):
+    return restore_exported(workdir, step, mesh)
 
   def abstract_params(config):
     return {"params": jax.tree.map(
@@ -615,3 +665,60 @@ def restore_params(workdir: str, step: int | None = None, mesh: Mesh | None = No
     logging.getLogger("absl").warning(
         describe_damage(error, checkpoint_dir(workdir), now="left in place"))
   return restored.items["params"], restored.step, restored.config
+
+
+def restore_exported(folder: str, step: int | None = None, mesh: Mesh | None = None):
+  """(params, step, config) of the exported model in `folder` (`vma_jax.pretrained`).
+
+  params.msgpack must hash to the sha256 that model.json records, and its arrays must have the
+  shapes and dtypes of the parameters `vma_model.init_params` makes for config.json; the
+  model revision must be this version's (`check_model_revision`). The parameters are
+  replicated over `mesh` (default: every device of every process). `step`, if given, must be
+  the model's.
+  """
+  info = read_model_info(folder)
+  saved_step = int(info["step"])
+  model_path = os.path.join(folder, MODEL_FILE)
+  if step is not None and int(step) != saved_step:
+    raise CheckpointError(f"{folder} is an exported model of step {saved_step} only, not "
+                          f"{step}: omit the step, or give {saved_step}.")
+  if not os.path.isfile(os.path.join(folder, CONFIG_FILE)):
+    raise CheckpointError(f"{folder} has {MODEL_FILE} but no {CONFIG_FILE}: the exported "
+                          "model is incomplete. Export it again, or fetch it again.")
+  config = load_config(folder)
+  revision = info.get("model_revision")
+  check_model_revision(_revision(None, to_dict(config)) if revision is None else int(revision),
+                       source=model_path)
+
+  params_path = os.path.join(folder, PARAMS_FILE)
+  try:
+    with open(params_path, "rb") as f:
+      params_bytes = f.read()
+  except OSError as e:
+    raise CheckpointError(f"{params_path} does not read ({e}): the exported model is "
+                          "incomplete. Export it again, or fetch it again.") from e
+  if hashlib.sha256(params_bytes).hexdigest() != info["params_sha256"]:
+    raise CheckpointError(
+        f"{params_path} does not match the sha256 in {model_path}: the file is damaged or "
+        "was changed. Fetch the exported model again, or export it again from its workdir.")
+
+  # The abstract parameters of the saved config: the tree structure that from_bytes restores
+  # into, and the shapes and dtypes each array must have.
+  abstract = jax.eval_shape(functools.partial(vma_model.init_params, config), jax.random.key(0))
+  try:
+    host_params = serialization.from_bytes(abstract, params_bytes)
+  except Exception as e:  # pylint: disable=broad-except  (msgpack's errors, flax's ValueError)
+    raise CheckpointError(
+        f"{params_path} does not hold the parameters of the model in "
+        f"{os.path.join(folder, CONFIG_FILE)} ({_reason(e)}). Export the model again.") from e
+  for (path, leaf), target in zip(jax.tree_util.tree_leaves_with_path(host_params),
+                                  jax.tree.leaves(abstract)):
+    leaf = np.asarray(leaf)
+    if leaf.shape != target.shape or leaf.dtype != target.dtype:
+      raise CheckpointError(
+          f"{params_path} holds {jax.tree_util.keystr(path)} as {leaf.dtype}{list(leaf.shape)}, "
+          f"where the model in {os.path.join(folder, CONFIG_FILE)} has "
+          f"{target.dtype}{list(target.shape)}. Export the model again.")
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  params = sharding.replicate(jax.tree.map(np.asarray, host_params), mesh)
+  return params, saved_step, config

@@ -42,7 +42,8 @@ def exit_error(program: str, message: str, status: int = FAILURE) -> NoReturn:
 
 
 def require_workdir(workdir: str, program: str) -> None:
-  """`exit_usage` unless `workdir` is a training run's workdir (it has its config.json)."""
+  """`exit_usage` unless `workdir` is a training run's workdir or an exported model (it has
+  its config.json)."""
   if not os.path.isfile(os.path.join(workdir, checkpoints.CONFIG_FILE)):
     what = "does not exist" if not os.path.exists(workdir) else "has no config.json"
     exit_usage(program, f"--workdir={workdir} {what}: it is not a training run. Give the "
@@ -51,8 +52,15 @@ def require_workdir(workdir: str, program: str) -> None:
 
 
 def require_step(workdir: str, step: int, program: str) -> None:
-  """`exit_usage` unless `workdir` holds a checkpoint at `step` (read from the folder names:
-  JAX must not start before the command has chosen its devices)."""
+  """`exit_usage` unless `workdir` holds a checkpoint at `step`, or is an exported model of
+  that step (read from the files: JAX must not start before the command has chosen its
+  devices)."""
+  if checkpoints.is_exported(workdir):
+    steps = checkpoints.restorable_steps(workdir)  # none when model.json does not read
+    if steps and step not in steps:
+      exit_usage(program, f"--step={step}: {workdir} is an exported model of step {steps[0]} "
+                 "only; omit --step.")
+    return
   steps = checkpoints.saved_steps(workdir)
   if step not in steps:
     exit_usage(program, f"--step={step}: {workdir} has no checkpoint at step {step}; its "

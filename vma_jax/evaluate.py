@@ -142,7 +142,8 @@ def evaluate_workdir(workdir: str, *, cells: str = "table1", step: int | None = 
   Arguments left None take the run's `config.eval` values (K = 1000, all targets, seed 0).
 
   Args:
-    workdir: the training run's workdir (with config.json and checkpoints/).
+    workdir: the training run's workdir (with config.json and checkpoints/), or an exported
+      model's folder (`vma_jax.pretrained`).
     cells: "C:T,R/T,..." (`cells.parse_cell`), a name of `results.GRIDS` ("table1",
       "large"), or "config" for the run's own config.eval.cells.
     step: the checkpoint to evaluate; default: the newest intact one (damaged ones are
