@@ -2,6 +2,7 @@
 images, with a small model trained here on the real data; results files that agree with
 their predictions and keep earlier ones; a command whose errors are one line."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,10 +11,12 @@ import zipfile
 
 import numpy as np
 import pytest
+from scipy import spatial
 
 from helpers import REPO_ROOT, child_env, small_config
 from vma_jax import checkpoints
 from vma_jax import classify
+from vma_jax import data
 from vma_jax import model as vma_model
 from vma_jax import one_shot
 
@@ -62,6 +65,175 @@ def test_wilson_interval():
   assert (low, high) == pytest.approx((0.4038, 0.5962), abs=1e-4)
   low, high = classify.wilson_interval(155, 400)  # 38.8%
   assert low < 0.388 < high and high - low == pytest.approx(0.0948, abs=1e-3)
+
+
+def _mhd_by_cdist(a_Px2, b_Fx2) -> float:
+  """The modified Hausdorff distance from all pairwise distances, with scipy's cdist."""
+  dist_PxF = spatial.distance.cdist(a_Px2, b_Fx2)
+  return max(np.mean(dist_PxF.min(axis=1)), np.mean(dist_PxF.min(axis=0)))
+
+
+def _centred_as_the_demo(ink_HxW) -> np.ndarray:
+  """Lake et al.'s demo's points: (row, col) of the ink as a transposed 2 x P array, minus
+  its mean over axis 0."""
+  points_Px2 = np.transpose(np.array(np.nonzero(ink_HxW))).astype(float)
+  return points_Px2 - np.mean(points_Px2, axis=0)
+
+
+def _masks(seed=0) -> np.ndarray:
+  """105 x 105 ink masks: random strokes and blobs, one pixel, the corners, a full row."""
+  rng = np.random.default_rng(seed)
+  masks = []
+  for density in (0.01, 0.05, 0.3):
+    mask = np.zeros((105, 105), np.uint8)
+    top, left = rng.integers(0, 60, size=2)
+    mask[top:top + 45, left:left + 45] = rng.random((45, 45)) < density
+    masks.append(mask)
+  stroke = np.zeros((105, 105), np.uint8)
+  rows = np.arange(10, 90)
+  stroke[rows, (30 + 20 * np.sin(rows / 9)).astype(int)] = 1
+  stroke[50:53, 5:100] = 1
+  masks.append(stroke)
+  one = np.zeros((105, 105), np.uint8)
+  one[52, 7] = 1
+  corners = np.zeros((105, 105), np.uint8)
+  corners[[0, 0, 104], [0, 104, 104]] = 1
+  row = np.zeros((105, 105), np.uint8)
+  row[104] = 1
+  return np.stack(masks + [one, corners, row])
+
+
+def test_modified_hausdorff_of_point_sets():
+  """max(mean_a min_b |a - b|, mean_b min_a |a - b|), by hand and against scipy's cdist."""
+  a_Px2 = np.array([[0.0, 0.0], [1.0, 0.0]])
+  b_Fx2 = np.array([[0.0, 3.0]])
+  # From a: 3 and sqrt(10); from b: 3. The larger mean is a's.
+  assert classify.modified_hausdorff(a_Px2, b_Fx2) == pytest.approx((3 + np.sqrt(10)) / 2)
+  assert classify.modified_hausdorff(b_Fx2, a_Px2) == pytest.approx((3 + np.sqrt(10)) / 2)
+  assert classify.modified_hausdorff(a_Px2, a_Px2) == 0.0
+  # Unlike the Hausdorff distance (a max of minima), one far point moves it by its share.
+  c_Fx2 = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 0.0]])
+  assert classify.modified_hausdorff(a_Px2, c_Fx2) == pytest.approx((0 + 0 + 1 + 9) / 4)
+  rng = np.random.default_rng(0)
+  for p, f in ((1, 1), (3, 7), (40, 25)):
+    a_Px2, b_Fx2 = rng.normal(size=(p, 2)) * 5, rng.normal(size=(f, 2)) * 5 + 2
+    assert classify.modified_hausdorff(a_Px2, b_Fx2) == pytest.approx(
+        _mhd_by_cdist(a_Px2, b_Fx2), rel=1e-12)
+
+
+def test_ink_points_are_the_inked_pixels_centred_on_their_mean():
+  ink_HxW = np.zeros((105, 105), np.uint8)
+  ink_HxW[[10, 10, 14], [20, 21, 20]] = 1
+  expected_Px2 = np.array([[10, 20], [10, 21], [14, 20]]) - np.array([34 / 3, 61 / 3])
+  np.testing.assert_allclose(classify.ink_points(ink_HxW), expected_Px2, atol=1e-12)
+  for mask in _masks():
+    points_Px2 = classify.ink_points(mask)
+    np.testing.assert_array_equal(points_Px2, _centred_as_the_demo(mask))
+    np.testing.assert_allclose(points_Px2.mean(axis=0), 0.0, atol=1e-12)
+  # Centred, the distance does not see where on the page the character is.
+  shifted = np.zeros_like(ink_HxW)
+  shifted[[70, 70, 74], [3, 4, 3]] = 1
+  assert classify.hausdorff_costs(shifted[None], ink_HxW[None])[0, 0] == pytest.approx(
+      0.0, abs=1e-12)
+  with pytest.raises(classify.ClassifyError, match="an image without ink"):
+    classify.ink_points(np.zeros((105, 105), np.uint8))
+
+
+def test_hausdorff_costs_are_the_pairwise_definition_bit_for_bit():
+  """On 105 x 105 masks (sparse, dense, strokes, one pixel, corners, an edge row) the fast
+  costs are exactly those of all pairwise distances (scipy's cdist) of the centred pixels."""
+  masks = np.concatenate([_masks(0), _masks(1)[:4]])
+  costs = classify.hausdorff_costs(masks, masks[::-1])
+  expected = np.array([[_mhd_by_cdist(_centred_as_the_demo(x), _centred_as_the_demo(m))
+                        for m in masks[::-1]] for x in masks])
+  np.testing.assert_array_equal(costs, expected)
+  assert np.all(np.diag(costs[:, ::-1]) == 0.0)
+
+
+def _run(name, train_JxHxW, test_QxHxW, answer_Q, image_size=26) -> one_shot.OneShotRun:
+  """A run of 105 x 105 masks, also resized as load_runs does."""
+  return one_shot.OneShotRun(
+      name, tuple(f"class{j + 1:02d}.png" for j in range(len(train_JxHxW))),
+      tuple(f"item{q + 1:02d}.png" for q in range(len(test_QxHxW))),
+      data.resize_nearest(train_JxHxW, image_size), data.resize_nearest(test_QxHxW, image_size),
+      np.asarray(answer_Q, np.int32), source_train_JxHxW=train_JxHxW,
+      source_test_QxHxW=test_QxHxW)
+
+
+def test_hausdorff_classifier_picks_the_nearest_shape_and_the_first_of_a_tie():
+  """Training images: a vertical bar, a horizontal bar, a ring, and the horizontal bar again;
+  test images: the same shapes elsewhere on the page, changed a little."""
+  blank = np.zeros((105, 105), np.uint8)
+  vertical, horizontal, ring = blank.copy(), blank.copy(), blank.copy()
+  vertical[20:80, 50:53] = 1
+  horizontal[50:53, 20:80] = 1
+  grid_r, grid_c = np.mgrid[:105, :105]
+  ring[np.abs(np.hypot(grid_r - 52, grid_c - 52) - 25) < 1.5] = 1
+  train_JxHxW = np.stack([vertical, horizontal, ring, horizontal])
+  test_horizontal, test_vertical = blank.copy(), blank.copy()
+  test_ring = np.roll(ring, (9, -12), axis=(0, 1))
+  test_horizontal[80:83, 10:75] = 1
+  test_ring[40:50, :] = 0  # a gap
+  test_vertical[5:90, 90:92] = 1
+  run = _run("run01", train_JxHxW, np.stack([test_horizontal, test_ring, test_vertical]),
+             [1, 2, 0])
+  runs = one_shot.OneShotRuns((run,), source="synthetic")
+  scores = classify.class_scores(runs, ["hausdorff"])  # no model needed
+  np.testing.assert_array_equal(
+      scores["hausdorff"], -classify.hausdorff_costs(run.source_test_QxHxW, train_JxHxW))
+  # The two horizontal bars tie exactly: the first is the answer, as the demo's argmin.
+  assert scores["hausdorff"][0, 1] == scores["hausdorff"][0, 3]
+  (result,) = classify.predictions(runs, scores)
+  np.testing.assert_array_equal(result.predicted_GxQ, [[1, 2, 0]])
+  # Runs without their 105 x 105 images cannot be classified so.
+  bare = one_shot.OneShotRuns((dataclasses.replace(run, source_test_QxHxW=None),), "bare")
+  with pytest.raises(classify.ClassifyError, match="needs the runs' 105 x 105 images"):
+    classify.class_scores(bare, ["pixel", "hausdorff"])
+
+
+def test_hausdorff_makes_lake_et_al_s_published_error(runs):
+  """On the 400 trials, the modified Hausdorff distance of the 105 x 105 images errs on
+  38.8%, Lake et al.'s published figure, and its row is in every results file."""
+  scores = classify.class_scores(runs, ["hausdorff"])
+  (result,) = classify.predictions(runs, scores)
+  assert result.errors == 155 and f"{100 * result.error_rate:.1f}" == "38.8"
+  assert dict(one_shot.PUBLISHED)["modified Hausdorff distance on pixels"] == 38.8
+  # A few trials against scipy's cdist on the points as the demo makes them.
+  run = runs.runs[4]
+  for q in (0, 7, 19):
+    x_Px2 = _centred_as_the_demo(run.source_test_QxHxW[q])
+    cost_J = [_mhd_by_cdist(x_Px2, _centred_as_the_demo(m)) for m in run.source_train_JxHxW]
+    np.testing.assert_array_equal(-scores["hausdorff"][4 * 20 + q], cost_J)
+  saved = classify.results_json(runs, [result], {})["classifiers"]["hausdorff"]
+  assert saved["errors"] == 155 and len(saved["predictions"]) == 400
+  assert "hausdorff,all,155,400,0.3875," in classify.results_csv(runs, [result])
+  assert ("| hausdorff (no model: modified Hausdorff distance, 105 x 105) | 38.8 | 34.1 – 43.6 "
+          "| 155 / 400 |") in classify.results_markdown([result], {})
+
+
+def test_a_plain_vae_classifies_with_the_model_free_classifiers(runs, monkeypatch, tmp_path):
+  """A plain VAE reads no memory: pixel and hausdorff apply, the model's classifiers not."""
+  config = small_config()
+  config.model.memory_read = "none"
+  monkeypatch.setattr(classify.checkpoints, "restore_params",
+                      lambda workdir, step=None: ({"w": np.zeros(2, np.float32)}, 5, config))
+  two_runs = one_shot.OneShotRuns(runs.runs[:2], source=runs.source, sha256=runs.sha256)
+  monkeypatch.setattr(classify.one_shot, "load_runs", lambda source, image_size: two_runs)
+  workdir = str(tmp_path / "vae")
+  with pytest.raises(classify.ClassifyError, match=r"plain VAE .* only "
+                     r"--classifiers=pixel,hausdorff apply"):
+    classify.classify_workdir(workdir, runs=RUNS_ZIP, classifiers="pixel,address")
+  results, paths = classify.classify_workdir(workdir, runs=RUNS_ZIP,
+                                             classifiers="hausdorff,pixel")
+  assert [r.name for r in results] == ["pixel", "hausdorff"]
+  assert set(paths) == {"results.json", "results.csv", "results.md"}
+  costs_GxQxJ = np.stack([classify.hausdorff_costs(r.source_test_QxHxW, r.source_train_JxHxW)
+                          for r in two_runs.runs])
+  np.testing.assert_array_equal(results[1].predicted_GxQ, costs_GxQxJ.argmin(axis=-1))
+  with open(paths["results.json"]) as f:
+    assert list(json.load(f)["classifiers"]) == ["pixel", "hausdorff"]
+  # Both are in the default set (--classifiers' default is CLASSIFIERS).
+  assert set(classify.MODEL_FREE) == {"pixel", "hausdorff"} <= set(classify.CLASSIFIERS)
 
 
 def test_bound_and_pixel_recognise_a_test_image_that_is_a_training_image(trained_run, runs):

@@ -64,10 +64,30 @@ def test_the_real_runs(loaded, runs_zip):
   np.testing.assert_array_equal(run.train_JxHxW[2], data.resize_nearest(expected, 26)[0])
 
 
+def test_the_105x105_images_are_kept_as_distributed(loaded, runs_zip):
+  """Each run also keeps its images as the zip holds them (ink = the 1-bit PNG's zeros, not
+  resized); the model's images are their nearest-neighbour resize."""
+  assert loaded.has_source
+  assert loaded.source_train_GxJxHxW.shape == (20, 20, 105, 105)
+  assert loaded.source_test_GxQxHxW.shape == (20, 20, 105, 105)
+  run = loaded.runs[11]
+  with zipfile.ZipFile(runs_zip) as z:
+    for q in (0, 13):
+      with Image.open(io.BytesIO(z.read(f"run12/test/{run.item_names_Q[q]}"))) as image:
+        ink = (np.asarray(image.convert("L")) == 0).astype(np.uint8)
+      np.testing.assert_array_equal(run.source_test_QxHxW[q], ink)
+  np.testing.assert_array_equal(data.resize_nearest(loaded.source_train_GxJxHxW[4], 26),
+                                loaded.train_GxJxHxW[4])
+  # At the source's size nothing is resized.
+  original = one_shot.load_runs(runs_zip, image_size=105)
+  np.testing.assert_array_equal(original.test_GxQxHxW, loaded.source_test_GxQxHxW)
+
+
 def test_a_folder_and_the_folder_of_the_zip_read_the_same(loaded, extracted, monkeypatch):
   from_folder = one_shot.load_runs(extracted)
   np.testing.assert_array_equal(from_folder.test_GxQxHxW, loaded.test_GxQxHxW)
   np.testing.assert_array_equal(from_folder.answer_GxQ, loaded.answer_GxQ)
+  np.testing.assert_array_equal(from_folder.source_train_GxJxHxW, loaded.source_train_GxJxHxW)
   assert from_folder.sha256 == ""
   monkeypatch.setenv(one_shot.RUNS_ENV, RUNS_DIR)  # the folder holding all_runs.zip
   assert one_shot.resolve_source() == RUNS_ZIP

@@ -17,6 +17,10 @@ m_1 .. m_J the classifiers predict:
             posterior of either model.
   pixel     argmin_c of the Hamming distance between x and m_c on the same preprocessed
             images: no model, the floor a model should beat.
+  hausdorff argmin_c of the modified Hausdorff distance between x and m_c as distributed
+            (105 x 105), Lake et al.'s own baseline as their demo computes it: each image's
+            inked pixels centred on their mean, MHD(A, B) = max(mean_a min_b |a - b|,
+            mean_b min_a |a - b|). No model; the first class of a tie, as theirs.
 
 Sample k of the bound of (x, m_c) is drawn from fold_in(fold_in(fold_in(key(seed), n), c), k)
 with n the trial's index (run-major), so results do not depend on the batch or chunk sizes.
@@ -25,7 +29,7 @@ wrong.png, the trials the address and bound classifiers get wrong; earlier files
 kept as results.<n>.* and wrong.<n>.png.
 
 Shape letters: docs/model.md's (G runs, J classes of a run, Q test images of a run); here
-N = G * Q trials and B trials in a batch.
+N = G * Q trials and B trials in a batch, and P and F the inked pixels of two images.
 """
 
 from __future__ import annotations
@@ -55,10 +59,14 @@ from vma_jax import model as vma_model
 from vma_jax import one_shot
 from vma_jax import results as vma_results
 
-CLASSIFIERS = ("address", "bound", "combined", "pixel")
+CLASSIFIERS = ("address", "bound", "combined", "pixel", "hausdorff")
 # The classifiers that use the model's score of each class (the rest come from them or none).
 _MODEL_SCORES = {"address": ("address",), "bound": ("bound",),
-                 "combined": ("address", "bound"), "pixel": ()}
+                 "combined": ("address", "bound"), "pixel": (), "hausdorff": ()}
+MODEL_FREE = tuple(c for c in CLASSIFIERS if not _MODEL_SCORES[c])
+# What each classifier compares, for the results table.
+_WHOSE = {"pixel": "no model: Hamming distance",
+          "hausdorff": "no model: modified Hausdorff distance, 105 x 105"}
 RESULT_FILES = ("results.json", "results.csv", "results.md", "wrong.png")
 # wrong.png draws at most this many mistakes of each of the address and bound classifiers.
 MAX_DRAWN = 24
@@ -136,6 +144,103 @@ def hamming_distances(x_BxHxW, memory_BxJxHxW):
   return jnp.sum(x_BxHxW[:, None] != memory_BxJxHxW, axis=(-2, -1), dtype=jnp.int32)
 
 
+# ----------------------------------------------------------------------------------------
+# The modified Hausdorff distance (Dubuisson and Jain, 1994) between 105 x 105 ink masks, as
+# Lake et al.'s one-shot demo computes it. Here P and F are the inked pixels of two images,
+# and of one image Y its inked rows and X its distinct inked columns.
+
+
+def _ink_pixels(ink_HxW: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(row, column) of each inked pixel, row-major, float64 (pixels_Px2), and their mean."""
+  row_P, column_P = np.nonzero(ink_HxW)
+  if not len(row_P):
+    raise ClassifyError("an image without ink has no modified Hausdorff distance; the "
+                        "one-shot runs' images all have ink: read them with one_shot.load_runs")
+  pixels_Px2 = np.stack([row_P, column_P], axis=1).astype(np.float64)
+  # Each coordinate's mean over its own contiguous array: the summation order of the demo's.
+  mean_2 = np.array([pixels_Px2[:, 0].copy().mean(), pixels_Px2[:, 1].copy().mean()])
+  return pixels_Px2, mean_2
+
+
+def ink_points(ink_HxW: np.ndarray) -> np.ndarray:
+  """The (row, column) of each inked pixel, row-major, float64, minus their mean: points_Px2.
+
+  Centring makes the distance blind to where on the page the character was drawn.
+  """
+  pixels_Px2, mean_2 = _ink_pixels(ink_HxW)
+  return pixels_Px2 - mean_2
+
+
+def modified_hausdorff(a_Px2: np.ndarray, b_Fx2: np.ndarray) -> float:
+  """max(mean_a min_b |a - b|, mean_b min_a |a - b|) of two point sets, from all P x F
+  Euclidean distances (the definition; `hausdorff_costs` computes it faster on masks)."""
+  diff_PxFx2 = a_Px2[:, None, :] - b_Fx2[None, :, :]
+  dist_PxF = np.sqrt(diff_PxFx2[..., 0] ** 2 + diff_PxFx2[..., 1] ** 2)
+  return float(max(np.mean(dist_PxF.min(axis=1)), np.mean(dist_PxF.min(axis=0))))
+
+
+class _InkGrid:
+  """One ink mask's centred inked pixels, and what the distance from any point to the
+  nearest of them needs: for each inked row, the nearest inked column at or left of, and at
+  or right of, every column position in [-W, 2W)."""
+
+  def __init__(self, ink_HxW: np.ndarray):
+    ink_HxW = np.asarray(ink_HxW).astype(bool)
+    width = ink_HxW.shape[1]
+    pixels_Px2, self.mean_2 = _ink_pixels(ink_HxW)
+    self.points_Px2 = pixels_Px2 - self.mean_2
+    # As the query: the distinct columns' centred values, and each pixel's column among them.
+    columns_X, self.column_index_P = np.unique(pixels_Px2[:, 1], return_inverse=True)
+    self.columns_X = columns_X - self.mean_2[1]
+    # As the target: the inked rows' centred values; column positions [-W, 2W) hold every
+    # column another centred image can ask for (|centred column| < W).
+    rows_Y = np.flatnonzero(ink_HxW.any(axis=1))
+    self.rows_Y = rows_Y.astype(np.float64) - self.mean_2[0]
+    self.offset = width
+    ink_Yx3W = np.zeros((len(rows_Y), 3 * width), bool)
+    ink_Yx3W[:, width:2 * width] = ink_HxW[rows_Y]
+    position_3W = np.arange(-width, 2 * width)
+    left_Yx3W = np.maximum.accumulate(np.where(ink_Yx3W, position_3W, -3 * width), axis=1)
+    right_Yx3W = np.minimum.accumulate(np.where(ink_Yx3W, position_3W, 3 * width)[:, ::-1],
+                                       axis=1)[:, ::-1]
+    # Centred as the points are (column - mean); no inked pixel on that side: infinitely far.
+    self.left_Yx3W = np.where(left_Yx3W > -3 * width,
+                              left_Yx3W.astype(np.float64) - self.mean_2[1], -np.inf)
+    self.right_Yx3W = np.where(right_Yx3W < 3 * width,
+                               right_Yx3W.astype(np.float64) - self.mean_2[1], np.inf)
+
+
+def _mean_nearest(query: _InkGrid, target: _InkGrid) -> float:
+  """mean over the query's inked pixels of the distance to the nearest inked pixel of target
+  (both centred): mean_a min_b |a - b|.
+
+  Squared distances are separable: min_b |a - b|^2 = min over target's inked rows of (row
+  difference)^2 + (distance to that row's nearest inked column)^2, and in a row the nearest
+  column lies next to where a's column falls on target's grid. Each difference is the same
+  float64 a - b as with all pairwise distances, so the result is bitwise theirs.
+  """
+  at_X = query.columns_X + target.mean_2[1]  # a's column on target's grid, uncentred
+  k_X = np.floor(at_X).astype(np.int64) + target.offset
+  # The nearest inked column on either side of a's column (one more to the right: a's
+  # column may sit a rounding error off an integer).
+  near_YxXx3 = np.stack([target.left_Yx3W[:, k_X], target.right_Yx3W[:, k_X],
+                         target.right_Yx3W[:, k_X + 1]], axis=-1)
+  column2_YxX = np.min((query.columns_X[None, :, None] - near_YxXx3) ** 2, axis=-1)
+  row2_PxY = (query.points_Px2[:, :1] - target.rows_Y[None, :]) ** 2
+  nearest2_P = np.min(row2_PxY + column2_YxX.T[query.column_index_P], axis=1)
+  # sqrt is monotone: the nearest distance is the sqrt of the nearest squared one.
+  return float(np.mean(np.sqrt(nearest2_P)))
+
+
+def hausdorff_costs(test_QxHxW: np.ndarray, train_JxHxW: np.ndarray) -> np.ndarray:
+  """The modified Hausdorff distance between each test and each training ink mask, on their
+  centred inked pixels (`ink_points`), float64 Q x J: as `modified_hausdorff`, exactly."""
+  test_Q = [_InkGrid(x) for x in test_QxHxW]
+  train_J = [_InkGrid(m) for m in train_JxHxW]
+  return np.array([[max(_mean_nearest(x, m), _mean_nearest(m, x)) for m in train_J]
+                   for x in test_Q])
+
+
 def _in_batches(fn, batch_size: int, trial_N: np.ndarray, *arrays, name: str = "",
                 log_every_s: float = 60.0) -> np.ndarray:
   """fn(arrays[:, batch], trial_B) for batches of batch_size trials, concatenated.
@@ -167,11 +272,16 @@ def class_scores(runs: one_shot.OneShotRuns, classifiers: Sequence[str], *,
   prediction (run-major: trial n is test image n % Q of run n // Q).
 
   "address": <h(x), h(m_c)>; "bound": L_K(x | m_c); "combined": the sum of their log_softmax
-  over c; "pixel": minus the Hamming distance. The model's scores need `model` and `params`.
+  over c; "pixel": minus the Hamming distance; "hausdorff": minus the modified Hausdorff
+  distance of the 105 x 105 images (`runs.has_source`). The model's scores need `model` and
+  `params`.
   """
   needed = {score for c in classifiers for score in _MODEL_SCORES[c]}
   if needed and (model is None or params is None):
     raise ClassifyError(f"the {', '.join(sorted(needed))} scores need a trained model")
+  if "hausdorff" in classifiers and not runs.has_source:
+    raise ClassifyError("the hausdorff classifier needs the runs' 105 x 105 images: read the "
+                        "runs with one_shot.load_runs")
   test_NxHxW = runs.test_GxQxHxW.reshape((-1, *runs.test_GxQxHxW.shape[2:]))
   num_test = runs.test_GxQxHxW.shape[1]
   # Each trial's memory: its run's J training images.
@@ -200,6 +310,10 @@ def class_scores(runs: one_shot.OneShotRuns, classifiers: Sequence[str], *,
   if "pixel" in classifiers:
     scores["pixel"] = -_in_batches(lambda x, m, _: hamming_distances(x, m), max(batch_size, 100),
                                    trial_N, test_NxHxW, memory_NxJxHxW).astype(np.float64)
+  if "hausdorff" in classifiers:
+    cost_GxQxJ = np.stack([hausdorff_costs(test_QxHxW, train_JxHxW) for test_QxHxW, train_JxHxW
+                           in zip(runs.source_test_GxQxHxW, runs.source_train_GxJxHxW)])
+    scores["hausdorff"] = -cost_GxQxJ.reshape((-1, cost_GxQxJ.shape[-1]))
   return {c: scores[c] for c in classifiers}
 
 
@@ -289,7 +403,7 @@ def results_markdown(results: Sequence[ClassifierResult], meta: dict) -> str:
            "|---|---|---|---|"]
   for r in results:
     low, high = r.interval
-    whose = "no model: Hamming distance" if r.name == "pixel" else "this model"
+    whose = _WHOSE.get(r.name, "this model")
     lines.append(f"| {r.name} ({whose}) | {100 * r.error_rate:.1f} | "
                  f"{100 * low:.1f} – {100 * high:.1f} | {r.errors} / {r.trials} |")
   for name, error in one_shot.PUBLISHED:
@@ -358,9 +472,9 @@ def classify_workdir(workdir: str, *, runs: str | None = None, num_importance: i
   source = one_shot.resolve_source(runs)
   params, step, config = checkpoints.restore_params(workdir, step)
   reads_memory = config.model.get("memory_read", "hard") != "none"
-  if not reads_memory and set(classifiers) - {"pixel"}:
+  if not reads_memory and set(classifiers) - set(MODEL_FREE):
     raise ClassifyError(f"{workdir} is a plain VAE (config.model.memory_read = 'none'): it "
-                        "reads no memory, so only --classifiers=pixel applies")
+                        f"reads no memory, so only --classifiers={','.join(MODEL_FREE)} apply")
   loaded = one_shot.load_runs(source, image_size=config.data.image_size)
   start = time.perf_counter()
   scores = class_scores(loaded, classifiers, model=vma_model.make_model(config), params=params,

@@ -9,9 +9,10 @@ holds 20 runs, run01 .. run20, each within one alphabet of the evaluation set:
 
 `load_runs` reads them from the zip or from a folder it was extracted to, with the images
 preprocessed as the training data (ink = the dark pixels, `vma_jax.data.read_ink_png`: a
-nearest-neighbour resize to the model's image size). Anything missing or malformed is a
-`OneShotError` naming the file (and line) and what was expected. When a `SHA256SUMS` lies
-beside the zip, the zip's sha256 must match its line.
+nearest-neighbour resize to the model's image size), and keeps each image's 105 x 105 ink mask
+as distributed too (the model-free modified Hausdorff classifier of `vma_jax.classify` uses
+them). Anything missing or malformed is a `OneShotError` naming the file (and line) and what
+was expected. When a `SHA256SUMS` lies beside the zip, the zip's sha256 must match its line.
 
 Where the runs are: the path given (`classify.py --runs`), else `$VMA_ONE_SHOT_RUNS`; either is
 all_runs.zip, the folder holding it, or the folder it was extracted to.
@@ -66,6 +67,8 @@ class OneShotRun:
     train_JxHxW: uint8 ink masks of the training images, in the order of class_names_J.
     test_QxHxW: uint8 ink masks of the test images, in the order of item_names_Q.
     answer_Q: int32, the class (index into class_names_J) of each test image.
+    source_train_JxHxW, source_test_QxHxW: the same images' uint8 ink masks as distributed,
+      105 x 105 (`vma_data.SOURCE_SIZE`) and not resized; None for runs built without them.
   """
 
   name: str
@@ -74,6 +77,8 @@ class OneShotRun:
   train_JxHxW: np.ndarray
   test_QxHxW: np.ndarray
   answer_Q: np.ndarray
+  source_train_JxHxW: np.ndarray | None = None
+  source_test_QxHxW: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +100,20 @@ class OneShotRuns:
   @property
   def answer_GxQ(self) -> np.ndarray:
     return np.stack([r.answer_Q for r in self.runs])
+
+  @property
+  def has_source(self) -> bool:
+    """Whether every run keeps its 105 x 105 images (`load_runs` does)."""
+    return all(r.source_train_JxHxW is not None and r.source_test_QxHxW is not None
+               for r in self.runs)
+
+  @property
+  def source_train_GxJxHxW(self) -> np.ndarray:
+    return np.stack([r.source_train_JxHxW for r in self.runs])
+
+  @property
+  def source_test_GxQxHxW(self) -> np.ndarray:
+    return np.stack([r.source_test_QxHxW for r in self.runs])
 
 
 def resolve_source(runs: str | None = None) -> str:
@@ -193,7 +212,8 @@ class _Folder:
 
 
 def _images(source, run: str, folder: str, stem: str, count: int, image_size: int):
-  """The `count` PNGs of run/folder (names, ink masks), sorted by name."""
+  """The `count` PNGs of run/folder (names, ink masks resized to image_size, the 105 x 105
+  ink masks as distributed), sorted by name."""
   where = f"{run}/{folder}"
   if not source.exists(where):
     raise OneShotError(f"{source.name(where)} is missing; expected a folder of {count} PNGs "
@@ -206,11 +226,15 @@ def _images(source, run: str, folder: str, stem: str, count: int, image_size: in
   for n in names:
     member = f"{where}/{n}"
     try:
-      images.append(vma_data.read_ink_png(source.read(member), source.name(member), image_size,
-                                          sizes=(vma_data.SOURCE_SIZE,)))
+      images.append(vma_data.read_ink_png(source.read(member), source.name(member),
+                                          vma_data.SOURCE_SIZE, sizes=(vma_data.SOURCE_SIZE,)))
     except vma_data.ImageError as e:
       raise OneShotError(str(e)) from e
-  return tuple(names), np.stack(images)
+  source_NxHxW = np.stack(images)
+  # Decoded once: the resize is read_ink_png's own (`resize_nearest` of the 105 x 105 mask).
+  resized_NxHxW = (source_NxHxW if image_size == vma_data.SOURCE_SIZE
+                   else vma_data.resize_nearest(source_NxHxW, image_size))
+  return tuple(names), resized_NxHxW, source_NxHxW
 
 
 def _answers(source, run: str, class_names_J, item_names_Q) -> np.ndarray:
@@ -258,7 +282,8 @@ def _answers(source, run: str, class_names_J, item_names_Q) -> np.ndarray:
 
 def load_runs(path: str | None = None, image_size: int = 26) -> OneShotRuns:
   """The G = 20 runs of all_runs.zip (or the folder it was extracted to, or the folder that
-  holds it; default `$VMA_ONE_SHOT_RUNS`), images as image_size x image_size ink masks.
+  holds it; default `$VMA_ONE_SHOT_RUNS`), images as image_size x image_size ink masks, and
+  as the 105 x 105 ink masks they are distributed as (`source_train_JxHxW`, ...).
 
   Raises OneShotError for a missing or malformed file, naming it and what was expected.
   """
@@ -276,11 +301,14 @@ def load_runs(path: str | None = None, image_size: int = 26) -> OneShotRuns:
       if not source.exists(run):
         raise OneShotError(f"{source.name(run)} is missing; expected the {NUM_RUNS} runs "
                            f"run01 .. run{NUM_RUNS:02d} ({WHERE_FROM})")
-      class_names_J, train_JxHxW = _images(source, run, "training", "class", NUM_CLASSES,
-                                           image_size)
-      item_names_Q, test_QxHxW = _images(source, run, "test", "item", NUM_TEST, image_size)
+      class_names_J, train_JxHxW, source_train_JxHxW = _images(
+          source, run, "training", "class", NUM_CLASSES, image_size)
+      item_names_Q, test_QxHxW, source_test_QxHxW = _images(
+          source, run, "test", "item", NUM_TEST, image_size)
       runs.append(OneShotRun(run, class_names_J, item_names_Q, train_JxHxW, test_QxHxW,
-                             _answers(source, run, class_names_J, item_names_Q)))
+                             _answers(source, run, class_names_J, item_names_Q),
+                             source_train_JxHxW=source_train_JxHxW,
+                             source_test_QxHxW=source_test_QxHxW))
   finally:
     source.close()
   return OneShotRuns(tuple(runs), source=os.path.abspath(path), sha256=sha256)
