@@ -20,6 +20,7 @@ from vma_jax import checkpoints
 from vma_jax import cli
 from vma_jax import data
 from vma_jax import distributed
+from vma_jax import errors
 from vma_jax import evaluate
 from vma_jax import results as vma_results
 from vma_jax.cpu import host
@@ -71,11 +72,18 @@ def main(argv):
     host.use_cpu_cores([batch_size], _CPU_DEVICES.value)
     # Also before JAX starts: joins the other processes of a run on several hosts, if any.
     distributed.initialize_from_flags()
+  except ValueError as e:  # the devices or processes asked for
+    cli.exit_usage("evaluate.py", str(e))
+  except checkpoints.CheckpointError as e:
+    cli.exit_error("evaluate.py", str(e))
+  try:
     results = evaluate.evaluate_workdir(
         _WORKDIR.value, cells=_CELLS.value, step=_STEP.value, num_importance=_NUM_IMPORTANCE.value,
         num_targets=_NUM_TARGETS.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
         chunk_size=_CHUNK_SIZE.value, dtype=_DTYPE.value)
-  except (checkpoints.CheckpointError, data.DataError, FloatingPointError, ValueError) as e:
+  except errors.ConfigError as e:  # a setting that cannot run; any other error is a bug
+    cli.exit_usage("evaluate.py", str(e))
+  except (checkpoints.CheckpointError, data.DataError, FloatingPointError) as e:
     sys.exit(f"evaluate.py: {e}")
   print(vma_results.results_markdown(results))
 

@@ -32,6 +32,7 @@ import numpy as np
 from vma_jax import cells as vma_cells
 from vma_jax import checkpoints
 from vma_jax import data
+from vma_jax import errors
 from vma_jax import evaluate
 from vma_jax import model as vma_model
 from vma_jax import results
@@ -71,7 +72,7 @@ def precision_gaps(config, params, split, grid: Sequence[vma_cells.Cell], *, dty
   the precision alone. Each dtype's seconds include compiling its bound function.
   """
   if dtype == reference_dtype:
-    raise ValueError(f"compare two different dtypes, got {dtype!r} twice")
+    raise errors.ConfigError(f"compare two different dtypes, got {dtype!r} twice")
   mesh, data, targets = vma_cells.on_devices(split, num_targets)
   models = {d: vma_model.make_model(evaluate.with_dtype(config, d))
             for d in (reference_dtype, dtype)}
@@ -145,13 +146,18 @@ def main(argv=None):
   try:
     batch_size = args.batch_size or checkpoints.load_config(args.workdir).eval.batch_size
     host.use_cpu_cores([batch_size], args.cpu_devices)
+  except (checkpoints.CheckpointError, ValueError) as e:  # ValueError: the devices asked for
+    sys.exit(f"precision.py: {e}")
+  try:
     import jax  # pylint: disable=g-import-not-at-top
     gaps = compare_precision(
         args.workdir, dtype=args.dtype, reference_dtype=args.reference_dtype,
         cells=args.cells or results.GRID, num_importance=args.num_importance,
         num_targets=args.num_targets, seed=args.seed, batch_size=args.batch_size,
         chunk_size=args.chunk_size)
-  except (checkpoints.CheckpointError, data.DataError, FloatingPointError, ValueError) as e:
+  # A setting that cannot run ends in one line; any other error is a bug (its traceback).
+  except (checkpoints.CheckpointError, data.DataError, errors.ConfigError,
+          FloatingPointError) as e:
     sys.exit(f"precision.py: {e}")
   entries = [dict(dataclasses.asdict(g), device=str(jax.devices()[0].device_kind),
                   num_devices=jax.device_count()) for g in gaps]

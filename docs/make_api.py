@@ -2,9 +2,8 @@
 
 One section per module, in the order of the package docstring (`vma_jax/__init__.py`): the
 module's docstring, then each public function and class with its parameters and the first
-paragraph of its docstring (`help(...)` has the rest).
-tests/test_docs.py checks that docs/api.md is what this script writes, so the page cannot
-drift from the code.
+paragraph of its docstring (`help(...)` has the rest). The page is built, not kept in the
+repository (it is gitignored), so it is always the code's; tests/test_docs.py builds it.
 """
 
 import importlib

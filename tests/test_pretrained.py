@@ -90,7 +90,7 @@ def test_export_holds_the_checkpoints_parameters_bitwise(exported):
   loaded, loaded_step, loaded_config = checkpoints.restore_params(out)
   assert loaded_step == STEP
   assert_params_equal(loaded, params)
-  assert vma_results.params_digest(loaded) == vma_results.params_digest(params)  # bitwise
+  assert checkpoints.tree_digest(loaded) == checkpoints.tree_digest(params)  # bitwise
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(loaded))
   # The same config, but for the training machine's data paths.
   assert checkpoints.config_differences(config, loaded_config) == [

@@ -5,7 +5,6 @@ Runs on mock data (random binary images, 10 classes x 20 drawers) with a shrunke
 """
 
 import glob
-import json
 import logging
 import os
 import signal
@@ -22,6 +21,7 @@ import pytest
 from helpers import REPO_ROOT, assert_params_equal, child_env, leaves, mock_splits, small_config
 from vma_jax import checkpoints
 from vma_jax import distinct
+from vma_jax import errors
 from vma_jax import episodes as episodes_lib
 from vma_jax import model as vma_model
 from vma_jax import sharding
@@ -208,13 +208,17 @@ def test_resume_with_other_model_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(episodes__composition="mixed"), "unknown episodes.composition 'mixed'"),
-    (dict(episodes__memory_size=5), "memory_size=5 must be a multiple of per_class=2"),
-    (dict(objective__baseline="harmonic"), "unknown VIMCO baseline 'harmonic'"),
-    (dict(objective__num_importance=1), "need K >= 2 samples"),
-    (dict(optim__name="sgd"), "unknown optimiser 'sgd'"),
-    (dict(model__param_init="xavier"), "unknown init 'xavier'"),
+    (dict(episodes__memory_size=5),
+     "config.episodes: memory_size=5 must be a multiple of per_class=2"),
+    (dict(objective__baseline="harmonic"),
+     r"unknown VIMCO baseline 'harmonic' \(config.objective.baseline\)"),
+    (dict(objective__num_importance=1),
+     r"need K >= 2 samples, got K = 1 \(config.objective.num_importance\)"),
+    (dict(optim__name="sgd"), r"unknown optimiser 'sgd' \(config.optim.name\)"),
+    (dict(model__param_init="xavier"),
+     "unknown init 'xavier': config.model.param_init must be one of"),
     (dict(validation__memory_size=30, train__validate_every=1),
-     r"cell \(C=2, T=30\) is impossible"),
+     r"config.validation: cell \(C=2, T=30\) is impossible"),
 ])
 def test_config_that_cannot_run_is_refused_before_the_workdir_is_touched(
     tmp_path, overrides, message):
@@ -229,6 +233,19 @@ def test_config_that_cannot_run_is_refused_before_the_workdir_is_touched(
     assert "nothing was written to the workdir" in str(error.value)
   assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
   assert checkpoints.load_config(str(tmp_path / "run")).train.num_steps == 1
+
+
+def test_a_bug_raised_while_tracing_is_no_config_error_and_keeps_its_traceback(
+    tmp_path, monkeypatch):
+  def broken_objective(*args, **kwargs):
+    raise ValueError("einsum(): operands 0 and 1 do not match")
+
+  monkeypatch.setattr(train.objective, "vimco_surrogate", broken_objective)
+  with pytest.raises(ValueError, match="operands 0 and 1 do not match") as error:
+    train.train_and_evaluate(small_config(), str(tmp_path / "run"), splits=mock_splits())
+  assert not isinstance(error.value, errors.ConfigError)
+  assert error.traceback[-1].name == "broken_objective"
+  assert not (tmp_path / "run").exists()
 
 
 def save_initial_checkpoint(workdir, config, saved_config=None, step=1):
@@ -266,25 +283,23 @@ def test_saved_checkpoints_record_the_model_revision(tmp_path):
   config = small_config()
   save_initial_checkpoint(str(tmp_path), config)
   manager = checkpoints.make_manager(str(tmp_path), read_only=True)
-  assert checkpoints.model_revision(manager, 1, config) == vma_model.REVISION
+  assert checkpoints.model_revision(manager, 1) == vma_model.REVISION
   manager.close()
 
 
-@pytest.mark.parametrize("revision, legacy_param_init, message", [
-    (None, False, r"revision 1 .* earlier version .* no ReLU after its fc2 .* new --workdir"),
-    (vma_model.REVISION - 1, True, r"revision 1 .* earlier version .* new --workdir"),
-    (vma_model.REVISION + 1, True, r"newer version .* Update vma_jax"),
+@pytest.mark.parametrize("revision, message", [
+    (None, r"records no model revision: .* early version .* new --workdir"),
+    (vma_model.REVISION - 1, r"revision 1 .* earlier version .* no ReLU after its fc2 .* "
+                             "new --workdir"),
+    (vma_model.REVISION + 1, r"newer version .* Update vma_jax"),
 ])
-def test_checkpoint_of_another_model_revision_is_refused(tmp_path, revision,
-                                                         legacy_param_init, message):
+def test_checkpoint_of_another_model_revision_is_refused(tmp_path, revision, message):
   """Parameters of another revision (same shapes, another function: before revision 2, a
-  ReLU after the decoder's fc2) are neither evaluated nor resumed, and stay intact. Runs saved
-  before revisions were recorded are revision 1 without model.param_init, 2 with it."""
+  ReLU after the decoder's fc2), or of no recorded revision, are neither evaluated nor
+  resumed, and stay intact."""
   config = small_config()
   saved = checkpoints.to_dict(config)
-  if not legacy_param_init:
-    del saved["model"]["param_init"]
-  save_checkpoint_of_revision(str(tmp_path), config, revision, saved_config=saved)
+  save_checkpoint_of_revision(str(tmp_path), config, revision)
   with pytest.raises(checkpoints.CheckpointError, match=message):
     checkpoints.restore_params(str(tmp_path))
   with pytest.raises(checkpoints.CheckpointError, match=message):
@@ -292,18 +307,6 @@ def test_checkpoint_of_another_model_revision_is_refused(tmp_path, revision,
                              splits=mock_splits())
   assert checkpoints.to_dict(checkpoints.load_config(str(tmp_path))) == saved
   assert sorted(os.listdir(tmp_path / checkpoints.CHECKPOINT_DIR)) == ["1"]
-
-
-def test_checkpoint_of_the_current_revision_without_meta_is_restored(tmp_path):
-  """A run saved with model.param_init but before revisions were recorded is revision 2."""
-  config = small_config()
-  save_checkpoint_of_revision(str(tmp_path), config, None)
-  params, step, _ = checkpoints.restore_params(str(tmp_path))
-  assert step == 1
-  assert_params_equal(params, vma_model.init_params(config, jax.random.key(0)))
-  train.train_and_evaluate(small_config(train__num_steps=2), str(tmp_path),
-                           splits=mock_splits())
-  assert checkpoints.restore_params(str(tmp_path))[1] == 2
 
 
 def test_nonfinite_state_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -495,18 +498,3 @@ def test_progress_bar_starts_after_the_first_step(tmp_path, monkeypatch):
   train.train_and_evaluate(small_config(train__num_steps=5), str(tmp_path), splits=mock_splits())
   assert [(b.num_steps, b.initial, b.updates, b.closed) for b in bars] == [
       (3, 1, 2, True), (5, 4, 1, True)]
-
-
-def test_configs_of_earlier_runs_are_read_under_todays_names(tmp_path):
-  """A workdir written when K was `objective.num_samples` resumes and evaluates: its config
-  is read with the field under its current name, `num_importance`, and fields added since
-  at the value those runs had."""
-  old = checkpoints.to_dict(small_config())
-  old["objective"]["num_samples"] = old["objective"].pop("num_importance")
-  old["validation"]["num_samples"] = old["validation"].pop("num_importance")
-  del old["model"]["memory_read"]  # added later; earlier runs were all the VMA's hard read
-  (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps(old))
-  config = checkpoints.load_config(str(tmp_path))
-  assert config.objective.num_importance == 2 and "num_samples" not in config.objective
-  assert config.validation.num_importance == 3 and config.model.memory_read == "hard"
-  assert checkpoints.config_differences(config, small_config()) == []

@@ -2,6 +2,7 @@
 
 Modules, bottom to top (each imports only modules above it in this list):
 
+  errors          ConfigError: a setting that cannot run, named (anything else is a bug).
   files           atomic writes, and earlier versions of a file kept beside the new one.
   runtime         this Python against the package's requirements: what to upgrade, what to
                   install without replacing a runtime's JAX (the notebooks' set-up cell).

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vma_jax import episodes as vma_episodes
+from vma_jax import errors
 from vma_jax import model as vma_model
 from vma_jax import objective
 from vma_jax import sharding
@@ -66,13 +67,13 @@ def parse_cell(item: str) -> Cell:
   try:
     first, memory_size = (int(v) for v in item.split(separator))
   except ValueError:
-    raise ValueError(f"bad cell {item!r}: {_CELL_SYNTAX}") from None
+    raise errors.ConfigError(f"bad cell {item!r}: {_CELL_SYNTAX}") from None
   if separator == "/":
     if not 1 <= first <= memory_size:
-      raise ValueError(f"bad cell {item!r}: R/T needs 1 <= R <= T")
+      raise errors.ConfigError(f"bad cell {item!r}: R/T needs 1 <= R <= T")
     return Cell(0, memory_size, same_class=first)
   if first < 1 or memory_size < 0:
-    raise ValueError(f"bad cell {item!r}: C:T needs C >= 1 and T >= 0")
+    raise errors.ConfigError(f"bad cell {item!r}: C:T needs C >= 1 and T >= 0")
   return Cell(first, memory_size)
 
 
@@ -80,7 +81,7 @@ def parse_cells(cells: str) -> list[Cell]:
   """'1:1,2:19,5/1000' -> [Cell(1, 1), Cell(2, 19), Cell(0, 1000, same_class=5)]."""
   parsed = [parse_cell(item) for item in cells.replace(" ", "").split(",") if item]
   if not parsed:
-    raise ValueError(f"no cells in {cells!r}: {_CELL_SYNTAX}")
+    raise errors.ConfigError(f"no cells in {cells!r}: {_CELL_SYNTAX}")
   return parsed
 
 

@@ -51,6 +51,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vma_jax import errors
 from vma_jax import files
 from vma_jax import model as vma_model
 from vma_jax import sharding
@@ -76,22 +77,6 @@ FREE_FIELDS = ("train.num_steps", "train.log_every", "train.checkpoint_every",
                "train.tensorboard", "validation", "eval", "data.archive_dir", "data.data_dir")
 
 CONFIG_HISTORY_FILE = "config_history.jsonl"
-
-
-# Fields renamed since checkpoints were first written: {old dotted name: new one}. Configs
-# read from a workdir are brought to today's names, so older runs resume and evaluate as
-# before.
-RENAMED_FIELDS = {
-    "objective.num_samples": "objective.num_importance",
-    "validation.num_samples": "validation.num_importance",
-}
-
-
-# Fields added since checkpoints were first written, with the value that earlier runs had:
-# configs read from a workdir get them, so those runs compare equal to today's configs.
-ADDED_FIELDS = {
-    "model.memory_read": "hard",
-}
 
 
 class CheckpointError(RuntimeError):
@@ -164,26 +149,6 @@ def to_dict(config) -> dict:
   return json.loads(json.dumps(config, sort_keys=True, default=str))
 
 
-def upgrade(config_dict: dict) -> dict:
-  """A saved config dict with the fields of `RENAMED_FIELDS` under their current names, and
-  those of `ADDED_FIELDS` it lacks at their earlier value."""
-  config_dict = json.loads(json.dumps(config_dict))
-  for old, new in RENAMED_FIELDS.items():
-    *old_path, old_name = old.split(".")
-    *new_path, new_name = new.split(".")
-    parent = _get(config_dict, ".".join(old_path)) if old_path else config_dict
-    if isinstance(parent, dict) and old_name in parent:
-      target = _get(config_dict, ".".join(new_path)) if new_path else config_dict
-      if isinstance(target, dict) and new_name not in target:
-        target[new_name] = parent.pop(old_name)
-  for dotted, value in ADDED_FIELDS.items():
-    *path, name = dotted.split(".")
-    parent = _get(config_dict, ".".join(path)) if path else config_dict
-    if isinstance(parent, dict) and name not in parent:
-      parent[name] = value
-  return config_dict
-
-
 def _get(config_dict: dict, dotted: str) -> Any:
   value = config_dict
   for part in dotted.split("."):
@@ -209,29 +174,28 @@ def _differences(old: dict, new: dict, prefix: str) -> list[str]:
   return names
 
 
-def model_revision(manager: ocp.CheckpointManager, step: int, saved_config) -> int:
-  """The model revision (`vma_model.REVISION`) the checkpoint at `step` was written for.
-
-  Checkpoints written before revisions were recorded have no `meta` item; their config tells
-  them apart: revision 2 introduced `model.param_init`.
-  """
-  meta = _read_meta(manager, step)
-  return _revision(meta, to_dict(saved_config))
+def model_revision(manager: ocp.CheckpointManager, step: int) -> int | None:
+  """The model revision (`vma_model.REVISION`) the checkpoint at `step` was written for; None
+  where it records none."""
+  return _revision(_read_meta(manager, step))
 
 
-def _revision(meta: dict | None, config_dict: dict) -> int:
-  if meta is None:
-    return 2 if _get(config_dict, "model.param_init") is not None else 1
-  return int(meta["model_revision"])
+def _revision(meta: dict | None) -> int | None:
+  return None if meta is None else int(meta["model_revision"])
 
 
-def check_model_revision(revision: int, *, source: str) -> None:
+def check_model_revision(revision: int | None, *, source: str) -> None:
   """Raises CheckpointError unless `revision` is this version's `vma_model.REVISION`.
 
   Parameters of another revision have the right shapes but compute another function: loaded,
   they would give other bounds without any error.
   """
   current = vma_model.REVISION
+  if revision is None:
+    raise CheckpointError(
+        f"{source} records no model revision: it was written by an early version of vma_jax, "
+        "whose checkpoints this version does not read. Train again in a new --workdir, or "
+        "use the version of vma_jax that trained it.")
   if revision > current:
     raise CheckpointError(
         f"{source} was written for revision {revision} of the model by a newer version of "
@@ -336,7 +300,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         f"(python train.py --config=configs/<name>.py --workdir={workdir}).")
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(upgrade(json.load(f)))
+      return ml_collections.ConfigDict(json.load(f))
   except (OSError, ValueError) as e:
     raise CheckpointError(f"{path} is not a readable config ({e}). Restore it from "
                           "the config file the run was started with.") from e
@@ -360,7 +324,7 @@ class _OrbaxNoise(logging.Filter):
     if message.startswith("Given directory is read only"):
       return False
     if record.exc_info and logging.getLogger("absl").getEffectiveLevel() > logging.DEBUG:
-      record.msg, record.args = " ".join(message.split())[:300], ()
+      record.msg, record.args = errors.one_line(message)[:300], ()
       record.exc_info = record.exc_text = None
     return True
 
@@ -483,16 +447,9 @@ def _quiet():
 def _reason(error: BaseException) -> str:
   """A short, one-line account of why reading failed: the innermost TensorStore status in the
   exception's chain ("OUT_OF_RANGE: ..."), where there is one."""
-  chain, seen = [], set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    chain.append(error)
-    error = error.__cause__ or error.__context__
-  statuses = [e for e in chain if re.match(r"[A-Z_]{4,}: ", str(e))]
-  error = statuses[-1] if statuses else chain[0]
-  text = " ".join(str(error).split())
-  if len(text) > 200:
-    text = text[:200] + "..."
+  statuses = [e for e in errors.chain(error) if re.match(r"[A-Z_]{4,}: ", str(e))]
+  error = statuses[-1] if statuses else error
+  text = errors.one_line(error, limit=200)
   return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -589,8 +546,8 @@ def restore_newest(manager: ocp.CheckpointManager,
     try:
       meta = _read_meta(manager, candidate)
       config_dict = _read_config(manager, candidate, meta)
-      config = ml_collections.ConfigDict(upgrade(config_dict))
-      check_model_revision(_revision(meta, config_dict), source=source)
+      config = ml_collections.ConfigDict(config_dict)
+      check_model_revision(_revision(meta), source=source)
       if check_config is not None:
         check_config(config, source)
       items = _read_items(manager, candidate, meta, abstract_items(config))
@@ -687,7 +644,7 @@ def restore_exported(folder: str, step: int | None = None, mesh: Mesh | None = N
                           "model is incomplete. Export it again, or fetch it again.")
   config = load_config(folder)
   revision = info.get("model_revision")
-  check_model_revision(_revision(None, to_dict(config)) if revision is None else int(revision),
+  check_model_revision(None if revision is None else int(revision),
                        source=model_path)
 
   params_path = os.path.join(folder, PARAMS_FILE)

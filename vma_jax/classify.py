@@ -484,7 +484,7 @@ def classify_workdir(workdir: str, *, runs: str | None = None, num_importance: i
   results = predictions(loaded, scores)
   device = jax.devices()[0]
   meta = dict(workdir=os.path.abspath(workdir), step=int(step), num_importance=num_importance,
-              seed=seed, params_sha256=vma_results.params_digest(params),
+              seed=seed, params_sha256=checkpoints.tree_digest(params),
               device=f"{device.platform}: {device.device_kind}", cpu_count=os.cpu_count(),
               runs=loaded.source, runs_sha256=loaded.sha256, batch_size=batch_size,
               chunk_size=chunk_size, seconds=round(seconds, 1))

@@ -19,25 +19,21 @@ from absl import app
 from absl import flags
 
 from vma_jax import checkpoints
+from vma_jax import errors
 
 USAGE_ERROR = 2  # exit status of a usage error
 FAILURE = 1  # exit status of a run that could not be done (a damaged workdir, a full disk)
 
 
-def one_line(message: str) -> str:
-  """The message with its lines and runs of spaces joined by single spaces."""
-  return " ".join(str(message).split())
-
-
 def exit_usage(program: str, message: str) -> NoReturn:
   """Prints `program: message` (one line) to stderr and exits with status 2."""
-  print(f"{program}: {one_line(message)}", file=sys.stderr)
+  print(f"{program}: {errors.one_line(message)}", file=sys.stderr)
   sys.exit(USAGE_ERROR)
 
 
 def exit_error(program: str, message: str, status: int = FAILURE) -> NoReturn:
   """Prints `program: message` (one line) to stderr and exits with `status` (default 1)."""
-  print(f"{program}: {one_line(message)}", file=sys.stderr)
+  print(f"{program}: {errors.one_line(message)}", file=sys.stderr)
   sys.exit(status)
 
 

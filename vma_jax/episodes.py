@@ -32,7 +32,7 @@ Public API:
       fold_in(key, i), as for the cells above.
 
 In every episode the memory slots are in random order, and `memory_size = 0` gives an
-empty memory (shape Bx0xHxW). Impossible settings raise ValueError at trace time.
+empty memory (shape Bx0xHxW). Impossible settings raise errors.ConfigError at trace time.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vma_jax import distinct as distinct_lib
+from vma_jax import errors
 from vma_jax import sharding
 
 
@@ -245,20 +246,21 @@ def _distractor_episode(data: EpisodeData, key, target, *, same_class: int, memo
 def _check_train(data: EpisodeData, batch_size, memory_size, per_class):
   num_classes, images_per_class = data.images_LxPxHxW.shape[:2]
   if batch_size < 1 or memory_size < 0:
-    raise ValueError(f"need batch_size >= 1 and memory_size >= 0, got {batch_size}, {memory_size}")
+    raise errors.ConfigError(
+        f"need batch_size >= 1 and memory_size >= 0, got {batch_size}, {memory_size}")
   if memory_size == 0:
     return
   if per_class < 1 or memory_size % per_class:
-    raise ValueError(
+    raise errors.ConfigError(
         f"memory_size={memory_size} must be a multiple of per_class={per_class} >= 1"
     )
   if per_class > images_per_class - 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f"per_class={per_class} is impossible: the target's class has only"
         f" {images_per_class - 1} images besides the target"
     )
   if memory_size // per_class > num_classes:
-    raise ValueError(
+    raise errors.ConfigError(
         f"memory_size / per_class = {memory_size // per_class} classes, but the split has"
         f" only {num_classes}"
     )
@@ -267,17 +269,17 @@ def _check_train(data: EpisodeData, batch_size, memory_size, per_class):
 def _check_cell(data: EpisodeData, max_classes, memory_size):
   num_classes, images_per_class = data.images_LxPxHxW.shape[:2]
   if max_classes < 1 or memory_size < 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f"need max_classes >= 1 and memory_size >= 0, got {max_classes}, {memory_size}"
     )
   if memory_size > images_per_class - 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f"cell (C={max_classes}, T={memory_size}) is impossible: with c = 1 all T memory"
         f" images come from the target's class, which has only {images_per_class - 1}"
         " images besides the target"
     )
   if min(max_classes, memory_size) > num_classes:
-    raise ValueError(
+    raise errors.ConfigError(
         f"cell (C={max_classes}, T={memory_size}) needs {min(max_classes, memory_size)}"
         f" classes, but the split has only {num_classes}"
     )
@@ -286,14 +288,15 @@ def _check_cell(data: EpisodeData, max_classes, memory_size):
 def _check_distractors(data: EpisodeData, same_class, memory_size):
   num_classes, images_per_class = data.images_LxPxHxW.shape[:2]
   if not 1 <= same_class <= memory_size:
-    raise ValueError(f"cell {same_class}/{memory_size} is impossible: R/T needs 1 <= R <= T")
+    raise errors.ConfigError(
+        f"cell {same_class}/{memory_size} is impossible: R/T needs 1 <= R <= T")
   if same_class > images_per_class - 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f"cell {same_class}/{memory_size} is impossible: the target's class has only"
         f" {images_per_class - 1} images besides the target")
   others = (num_classes - 1) * images_per_class
   if memory_size - same_class > others:
-    raise ValueError(
+    raise errors.ConfigError(
         f"cell {same_class}/{memory_size} needs {memory_size - same_class} images of other"
         f" classes, but the split has only {others}")
 
@@ -335,7 +338,7 @@ def sample_cell_train_episodes(
   """B episodes with uniform targets and the cell (C, T) composition."""
   _check_cell(data, max_classes, memory_size)
   if batch_size < 1:
-    raise ValueError(f"need batch_size >= 1, got {batch_size}")
+    raise errors.ConfigError(f"need batch_size >= 1, got {batch_size}")
   key_targets, key_episodes = jax.random.split(key)
   target_B = jax.random.randint(key_targets, (batch_size,), 0, data.num_images)
   episode = functools.partial(_cell_episode, max_classes=max_classes, memory_size=memory_size)

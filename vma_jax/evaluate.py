@@ -23,6 +23,7 @@ from vma_jax import cells as vma_cells
 from vma_jax import checkpoints
 from vma_jax import data as vma_data
 from vma_jax import distributed
+from vma_jax import errors
 from vma_jax import figures
 from vma_jax import model as vma_model
 from vma_jax import results as vma_results
@@ -84,7 +85,7 @@ def with_dtype(config, dtype: str | None):
   if dtype is None:
     return config
   if dtype not in DTYPES:
-    raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    raise errors.ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
   config = config.copy_and_resolve_references()
   config.model.dtype = dtype
   return config
@@ -172,7 +173,7 @@ def evaluate_workdir(workdir: str, *, cells: str = "table1", step: int | None = 
   out_dir = os.path.join(workdir, "eval" if config.model.dtype == run_config.model.dtype
                          else f"eval_{config.model.dtype}")
   finished = vma_results.FinishedCells(out_dir, dict(
-      params_sha256=vma_results.params_digest(params), step=int(step), dtype=config.model.dtype,
+      params_sha256=checkpoints.tree_digest(params), step=int(step), dtype=config.model.dtype,
       **{k: settings[k] for k in ("seed", "num_importance", "num_targets")}))
   if finished.cells:
     logging.info("Taking up an interrupted evaluation: %d cell(s) done, in %s",

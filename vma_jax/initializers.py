@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vma_jax import errors
+
 INITS = ("torch", "flax")
 
 Initializer = Callable[..., jax.Array]
@@ -35,7 +37,7 @@ def layer_init(init: str, fan_in: int) -> tuple[Initializer, Initializer]:
     return uniform, uniform
   if init == "flax":
     return nn.initializers.lecun_normal(), nn.initializers.zeros_init()
-  raise ValueError(f"unknown init {init!r}: config.model.param_init must be one of {INITS}")
+  raise errors.ConfigError(f"unknown init {init!r}: config.model.param_init must be one of {INITS}")
 
 
 def layer_kwargs(init: str, fan_in: int) -> dict[str, Initializer]:

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from vma_jax import distinct as distinct_lib
 from vma_jax import distributions
+from vma_jax import errors
 from vma_jax import initializers
 from vma_jax import networks
 from vma_jax.cpu import layers as cpu_layers
@@ -57,8 +58,8 @@ CPU_KERNELS = ("auto", "on", "off")
 def use_cpu_kernels(setting: str, backend: str | None = None) -> bool:
   """Whether `cpu_kernels` = setting takes the CPU layers on `backend` (default: JAX's)."""
   if setting not in CPU_KERNELS:
-    raise ValueError(f"unknown cpu_kernels {setting!r}: config.model.cpu_kernels must be one "
-                     f"of {', '.join(CPU_KERNELS)}")
+    raise errors.ConfigError(f"unknown cpu_kernels {setting!r}: config.model.cpu_kernels must "
+                             f"be one of {', '.join(CPU_KERNELS)}")
   if setting == "auto":
     return (backend or jax.default_backend()) == "cpu"
   return setting == "on"
@@ -160,7 +161,7 @@ class VMA(nn.Module):
 
   def setup(self):
     if self.image_size % 2:
-      raise ValueError(f"image_size must be even, got {self.image_size}")
+      raise errors.ConfigError(f"config.data.image_size must be even, got {self.image_size}")
     dtype = jnp.dtype(self.dtype)
     param_init = self.param_init
     encoder, decoder = ((cpu_layers.Encoder, cpu_layers.Decoder)
@@ -456,7 +457,7 @@ def make_model(config) -> VMA:
   fields = dict(config.model)
   memory_read = fields.pop("memory_read", "hard")
   if memory_read not in MEMORY_READS:
-    raise ValueError(f"unknown config.model.memory_read {memory_read!r}; choose one of "
+    raise errors.ConfigError(f"unknown config.model.memory_read {memory_read!r}; choose one of "
                      f"{', '.join(MEMORY_READS)}")
   return MEMORY_READS[memory_read](image_size=config.data.image_size, **fields)
 

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vma_jax import errors
 from vma_jax import initializers
 
 Dtype = Any
@@ -103,7 +104,7 @@ class Decoder(nn.Module):
 
   def setup(self):
     if self.image_size % 2:
-      raise ValueError(f"image_size must be even, got {self.image_size}")
+      raise errors.ConfigError(f"config.data.image_size must be even, got {self.image_size}")
     w1, w2 = self.widths
     size_a = _conv_size(self.image_size)  # the encoder's stride-2 convs: 26 -> 13 -> 7 -> 4
     size_b = _conv_size(size_a)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from vma_jax import distributions
+from vma_jax import errors
 
 BASELINES = ("arithmetic", "geometric")
 
@@ -39,7 +40,8 @@ def leave_one_out_bounds(log_w_BxK, baseline="arithmetic"):
   """L^{-k} for every k, per episode: shape BxK. Computed with vmap over k."""
   num_importance = log_w_BxK.shape[-1]
   if num_importance < 2:
-    raise ValueError(f"leave-one-out baselines need K >= 2 samples, got K = {num_importance}")
+    raise errors.ConfigError(f"leave-one-out baselines need K >= 2 samples, got K = "
+                             f"{num_importance} (config.objective.num_importance)")
   index_K = jnp.arange(num_importance)
 
   if baseline == "arithmetic":
@@ -56,7 +58,8 @@ def leave_one_out_bounds(log_w_BxK, baseline="arithmetic"):
           num_importance)
 
   else:
-    raise ValueError(f"unknown VIMCO baseline {baseline!r}; expected one of {BASELINES}")
+    raise errors.ConfigError(f"unknown VIMCO baseline {baseline!r} (config.objective.baseline); "
+                             f"expected one of {BASELINES}")
 
   per_k = jax.vmap(loo, in_axes=(None, 0))  # over k
   return jax.vmap(per_k, in_axes=(0, None))(log_w_BxK, index_K)  # over episodes

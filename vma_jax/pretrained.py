@@ -129,7 +129,7 @@ def check_same_model(out_dir: str, params_sha256: str, config_dict: dict) -> Non
     except checkpoints.CheckpointError as e:
       raise ExportError(f"{out_dir} holds a {checkpoints.CONFIG_FILE} that does not read"
                         f"{refuse}") from e
-    if saved != checkpoints.upgrade(config_dict):
+    if saved != config_dict:
       changed = checkpoints.config_differences(saved, config_dict)
       raise ExportError(f"{out_dir} holds another model's config (differs in "
                         f"{', '.join(changed)}){refuse}")

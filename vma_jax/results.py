@@ -17,8 +17,6 @@ import os
 from typing import Iterable, Sequence
 
 from absl import logging
-import jax
-import numpy as np
 
 from vma_jax import cells as vma_cells
 from vma_jax import files
@@ -117,14 +115,6 @@ def write_results(results: Sequence[CellResult], out_dir: str, meta: dict) -> di
     paths[kind] = os.path.join(out_dir, f"results.{kind}")
     files.write_text(paths[kind], text)
   return paths
-
-
-def params_digest(params) -> str:
-  """sha256 of the parameters' bytes: tells two checkpoints apart, even of the same step."""
-  digest = hashlib.sha256()
-  for leaf in jax.tree.leaves(jax.device_get(params)):
-    digest.update(np.ascontiguousarray(leaf).tobytes())
-  return digest.hexdigest()
 
 
 class FinishedCells:

@@ -11,6 +11,8 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from vma_jax import errors
+
 AXIS = "data"
 
 
@@ -29,8 +31,8 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> N
   """A batch is split evenly over the devices: its size must be a multiple of their count."""
   num_devices = mesh.devices.size
   if batch_size % num_devices:
-    raise ValueError(f"{what} = {batch_size} is not a multiple of the {num_devices} devices "
-                     "the batch is sharded over; choose a multiple.")
+    raise errors.ConfigError(f"{what} = {batch_size} is not a multiple of the {num_devices} "
+                             "devices the batch is sharded over; choose a multiple.")
 
 
 def replicate(tree, mesh: Mesh):

@@ -40,6 +40,7 @@ from vma_jax import checkpoints
 from vma_jax import distinct as distinct_lib
 from vma_jax import distributed
 from vma_jax import episodes as episodes_lib
+from vma_jax import errors
 from vma_jax import figures
 from vma_jax import model as vma_model
 from vma_jax import objective
@@ -69,20 +70,25 @@ class Stopped(Exception):
         "from it.")
 
 
-class ConfigError(ValueError):
-  """The config cannot run (a setting out of range, or settings that do not fit together)."""
+class ConfigError(errors.ConfigError):
+  """The config cannot run (a setting out of range, or settings that do not fit together);
+  raised before anything is written to the workdir."""
 
 
 @contextlib.contextmanager
-def _config_errors():
-  """Re-raises the ValueError of a setting the model, episodes or objective refuse."""
+def _config_errors(settings: str = ""):
+  """Re-raises the errors.ConfigError of a setting (of `settings`, the config's part being
+  built or traced) that the model, episodes or objective refuse, as ConfigError. Any other
+  error is a bug and keeps its traceback."""
   try:
     yield
   except ConfigError:
     raise
-  except ValueError as e:
-    raise ConfigError(f"the config cannot run: {e}. Change the setting (--config.<field>="
-                      "<value>) and start again; nothing was written to the workdir.") from e
+  except errors.ConfigError as e:
+    where = f"{settings}: " if settings else ""
+    raise ConfigError(f"the config cannot run: {where}{e}. Change the setting "
+                      "(--config.<field>=<value>) and start again; nothing was written to the "
+                      "workdir.") from e
 
 
 # ----------------------------------------------------------------------------------------
@@ -100,7 +106,8 @@ def batch_sizes(config) -> list[int]:
 def make_optimizer(optim_config) -> optax.GradientTransformation:
   """Adam (lr, b1, b2, eps), after global-norm clipping when grad_clip_norm > 0."""
   if optim_config.name != "adam":
-    raise ValueError(f"unknown optimiser {optim_config.name!r}; expected 'adam'")
+    raise errors.ConfigError(f"unknown optimiser {optim_config.name!r} (config.optim.name); "
+                             "expected 'adam'")
   tx = optax.adam(optim_config.lr, b1=optim_config.b1, b2=optim_config.b2,
                   eps=optim_config.eps)
   if optim_config.grad_clip_norm > 0:
@@ -219,7 +226,7 @@ def make_episode_sampler(config, mesh: Mesh):
         episodes_lib.sample_cell_train_episodes, batch_size=batch_size,
         max_classes=episodes_config.max_classes, memory_size=episodes_config.memory_size)
   else:
-    raise ValueError(f"unknown episodes.composition {episodes_config.composition!r}; "
+    raise errors.ConfigError(f"unknown episodes.composition {episodes_config.composition!r}; "
                      "expected 'classes' or 'cell'")
 
   def sample(data, train_key, step):
@@ -354,11 +361,14 @@ def _trace(run: _Run, config) -> TrainState:
   """Traces every function of the run (a config that cannot run raises ConfigError before
   anything is written); returns the abstract train state."""
   train_config, v = config.train, config.validation
-  with _config_errors():
+  with _config_errors("config.model"):
     abstract = jax.eval_shape(functools.partial(create_train_state, config), run.init_key)
+  with _config_errors("config.episodes"):
     episodes, sample_key = jax.eval_shape(run.sample, run.train_data, run.train_key,
                                           np.int32(0))
+  with _config_errors("config.objective"):
     jax.eval_shape(run.train_step, abstract, episodes, sample_key)
+  with _config_errors("config.validation"):
     if train_config.validate_every > 0:
       jax.eval_shape(run.validation, abstract.params, run.test_data, run.valid_key,
                      np.resize(run.valid_targets_N, v.batch_size).astype(np.int32))
@@ -672,7 +682,7 @@ def _close(manager) -> None:
     manager.close()
   except Exception as e:  # pylint: disable=broad-except
     logging.warning("The last checkpoint could not be completed: %s",
-                    " ".join(str(e).split())[:300])
+                    errors.one_line(e)[:300])
 
 
 def _save_config(workdir: str, config, is_chief: bool,

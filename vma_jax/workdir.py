@@ -23,6 +23,8 @@ import socket
 import sys
 import tempfile
 
+from vma_jax import errors
+
 LOCK_FILE = "train.lock"
 _PROBE_BYTES = 1 << 16  # a probe of this size fails on a full disk, not only a read-only one
 
@@ -117,13 +119,13 @@ def write_failure(error: BaseException, *, what: str, step: int, workdir: str,
                   last_checkpoint: int | None) -> str:
   """One line for a write that failed at `step`: what was written and where, the OS's
   reason, and the last good checkpoint (kept, to resume from once the cause is fixed)."""
-  os_error = next((e for e in _chain(error) if isinstance(e, OSError)), None)
+  os_error = next((e for e in errors.chain(error) if isinstance(e, OSError)), None)
   if os_error is not None:
     reason, path = os_error.strerror or str(os_error), os_error.filename
   else:
-    text = "\n".join(str(e) for e in _chain(error))
+    text = "\n".join(str(e) for e in errors.chain(error))
     found = _TENSORSTORE_OS_ERROR.search(text)
-    reason = found.group(1) if found else " ".join(str(error).split())[:200]
+    reason = found.group(1) if found else errors.one_line(error)[:200]
     paths = _QUOTED_PATH.findall(text)
     path = paths[-1] if paths else None
   where = f" ({path})" if path else ""
@@ -133,10 +135,3 @@ def write_failure(error: BaseException, *, what: str, step: int, workdir: str,
   return (f"writing {what} at step {step} failed{where}: {reason}. Training stopped; {kept}. "
           "Free space (or fix the disk) and rerun the same command to resume.")
 
-
-def _chain(error: BaseException):
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    yield error
-    error = error.__cause__ or error.__context__
