@@ -57,7 +57,8 @@ def _dump(obj, path):
     f.write("\n")
 
 
-def _load(path):
+def load_json(path):
+  """The JSON in `path`, or None where it is missing or does not parse."""
   try:
     with open(path) as f:
       return json.load(f)
@@ -164,7 +165,7 @@ def wheels_to_install(wheel_dir, required=REQUIRED):
 
 def verify_carry(carry):
   """{file: 'ok' | what is wrong} for the files carry/MANIFEST.json lists ({} without one)."""
-  manifest = _load(os.path.join(carry, MANIFEST)) if carry else None
+  manifest = load_json(os.path.join(carry, MANIFEST)) if carry else None
   if not manifest:
     return {}
   checked = {}
@@ -186,7 +187,7 @@ def install(wheel_dir, target, carry=None):
   result = dict(wheel_dir=wheel_dir, target=target, present={d: _version(d) for _, d in REQUIRED},
                 installed=sorted(os.path.basename(w) for w in chosen.values()),
                 missing_without_wheel=no_wheel, carry=verify_carry(carry),
-                manifest=_load(os.path.join(carry, MANIFEST)) if carry else None)
+                manifest=load_json(os.path.join(carry, MANIFEST)) if carry else None)
   if result["manifest"]:
     result["manifest"].pop("files", None)
   if chosen:
@@ -333,7 +334,7 @@ def train_summary(workdir):
   except (OSError, ValueError):
     pass
   rows = [r for r in rows if isinstance(r.get("train/steps_per_sec"), (int, float))]
-  config = _load(os.path.join(workdir, "config.json")) or {}
+  config = load_json(os.path.join(workdir, "config.json")) or {}
   summary = dict(workdir=workdir, logged_steps=[r["step"] for r in rows])
   if config:
     summary.update(batch=config["train"]["batch_size"],
@@ -399,10 +400,10 @@ def report(work, mode, limit_s, elapsed_s, settings=None):
   benchmarks = {}
   for dtype in DTYPES:
     for name in ENTRIES:
-      entries = _load(os.path.join(results, f"bench_{dtype}_{name}.json")) or []
+      entries = load_json(os.path.join(results, f"bench_{dtype}_{name}.json")) or []
       for entry in entries:
         benchmarks.setdefault(dtype, {})[entry["name"]] = entry
-  precision_entries = _load(os.path.join(results, "precision.json"))
+  precision_entries = load_json(os.path.join(results, "precision.json"))
   precision = None
   if precision_entries:
     worst = max(abs(e["gap"]) for e in precision_entries)
@@ -414,7 +415,7 @@ def report(work, mode, limit_s, elapsed_s, settings=None):
         gaps=precision_entries)
   train_dir = os.path.join(work, "train")
   finished = [n for n, p in phases.items() if p["status"] == "finished"]
-  probe_result = _load(os.path.join(results, "probe.json")) or {}
+  probe_result = load_json(os.path.join(results, "probe.json")) or {}
   out = dict(
       check="benchmarks/gpu_check.sh", mode=mode,
       date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -423,11 +424,11 @@ def report(work, mode, limit_s, elapsed_s, settings=None):
       device_kind=probe_result.get("device_kind"), jax_version=probe_result.get("jax_version"),
       phases=phases, phases_finished=finished,
       all_finished=bool(phases) and len(finished) == len(phases),
-      host=probe_result, install=_load(os.path.join(results, "install.json")),
+      host=probe_result, install=load_json(os.path.join(results, "install.json")),
       summary=_bench_summary(benchmarks), benchmarks=benchmarks,
       train=train_summary(train_dir) if os.path.isdir(train_dir) else None,
       precision=precision)
-  lowered = _load(os.path.join(results, "lower.json"))
+  lowered = load_json(os.path.join(results, "lower.json"))
   if lowered is not None:
     out["lowered"] = lowered
   return out

@@ -69,6 +69,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
+from benchmarks import gpu_check  # noqa: E402  (after sys.path: run as a script too)
+
 DEFAULT_CACHE_DIR = os.path.join(tempfile.gettempdir(), "vma_jax_variants_cache")
 JSON_NAME, TABLE_NAME = "gpu_variants.json", "gpu_variants.md"
 
@@ -558,7 +560,7 @@ def run_xla_phase(flag_sets, args, start: float, log=print) -> list[dict]:
           error = f"exit {proc.returncode}: {tail}"[:300]
       except subprocess.TimeoutExpired:
         error = f"timed out after {left - 5:.0f} s"
-      child = _load(os.path.join(tmp, JSON_NAME)) or {}
+      child = gpu_check.load_json(os.path.join(tmp, JSON_NAME)) or {}
     by_name = {e["name"]: e for e in child.get("variants", [])}
     for n in names:
       e = dict(by_name.get(n) or dict(status="failed", error=error or "no entry written"))
@@ -603,7 +605,7 @@ def run_reference(path: str, args, start: float, entries: list[dict], log=print)
     except OSError as e:
       return dict(result, status="failed", error=_one_line(e))
     result["wall_s"] = time.monotonic() - begun
-    reference = _load(out)
+    reference = gpu_check.load_json(out)
   if not isinstance(reference, list):
     # Cut short: the entries it printed, one JSON object a line, as it went.
     reference = []
@@ -635,14 +637,6 @@ def run_reference(path: str, args, start: float, entries: list[dict], log=print)
 
 # ----------------------------------------------------------------------------------------
 # Output.
-
-
-def _load(path):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def _write_atomic(path: str, text: str) -> None:
