@@ -92,8 +92,8 @@ def settings(dry_run: bool, dtype: str, steps: int | None, eval_batch: int | Non
 class Sitting:
   """The phases of one sitting, their times and statuses, against one deadline."""
 
-  def __init__(self, out: str, work: str, deadline_s: float | None):
-    self.out, self.work = out, work
+  def __init__(self, work: str, deadline_s: float | None):
+    self.work = work
     self.start = time.monotonic()
     self.deadline = None if deadline_s is None else self.start + deadline_s
     self.phases: list[dict] = []
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
   work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="vma_table1_"))
   workdir = os.path.abspath(args.workdir or os.path.join(work, "train"))
   s = settings(args.dry_run, args.dtype, args.steps, args.eval_batch_size)
-  sitting = Sitting(out, work, args.deadline)
+  sitting = Sitting(work, args.deadline)
 
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(work, "jax_cache"))

@@ -227,7 +227,7 @@ def make_episode_sampler(config, mesh: Mesh):
         max_classes=episodes_config.max_classes, memory_size=episodes_config.memory_size)
   else:
     raise errors.ConfigError(f"unknown episodes.composition {episodes_config.composition!r}; "
-                     "expected 'classes' or 'cell'")
+                             "expected 'classes' or 'cell'")
 
   def sample(data, train_key, step):
     episode_key, sample_key = jax.random.split(jax.random.fold_in(train_key, step))
@@ -538,6 +538,13 @@ def _train_loop(run: _Run, state: TrainState, start_step: int, config, manager,
         raise failed(e, "the checkpoint", saving) from e
       saved, saving = saving, None
 
+  def log(step):
+    nonlocal pending, log_time, log_step
+    _check_finite(pending, workdir, saving or saved)
+    now = time.monotonic()
+    _log_train_metrics(outputs, pending, step, num_steps, now - log_time, step - log_step)
+    pending, log_time, log_step = [], now, step
+
   def save(step):
     nonlocal saving
     _check_finite(pending, workdir, saving or saved)
@@ -561,11 +568,7 @@ def _train_loop(run: _Run, state: TrainState, start_step: int, config, manager,
           bar.update(1)
         try:
           if every(train_config.log_every, done):
-            _check_finite(pending, workdir, saving or saved)
-            now = time.monotonic()
-            _log_train_metrics(outputs, pending, done, num_steps, now - log_time,
-                               done - log_step)
-            pending, log_time, log_step = [], now, done
+            log(done)
           if every(train_config.checkpoint_every, done):
             save(done)
           if every(train_config.validate_every, done, at_end=False):
@@ -576,8 +579,7 @@ def _train_loop(run: _Run, state: TrainState, start_step: int, config, manager,
           raise failed(e, "the run's metrics and images", done) from e
         if done < num_steps and stop.requested(done):
           if pending:  # the metrics since the last log line, so that none are lost
-            _log_train_metrics(outputs, pending, done, num_steps,
-                               time.monotonic() - log_time, done - log_step)
+            log(done)
           if saving != done:
             save(done)
           finish_save()
