@@ -22,8 +22,8 @@ from vma_jax import cli
 from vma_jax import data
 from vma_jax import distributed
 from vma_jax.cpu import host
+from vma_jax import run as run_lib
 from vma_jax import train
-from vma_jax import workdir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.")
@@ -59,7 +59,7 @@ def main(argv):
   except (checkpoints.ConfigChangedError, train.ConfigError) as e:
     cli.exit_usage("train.py", str(e))
   except (checkpoints.CheckpointError, data.DataError, train.NonFiniteLossError,
-          workdir.WorkdirError) as e:
+          run_lib.WorkdirError) as e:
     cli.exit_error("train.py", str(e))
 
 

@@ -7,9 +7,10 @@
 On random binary episodes (two sizes, one with T = 0) it records the parameter tree (names,
 shapes, initial values), the log-weights of explicit sample keys, the decoder logits, and the
 gradient of the VIMCO loss with respect to every parameter; `--compare` reports the largest
-differences and fails beyond float32 rounding (relative 3e-4 of each array's scale: the
-dummies' gradient, a sum through both encoders and the decoder, moves by 1.2e-4 between the
-stock and the CPU layers, each within 3e-5 of a float64 computation of it).
+differences, whether every array is bitwise equal (and which are not), and fails beyond
+float32 rounding (relative 3e-4 of each array's scale: the dummies' gradient, a sum through
+both encoders and the decoder, moves by 1.2e-4 between the stock and the CPU layers, each
+within 3e-5 of a float64 computation of it).
 """
 
 import argparse
@@ -97,6 +98,13 @@ def main():
     print(f"  max |diff| {err:.3e} (relative {rel:.1e})  {k}")
   params_equal = all(np.array_equal(ref[k], current[k]) for k in ref if "/param/" in k)
   print(f"parameters (names, shapes, initial values) identical: {params_equal}")
+  shared = sorted(set(ref) & set(current))
+  differ = [k for k in shared
+            if ref[k].shape != current[k].shape or ref[k].tobytes() != current[k].tobytes()]
+  print(f"bitwise equal: {len(shared) - len(differ)} of {len(ref)} arrays"
+        + (" (all)" if not differ and set(ref) == set(current) else ""))
+  for k in differ[:8]:
+    print(f"  not bitwise equal: {k}")
   print("EQUAL up to float32 rounding" if ok and params_equal else "DIFFERENT")
   sys.exit(0 if ok and params_equal else 1)
 

@@ -66,7 +66,7 @@ def test_soft_read_has_no_address_variable_and_ignores_the_slot_order():
   assert "query" in params["params"] and "prior_mean" not in params["params"]  # p(z) = N(0, I)
   x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes()
   weights = model.apply(params, x_BxHxW, memory_BxTxHxW, keys_BxK)
-  np.testing.assert_array_equal(weights.log_q_a_BxK, 0.0)
+  assert weights.log_q_a_BxK is None and weights.a_BxK is None  # no score term
   np.testing.assert_allclose(weights.log_w_BxK,
                              weights.log_px_BxK - weights.kl_z_BxK, rtol=1e-6)
   shuffled = model.apply(params, x_BxHxW, memory_BxTxHxW[:, ::-1], keys_BxK)
@@ -96,7 +96,7 @@ def test_soft_attention_trains_through_l_k():
   batch = episodes.sample_train_episodes(data, jax.random.key(4), batch_size=4, memory_size=4,
                                          per_class=2)
   (loss, (_, weights)), grads = jax.jit(jax.value_and_grad(
-      train.make_loss_fn(config, model), has_aux=True))(params, batch, jax.random.key(5))
+      objective.make_loss_fn(config, model), has_aux=True))(params, batch, jax.random.key(5))
   np.testing.assert_allclose(loss, -jnp.mean(objective.iw_bound(weights.log_w_BxK)), rtol=1e-6)
   for name in ("query", "match", "embed", "decoder"):
     norm = float(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads["params"][name])))

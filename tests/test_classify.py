@@ -220,7 +220,7 @@ def test_a_plain_vae_classifies_with_the_model_free_classifiers(runs, monkeypatc
   two_runs = one_shot.OneShotRuns(runs.runs[:2], source=runs.source, sha256=runs.sha256)
   monkeypatch.setattr(classify.one_shot, "load_runs", lambda source, image_size: two_runs)
   workdir = str(tmp_path / "vae")
-  with pytest.raises(classify.ClassifyError, match=r"plain VAE .* only "
+  with pytest.raises(classify.ClassifyError, match=r"\(PlainVAE\) reads no memory: only "
                      r"--classifiers=pixel,hausdorff apply"):
     classify.classify_workdir(workdir, runs=RUNS_ZIP, classifiers="pixel,address")
   results, paths = classify.classify_workdir(workdir, runs=RUNS_ZIP,
@@ -341,10 +341,9 @@ def test_wrong_figure_says_how_many_are_not_shown(runs):
     (["--workdir=/nonexistent"], {"VMA_ONE_SHOT_RUNS": RUNS_ZIP}, "not a training run"),
 ])
 def test_command_line_errors_are_one_line(args, env, expected, tmp_path):
-  command = ([sys.executable, "-m", "vma_jax.classify"] if "no checkpoint" in expected
-             else [sys.executable, str(REPO_ROOT / "classify.py")])
-  result = subprocess.run([*command, *args], cwd=REPO_ROOT, env=child_env(**env),
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run([sys.executable, str(REPO_ROOT / "classify.py"), *args],
+                          cwd=REPO_ROOT, env=child_env(**env), capture_output=True, text=True,
+                          timeout=300)
   assert result.returncode != 0
   assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith("classify.py: ")

@@ -5,6 +5,7 @@ Also one optimisation step of the full VMA model on its VIMCO loss.
 
 import functools
 import math
+import types
 
 import jax
 
@@ -15,7 +16,6 @@ import optax  # noqa: E402
 import pytest  # noqa: E402
 from scipy import special, stats  # noqa: E402
 
-from vma_jax import cells
 from vma_jax import model as vma_model  # noqa: E402
 from vma_jax import objective  # noqa: E402
 
@@ -143,7 +143,7 @@ def test_streaming_bound_equals_unchunked_bound(chunk_size):
   x_BxHxW, memory_BxTxHxW, episode_keys_B = _episodes(2, 2)
   num_importance = 10
   streaming = jax.jit(functools.partial(
-      cells.streaming_bound, model.apply, num_importance=num_importance, chunk_size=chunk_size))
+      objective.streaming_bound, model.apply, num_importance=num_importance, chunk_size=chunk_size))
   bound_B = streaming(variables, x_BxHxW, memory_BxTxHxW, episode_keys_B)
   expected_B = _unchunked_bound(model, num_importance)(
       variables, x_BxHxW, memory_BxTxHxW, episode_keys_B)
@@ -158,7 +158,7 @@ def test_streaming_bound_memory_does_not_grow_with_k():
 
   def temp_bytes(num_importance):
     streaming = jax.jit(functools.partial(
-        cells.streaming_bound, model.apply, num_importance=num_importance, chunk_size=10))
+        objective.streaming_bound, model.apply, num_importance=num_importance, chunk_size=10))
     compiled = streaming.lower(variables, x_BxHxW, memory_BxTxHxW, episode_keys_B).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
@@ -203,3 +203,35 @@ def test_gradient_reaches_every_parameter():
   for path, grad in jax.tree_util.tree_leaves_with_path(grads):
     assert np.all(np.isfinite(grad)), jax.tree_util.keystr(path)
     assert np.any(grad != 0), jax.tree_util.keystr(path)
+
+
+def test_without_a_score_term_the_surrogate_is_the_bound():
+  """A read without a discrete choice (log_q_a_BxK None): the surrogate is L_K itself."""
+  log_w_BxK = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32)
+  np.testing.assert_array_equal(objective.vimco_surrogate(log_w_BxK, None),
+                                objective.iw_bound(log_w_BxK))
+
+
+def test_address_summary_of_a_read_that_addresses_only_its_learned_slots():
+  address = vma_model.Address(jnp.zeros((2, 2)), memory_size=0)
+  summary = objective.address_summary(address, jnp.array([[0, 1, 1], [1, 1, 0]]),
+                                      jnp.array([1, 0]))
+  np.testing.assert_allclose(summary["mass_dummy"], 1.0)
+  np.testing.assert_array_equal(summary["mass_target_class"], 0.0)
+  np.testing.assert_allclose(summary["address_kl"] + summary["address_entropy"], math.log(2))
+
+
+def test_step_metrics_have_the_address_and_slot_summaries_of_a_read_that_has_them():
+  episodes = types.SimpleNamespace(memory_labels_BxT=jnp.array([[0, 1, 1]]),
+                                   x_label_B=jnp.array([1]), distinct=None)
+  weights = vma_model.LogWeights(
+      log_w_BxK=jnp.zeros((1, 2)), log_px_BxK=jnp.zeros((1, 2)), kl_z_BxK=jnp.zeros((1, 2)),
+      logits_BxKxHxW=jnp.zeros((1, 2, 4, 4)))
+  plain = {"bound", "neg_bound", "kl_z", "log_px", "distinct_fallback"}
+  assert set(objective.step_metrics(episodes, None, weights)) == plain
+  address = vma_model.Address(jnp.zeros((1, 5)), memory_size=3)
+  metrics = objective.step_metrics(episodes, address, weights)
+  assert set(metrics) == plain | {"address_kl", "address_entropy"}
+  # Slot 1 holds the target's class, slot 4 is a learned one.
+  metrics = objective.step_metrics(episodes, address, weights._replace(a_BxK=jnp.array([[1, 4]])))
+  assert float(metrics["frac_same_class"]) == float(metrics["frac_dummy"]) == 0.5

@@ -24,7 +24,7 @@ from helpers import REPO_ROOT, assert_params_equal, child_env, mock_splits, smal
 from vma_jax import checkpoints
 from vma_jax import model as vma_model
 from vma_jax import train
-from vma_jax import workdir as workdir_lib
+from vma_jax import run as run_lib
 
 
 def _listing(folder):
@@ -33,7 +33,7 @@ def _listing(folder):
   out = {}
   for root, _, names in os.walk(folder):
     for name in names:
-      if name == workdir_lib.LOCK_FILE:
+      if name == run_lib.LOCK_FILE:
         continue
       path = os.path.join(root, name)
       with open(path, "rb") as f:
@@ -92,6 +92,13 @@ def _delete_config(step_dir):
   os.remove(os.path.join(step_dir, "config", "metadata"))
 
 
+# Orbax abandons the other reads of a checkpoint whose files fail to read, and Python reports
+# them as they are collected ("Exception ignored in: <coroutine ...>"): Orbax's output, left
+# as it is (docs/training.md, Disks that fill up or turn read-only).
+ABANDONED_READS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@ABANDONED_READS
 @pytest.mark.parametrize("damage, reason", [
     (_truncate, "do not load"),
     (_flip(0.1), "do not load|sha256|NaN"),
@@ -167,6 +174,7 @@ def test_values_that_differ_from_the_saved_digest_or_are_not_finite_are_skipped(
   assert "at step 3" in lines[1] and "NaN or infinite" in lines[1]
 
 
+@ABANDONED_READS
 def test_every_checkpoint_damaged_is_one_error_and_deletes_nothing(run):
   for step in (1, 2):
     _truncate(_step_dir(run, step))
@@ -204,7 +212,7 @@ def _holder(path):
 @pytest.mark.slow
 def test_a_second_run_on_a_workdir_in_use_stops_at_once_naming_the_first(tmp_path):
   workdir = tmp_path / "run"
-  lock_path = workdir / workdir_lib.LOCK_FILE
+  lock_path = workdir / run_lib.LOCK_FILE
   first = subprocess.Popen(
       [sys.executable, str(REPO_ROOT / "tests" / "helpers.py"), "train", str(workdir), "30"],
       env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -235,18 +243,18 @@ def test_a_second_run_on_a_workdir_in_use_stops_at_once_naming_the_first(tmp_pat
 def test_a_lock_left_by_a_killed_run_does_not_block_the_next(tmp_path):
   code = textwrap.dedent(f"""
       import os, signal
-      from vma_jax import workdir
-      workdir.WorkdirLock({str(tmp_path)!r}).acquire()
+      from vma_jax import run
+      run.WorkdirLock({str(tmp_path)!r}).acquire()
       os.kill(os.getpid(), signal.SIGKILL)
   """)
   killed = subprocess.run([sys.executable, "-c", code], env=child_env(), cwd=REPO_ROOT)
   assert killed.returncode == -signal.SIGKILL
-  assert _holder(tmp_path / workdir_lib.LOCK_FILE)["pid"] > 0  # the dead run's file remains
-  lock = workdir_lib.WorkdirLock(str(tmp_path))
+  assert _holder(tmp_path / run_lib.LOCK_FILE)["pid"] > 0  # the dead run's file remains
+  lock = run_lib.WorkdirLock(str(tmp_path))
   lock.acquire()
   try:
-    with pytest.raises(workdir_lib.WorkdirError, match=f"in use by process {os.getpid()}"):
-      workdir_lib.WorkdirLock(str(tmp_path)).acquire()  # and it is a lock: a second is refused
+    with pytest.raises(run_lib.WorkdirError, match=f"in use by process {os.getpid()}"):
+      run_lib.WorkdirLock(str(tmp_path)).acquire()  # and it is a lock: a second is refused
   finally:
     lock.release()
 
@@ -274,13 +282,13 @@ def test_an_unwritable_workdir_is_refused_before_any_data_is_loaded(run):
   code = textwrap.dedent(f"""
       import sys
       import helpers
-      from vma_jax import train, workdir
+      from vma_jax import run, train
       def loading(*args, **kwargs):
         raise AssertionError("data loaded or functions built before the workdir was checked")
       train._prepare_run = loading
       try:
         train.train_and_evaluate(helpers.small_config(train__num_steps=3), {run!r})
-      except workdir.WorkdirError as e:
+      except run.WorkdirError as e:
         print(e, file=sys.stderr)
         sys.exit(3)
   """)
@@ -297,9 +305,9 @@ def test_an_unwritable_workdir_is_refused_before_any_data_is_loaded(run):
 
 
 FULL_DISK_SCRIPT = """
-import json, os, sys
+import json, os, shutil, sys
 import helpers
-from vma_jax import checkpoints, train, workdir
+from vma_jax import checkpoints, run as run_lib, train
 
 disk = sys.argv[1]
 run = os.path.join(disk, "run")
@@ -315,14 +323,22 @@ try:
 except OSError:
   os.close(fd)
 os.truncate(filler, os.path.getsize(filler) - 300_000)
-try:
-  train.train_and_evaluate(helpers.small_config(train__num_steps=3), run,
-                           splits=helpers.mock_splits())
-  report(failed=False)
-except workdir.WorkdirError as e:
-  report(failed=True, message=str(e))
-params, step, _ = checkpoints.restore_params(run)
-report(step=step, intact=checkpoints.tree_digest(params) == before)
+
+def resume():
+  try:
+    train.train_and_evaluate(helpers.small_config(train__num_steps=3), run,
+                             splits=helpers.mock_splits())
+    report(failed=False)
+  except run_lib.WorkdirError as e:
+    report(failed=True, message=str(e))
+  params, step, _ = checkpoints.restore_params(run)
+  report(step=step, intact=checkpoints.tree_digest(params) == before)
+
+resume()  # the checkpoint that does not fit is not started
+print("-- Orbax's own failure below", file=sys.stderr, flush=True)
+plenty = shutil.disk_usage(disk)._replace(free=1 << 40)
+shutil.disk_usage = lambda path: plenty
+resume()  # Orbax starts the checkpoint, and its writes fail
 os.remove(filler)  # space again: the same command resumes and finishes
 state = train.train_and_evaluate(helpers.small_config(train__num_steps=3), run,
                                  splits=helpers.mock_splits())
@@ -346,16 +362,22 @@ def test_a_full_disk_during_a_save_ends_in_one_line_and_keeps_the_last_checkpoin
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   reports = [json.loads(line) for line in result.stdout.splitlines()]
-  assert reports[0]["failed"], reports
-  message = reports[0]["message"]
-  assert "\n" not in message
-  assert message.startswith(f"writing the checkpoint at step 2 failed ({disk}/run/checkpoints/2")
-  assert ": No space left on device. Training stopped; the last good checkpoint, step 1, is " \
-      f"intact in {disk}/run/checkpoints." in message, message
-  assert reports[1] == {"step": 1, "intact": True}
-  assert reports[2] == {"final_step": 3}
-  assert "Traceback" not in result.stderr
-  assert len(result.stderr.splitlines()) < 60, result.stderr  # not a cascade
+  assert [r["failed"] for r in reports[0:4:2]] == [True, True], reports
+  for report in reports[0:4:2]:
+    message = report["message"]
+    assert "\n" not in message
+    assert message.startswith(
+        f"writing the checkpoint at step 2 failed ({disk}/run/checkpoints/2"), message
+    assert ": No space left on device" in message
+    assert ". Training stopped; the last good checkpoint, step 1, is intact in " \
+        f"{disk}/run/checkpoints. Free space" in message, message
+  assert "MiB are free)" in reports[0]["message"]
+  assert reports[1] == reports[3] == {"step": 1, "intact": True}
+  assert reports[4] == {"final_step": 3}
+  # Refused before Orbax writes, a checkpoint that does not fit leaves no cascade of errors.
+  before_orbax = result.stderr.split("-- Orbax's own failure below")[0]
+  assert "Traceback" not in before_orbax
+  assert len(before_orbax.splitlines()) < 30, before_orbax
 
 
 # ----------------------------------------------------------------------------------------

@@ -17,19 +17,23 @@ Modules, bottom to top (each imports only modules above it in this list):
   one_shot        Lake et al.'s 20-way one-shot runs (all_runs.zip), read as the training data.
   distinct        a batch's repeated images, found on the device: each is encoded once.
   episodes        jittable few-shot episode sampling on device arrays; the data on the mesh.
-  model           the VMA model: p(a), p(z|m_a), p(x|z,m_a), q(a|x,M), q(z|x,m_a), the
-                  per-sample log-weights log w_k, and its initial parameters; the baselines
-                  (a plain VAE, soft attention) that read the memory without an address.
-  objective       pure functions of the log-weights: L_K, the VIMCO surrogate, KL(q(a)||p(a)).
+  reads           memory reads behind one interface (encode, log-weights, generate, address),
+                  and their registry: the VMA's hard address q(a|x,M), soft attention, none.
+  model           the model of a config (the read config.model.memory_read names), its
+                  initial parameters and revision.
+  objective       the objective of the log-weights: L_K, the VIMCO surrogate and loss, its
+                  per-step metrics, the large-K bound in chunks, where q(a|x,M) puts its mass.
+  batches         a jitted function over many items in padded batches, read back with ETAs.
   cells           few-shot evaluation cells C:T (Table 1) and R/T (large memories): each
                   target's L_K for large K, in chunks.
   checkpoints     Orbax checkpoints (verified when restored) and saved configs of a workdir.
-  workdir         a training run's hold on its workdir: writable check, lock, failed writes.
   cli             the commands' mistakes in one line, exit status 2 for a usage error.
   results         results files of an evaluation, the Table 1 reference numbers.
   figures         matplotlib figures: training curves, bound and KL against T, few-shot
                   grids, sample sheets, the address posterior over a memory.
   summaries       TensorBoard writers (TensorFlow only if asked for), metrics.jsonl, progress.
+  run             a training run's workdir, held by one object: lock, config, checkpoints
+                  (restored, saved), metrics and figures; failed writes in one line.
   preemption      SIGTERM and Ctrl-C ask a run to stop after the step in flight, once saved.
   evaluate        the Table 1 grid of few-shot bounds of a trained workdir, and its figures.
   sample          samples from a trained workdir with a memory the user chooses.

@@ -5,9 +5,9 @@ A cell C:T of Table 1 has episodes whose memory holds T images from at most C cl
 (`vma_jax.episodes.sample_cell_episodes`); a large-memory cell R/T holds R images of the
 target's class among T, the others drawn uniformly from the other classes
 (`sample_distractor_episodes`). Here each target's L_K is computed on its episode
-with `streaming_bound`, in chunks of samples, beside a summary of its address posterior
-(`address_summary`), and read back batch by batch. Training's validation and
-`vma_jax.evaluate` both use these functions.
+with `objective.streaming_bound`, in chunks of samples, beside a summary of its address
+posterior (`objective.address_summary`, for a read that has one), and read back batch by
+batch. Training's validation and `vma_jax.evaluate` both use these functions.
 
 Episodes and samples depend only on (key, C, T, target index), never on the batch size, the
 chunking or the devices, so a figure is reproducible on any device count, and the bounds of
@@ -16,26 +16,19 @@ two computation dtypes on one checkpoint differ by the precision alone.
 
 from __future__ import annotations
 
-import collections
 import math
 import time
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
-from absl import logging
 import jax
-from jax.experimental import multihost_utils
-import jax.numpy as jnp
 import numpy as np
 
+from vma_jax import batches
 from vma_jax import episodes as vma_episodes
 from vma_jax import errors
 from vma_jax import model as vma_model
 from vma_jax import objective
 from vma_jax import sharding
-
-# Batches of targets dispatched before the oldest is read back (`cell_values`).
-_BATCHES_AHEAD = 4
-
 
 # Rows (targets and memory images) of one batch of a Table 1 cell: a cell with larger
 # memories takes fewer targets at once (`targets_per_batch`), so that its peak memory does not
@@ -104,72 +97,11 @@ def sample_episodes(data, key, target_index_B, cell: Cell) -> vma_episodes.Episo
       data, key, target_index_B, max_classes=cell.max_classes, memory_size=cell.memory_size)
 
 
-def streaming_bound(apply_fn: Callable, params, x_BxHxW, memory_BxTxHxW, episode_keys_B, *,
-                    num_importance: int, chunk_size: int = 100,
-                    encoding: vma_model.MemoryEncoding | None = None):
-  """L_K per episode for large K, in chunks of samples with a running log-sum-exp.
-
-  Memory does not grow with K: x and M are encoded once, then `ceil(K / chunk_size)` chunks of
-  at most `chunk_size` samples each are decoded in turn. Sample k is drawn from
-  fold_in(episode_key, k) whatever the chunking, so the value equals the unchunked
-  `objective.iw_bound` of the same samples up to float32 rounding.
-
-  Args:
-    apply_fn: the model's `apply` (e.g. `VMA(...).apply`).
-    params: the model's variables.
-    x_BxHxW, memory_BxTxHxW: the episodes.
-    episode_keys_B: one key per episode.
-    num_importance: K.
-    chunk_size: samples decoded at once; the peak memory is set by B * chunk_size.
-    encoding: `VMA.encode` of (x, M), if the caller has it already.
-  Returns:
-    L_K, shape B (float32).
-  """
-  chunk_size = min(chunk_size, num_importance)
-  num_chunks = -(-num_importance // chunk_size)
-  if encoding is None:
-    encoding = apply_fn(params, x_BxHxW, memory_BxTxHxW, method="encode")
-  batch = x_BxHxW.shape[0]
-
-  def add_chunk(carry, start):
-    # The chunk's samples are start .. start + chunk_size - 1: arrays B x chunk_size.
-    max_B, sum_B = carry
-    chunk_keys = vma_model.sample_keys(episode_keys_B, start, chunk_size)
-    chunk_log_w = apply_fn(
-        params, x_BxHxW, encoding, chunk_keys, method="log_weights").log_w_BxK
-    in_range = start + jnp.arange(chunk_size, dtype=jnp.uint32) < num_importance
-    chunk_log_w = jnp.where(in_range[None], chunk_log_w, -jnp.inf)  # the last may be partial
-    new_max_B = jnp.maximum(max_B, jnp.max(chunk_log_w, axis=-1))
-    sum_B = sum_B * jnp.exp(max_B - new_max_B) + jnp.sum(
-        jnp.exp(chunk_log_w - new_max_B[:, None]), axis=-1)
-    return (new_max_B, sum_B), None
-
-  init = (jnp.full((batch,), -jnp.inf), jnp.zeros((batch,)))
-  starts = jnp.arange(num_chunks, dtype=jnp.uint32) * chunk_size
-  (max_B, sum_B), _ = jax.lax.scan(add_chunk, init, starts)
-  return max_B + jnp.log(sum_B) - math.log(num_importance)
-
-
-def address_summary(address_logits_BxS, memory_labels_BxT, x_label_B) -> dict[str, jax.Array]:
-  """Per episode: KL(q(a|x,M) || p(a)) and H[q(a|x,M)] (nats), and the mass q(a|x,M) puts on
-  the memory slots of the target's class and on the D dummy slots."""
-  memory_size = memory_labels_BxT.shape[1]
-  q_BxS = jax.nn.softmax(address_logits_BxS.astype(jnp.float32), axis=-1)
-  kl_B = objective.address_kl(address_logits_BxS)
-  same_class_BxT = memory_labels_BxT == x_label_B[:, None]
-  return {
-      "address_kl": kl_B,
-      "address_entropy": math.log(q_BxS.shape[-1]) - kl_B,
-      "mass_target_class": jnp.sum(jnp.where(same_class_BxT, q_BxS[:, :memory_size], 0.0),
-                                   axis=-1),
-      "mass_dummy": jnp.sum(q_BxS[:, memory_size:], axis=-1),
-  }
-
-
-def make_cell_fn(model: vma_model.VMA, cell: Cell, *, num_importance: int, chunk_size: int,
+def make_cell_fn(model: vma_model.Read, cell: Cell, *, num_importance: int, chunk_size: int,
                  mesh=None):
   """A jitted `(params, data, key, target_index_B) -> {name: value per target}` on the
-  episodes of `cell`: "bound" (L_K) and the `address_summary` of each target's episode.
+  episodes of `cell`: "bound" (L_K) and, for a read with an address, the
+  `objective.address_summary` of each target's episode.
 
   The episode of target i and its K samples depend only on (key, i). Targets (and their
   values) are sharded over `mesh` (default: every process's devices); params and data are
@@ -187,13 +119,14 @@ def make_cell_fn(model: vma_model.VMA, cell: Cell, *, num_importance: int, chunk
     sample_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(sample_key, target_index_B)
     encoding = model.apply(params, episodes.x_BxHxW, episodes.memory_BxTxHxW,
                            embed_slots=embed_slots, method="encode")
-    bound_B = streaming_bound(
+    bound_B = objective.streaming_bound(
         model.apply, params, episodes.x_BxHxW, episodes.memory_BxTxHxW, sample_keys_B,
         num_importance=num_importance, chunk_size=chunk_size, encoding=encoding)
-    # The slots the model reads: the episode's memory (none for `vma_model.PlainVAE`).
-    memory_labels_BxT = episodes.memory_labels_BxT[:, :encoding.memory_BxTxHxW.shape[1]]
-    return {"bound": bound_B, **address_summary(
-        encoding.address_logits_BxS, memory_labels_BxT, episodes.x_label_B)}
+    address = model.apply(params, encoding, method="address")
+    if address is None:
+      return {"bound": bound_B}
+    return {"bound": bound_B, **objective.address_summary(
+        address, episodes.memory_labels_BxT, episodes.x_label_B)}
 
   return jax.jit(cell_fn, in_shardings=(replicated, replicated, replicated, batch),
                  out_shardings=batch)
@@ -202,39 +135,12 @@ def make_cell_fn(model: vma_model.VMA, cell: Cell, *, num_importance: int, chunk
 def cell_values(cell_fn, params, data, key, targets_N: np.ndarray, batch_size: int, *,
                 mesh=None, log_every_s: float = 60.0, name: str = "") -> dict[str, np.ndarray]:
   """`cell_fn`'s values of every target in targets_N ({name: float64, shape N}), in batches of
-  batch_size.
-
-  The last batch is padded (with targets repeated from the start of targets_N) to keep one
-  compiled shape; the padding's values are dropped. Every `log_every_s` seconds a log line
-  (prefixed `name`) says how many targets are done and how long the rest should take.
-
-  With `mesh` (the one `cell_fn` shards the targets over) each batch goes to the devices as
-  one array sharded over it, each process placing its own devices' targets, as several
-  processes need; without, as a numpy array (one process). Every process gets all values.
-  """
-  num_targets = len(targets_N)
-  padded_N = np.resize(targets_N, -(-num_targets // batch_size) * batch_size).astype(np.int32)
-  in_flight, batches = collections.deque(), []
-  start = last_log = time.perf_counter()
-  for i in range(0, len(padded_N), batch_size):
-    target_index_B = padded_N[i:i + batch_size]
-    if mesh is not None:
-      target_index_B = sharding.shard_batch(target_index_B, mesh)
-    in_flight.append(cell_fn(params, data, key, target_index_B))
-    # Batches queued ahead: the devices never wait for the host, which meanwhile reads the
-    # oldest back (and so knows how far the cell has got).
-    last = i + batch_size == len(padded_N)
-    while len(in_flight) > _BATCHES_AHEAD or (last and in_flight):
-      # The values of other processes' devices too (on one process, a plain read-back).
-      batches.append(jax.tree.map(lambda v: np.asarray(v, np.float64),
-                                  multihost_utils.process_allgather(in_flight.popleft(),
-                                                                    tiled=True)))
-      done, now = min(len(batches) * batch_size, num_targets), time.perf_counter()
-      if now - last_log >= log_every_s and done < num_targets:
-        left_s = (now - start) / done * (num_targets - done)
-        logging.info("%s%d/%d targets, %.0f s left", name, done, num_targets, left_s)
-        last_log = now
-  return {k: np.concatenate([b[k] for b in batches])[:num_targets] for k in batches[0]}
+  batch_size (`batches.in_batches`: the last one padded, a log line every `log_every_s`
+  seconds prefixed `name`). With `mesh`, the one `cell_fn` shards the targets over."""
+  values = batches.in_batches(lambda target_index_B: cell_fn(params, data, key, target_index_B),
+                              targets_N, batch_size, mesh=mesh, name=name,
+                              log_every_s=log_every_s)
+  return {k: v.astype(np.float64) for k, v in values.items()}
 
 
 def cell_key(seed: int, cell: Cell) -> jax.Array:
@@ -244,7 +150,7 @@ def cell_key(seed: int, cell: Cell) -> jax.Array:
   return jax.random.fold_in(key, cell.same_class) if cell.same_class else key
 
 
-def evaluate_targets(model: vma_model.VMA, params, data, cell: Cell, *, num_importance: int,
+def evaluate_targets(model: vma_model.Read, params, data, cell: Cell, *, num_importance: int,
                      targets: np.ndarray, batch_size: int, chunk_size: int, seed: int,
                      mesh=None) -> tuple[dict[str, np.ndarray], float]:
   """`make_cell_fn`'s values of every target in `targets` on `cell`, with "neg_bound"

@@ -7,6 +7,7 @@ Workdir layout:
                                   `meta` ({"model_revision": vma_model.REVISION,
                                   "sha256": {item: digest}})
   workdir/damaged_checkpoints/    checkpoints that failed to restore, moved aside by training
+                                  (`vma_jax.run`)
 
 Every checkpoint carries the config that produced it, so `restore_params(workdir)` rebuilds
 the model (and the abstract target of the restore) from the checkpoint alone, and the model
@@ -41,7 +42,6 @@ import json
 import logging
 import os
 import re
-import sys
 from typing import Any, Callable, NamedTuple
 
 from flax import serialization
@@ -174,16 +174,6 @@ def _differences(old: dict, new: dict, prefix: str) -> list[str]:
   return names
 
 
-def model_revision(manager: ocp.CheckpointManager, step: int) -> int | None:
-  """The model revision (`vma_model.REVISION`) the checkpoint at `step` was written for; None
-  where it records none."""
-  return _revision(_read_meta(manager, step))
-
-
-def _revision(meta: dict | None) -> int | None:
-  return None if meta is None else int(meta["model_revision"])
-
-
 def check_model_revision(revision: int | None, *, source: str) -> None:
   """Raises CheckpointError unless `revision` is this version's `vma_model.REVISION`.
 
@@ -306,19 +296,25 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                           "the config file the run was started with.") from e
 
 
-class _OrbaxNoise(logging.Filter):
-  """Drops Orbax's INFO lines (tens per save or restore, under the entry points' INFO level)
-  and its warning that a manager opened read-only is read-only; its other warnings and errors
-  pass as one line each, without the traceback (kept at absl's debug verbosity). Drops
-  asyncio's "Future exception was never retrieved", which a failed asynchronous write repeats
-  for every array: training reports the failure itself (`vma_jax.workdir.write_failure`)."""
+class _OrbaxLogs(logging.Filter):
+  """Orbax's log records as a run shows them: its INFO lines (tens per save or restore, under
+  the commands' INFO level) and its note that a read-only manager is read-only dropped, its
+  other warnings and errors one line each, without the traceback (kept at absl's debug
+  verbosity); asyncio's "Future exception was never retrieved", which a failed asynchronous
+  write repeats for every array, dropped (the caller reports the failure once). With
+  `everything`, every record of Orbax and asyncio is dropped: while a damaged checkpoint is
+  read, each of its arrays logs a traceback, and the caller reports it in one line."""
+
+  def __init__(self, everything: bool = False):
+    super().__init__()
+    self.everything = everything
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.name.startswith("asyncio"):
-      return "exception was never retrieved" not in record.getMessage()
+      return not self.everything and "exception was never retrieved" not in record.getMessage()
     if f"{os.sep}orbax{os.sep}" not in record.pathname:
       return True
-    if record.levelno < logging.WARNING:
+    if self.everything or record.levelno < logging.WARNING:
       return False
     message = record.getMessage()
     if message.startswith("Given directory is read only"):
@@ -329,54 +325,32 @@ class _OrbaxNoise(logging.Filter):
     return True
 
 
-_ORBAX_NOISE = _OrbaxNoise()
-
-
-def _is_closed_loop_error(error: BaseException) -> bool:
-  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-
-
-def _is_orbax_coroutine(obj) -> bool:
-  code = getattr(obj, "cr_code", None)
-  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
-
-
-def _drop_abandoned_io_errors() -> None:
-  """Hooks (installed once) that drop what Orbax's abandoned I/O prints: after a failed
-  asynchronous save, TensorStore's threads call back into each write's closed event loop
-  (`RuntimeError: Event loop is closed`, once per array); after a restore that failed, its
-  pending reads are collected at exit ("Exception ignored in: <coroutine ...>"). The failure
-  itself is reported once, by the caller."""
-  if getattr(sys.excepthook, "_vma_jax", False):
-    return
-  excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
-
-  def quiet_excepthook(kind, value, traceback):
-    if not _is_closed_loop_error(value):
-      excepthook(kind, value, traceback)
-
-  def quiet_unraisablehook(unraisable):
-    if not (_is_closed_loop_error(unraisable.exc_value)
-            or _is_orbax_coroutine(unraisable.object)):
-      unraisablehook(unraisable)
-
-  quiet_excepthook._vma_jax = True  # pylint: disable=protected-access
-  sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
+@contextlib.contextmanager
+def orbax_logs(everything: bool = False):
+  """A context in which Orbax's log records are filtered (`_OrbaxLogs`): a filter on the absl
+  and asyncio loggers, removed on leaving."""
+  logs = _OrbaxLogs(everything)
+  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+  for logger in loggers:
+    logger.addFilter(logs)
+  try:
+    yield
+  finally:
+    for logger in loggers:
+      logger.removeFilter(logs)
 
 
 def make_manager(workdir: str, *, max_to_keep: int | None = None,
                  read_only: bool = False) -> ocp.CheckpointManager:
-  """Orbax CheckpointManager over `workdir/checkpoints` (asynchronous saves)."""
+  """Orbax CheckpointManager over `workdir/checkpoints` (asynchronous saves). Its log lines
+  are filtered within `orbax_logs`."""
   directory = checkpoint_dir(workdir)
   if read_only and not os.path.isdir(directory):
     raise CheckpointError(
         f"{directory} does not exist: no checkpoint to restore. Train first "
         f"(python train.py --config=configs/<name>.py --workdir={workdir}).")
-  for name in ("absl", "asyncio"):
-    logging.getLogger(name).addFilter(_ORBAX_NOISE)  # idempotent
-  _drop_abandoned_io_errors()
   # A writer removes the temporary folders of saves that were cut short (a kill, a full
-  # disk): the workdir lock (`vma_jax.workdir`) ensures no other run is writing them.
+  # disk): the workdir lock (`vma_jax.run`) ensures no other run is writing them.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=None if read_only else max_to_keep, create=not read_only,
       read_only=read_only, enable_async_checkpointing=not read_only,
@@ -422,28 +396,6 @@ def save(manager: ocp.CheckpointManager, step: int, params, opt_state, config) -
       meta=ocp.args.JsonSave({"model_revision": vma_model.REVISION, "sha256": digests})))
 
 
-class _Quiet(logging.Filter):
-  """Drops every record of Orbax and asyncio: while a damaged checkpoint is read, each of
-  its arrays logs a traceback; the caller reports the damage in one line instead."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return (f"{os.sep}orbax{os.sep}" not in record.pathname
-            and not record.name.startswith("asyncio"))
-
-
-@contextlib.contextmanager
-def _quiet():
-  quiet = _Quiet()
-  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
-  for logger in loggers:
-    logger.addFilter(quiet)
-  try:
-    yield
-  finally:
-    for logger in loggers:
-      logger.removeFilter(quiet)
-
-
 def _reason(error: BaseException) -> str:
   """A short, one-line account of why reading failed: the innermost TensorStore status in the
   exception's chain ("OUT_OF_RANGE: ..."), where there is one."""
@@ -453,16 +405,12 @@ def _reason(error: BaseException) -> str:
   return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _item_dir(manager: ocp.CheckpointManager, step: int, item: str) -> str:
-  return os.path.join(str(manager.directory), str(step), item)
-
-
 def _read_meta(manager: ocp.CheckpointManager, step: int) -> dict | None:
   """The checkpoint's `meta` item; None for checkpoints written before it existed."""
-  if not os.path.isdir(_item_dir(manager, step, "meta")):
+  if not os.path.isdir(os.path.join(str(manager.directory), str(step), "meta")):
     return None
   try:
-    with _quiet():
+    with orbax_logs(everything=True):
       meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     int(meta["model_revision"])
   except Exception as e:  # pylint: disable=broad-except
@@ -473,7 +421,7 @@ def _read_meta(manager: ocp.CheckpointManager, step: int) -> dict | None:
 def _read_config(manager: ocp.CheckpointManager, step: int, meta: dict | None) -> dict:
   """The config saved with the checkpoint, as saved, checked against its digest."""
   try:
-    with _quiet():
+    with orbax_logs(everything=True):
       config_dict = manager.restore(
           step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
     if not isinstance(config_dict, dict):
@@ -491,7 +439,7 @@ def _read_items(manager: ocp.CheckpointManager, step: int, meta: dict | None,
   """The named items restored onto their abstract targets and verified: they load, their
   floating-point values are finite, and they hash to the digests recorded at save time."""
   try:
-    with _quiet():
+    with orbax_logs(everything=True):
       restored = manager.restore(step, args=ocp.args.Composite(**{
           name: ocp.args.StandardRestore(target) for name, target in abstract_items.items()}))
   except Exception as e:  # pylint: disable=broad-except
@@ -547,7 +495,8 @@ def restore_newest(manager: ocp.CheckpointManager,
       meta = _read_meta(manager, candidate)
       config_dict = _read_config(manager, candidate, meta)
       config = ml_collections.ConfigDict(config_dict)
-      check_model_revision(_revision(meta), source=source)
+      check_model_revision(None if meta is None else int(meta["model_revision"]),
+                           source=source)
       if check_config is not None:
         check_config(config, source)
       items = _read_items(manager, candidate, meta, abstract_items(config))
@@ -574,20 +523,6 @@ def describe_damage(error: DamagedCheckpointError, directory: str, *, now: str) 
           f"{error.reason}; it is {now}")
 
 
-def move_aside(workdir: str, step: int) -> str:
-  """Moves the checkpoint at `step` to workdir/damaged_checkpoints/<step>[.<n>] (never over an
-  earlier one); returns where it went."""
-  source = os.path.join(checkpoint_dir(workdir), str(step))
-  folder = os.path.join(os.path.abspath(workdir), DAMAGED_DIR)
-  os.makedirs(folder, exist_ok=True)
-  target, n = os.path.join(folder, str(step)), 0
-  while os.path.exists(target):
-    n += 1
-    target = os.path.join(folder, f"{step}.{n}")
-  os.replace(source, target)
-  return target
-
-
 def restore_params(workdir: str, step: int | None = None, mesh: Mesh | None = None):
   """(params, step, config) of the checkpoint at `step` (default: the newest intact one) in
   workdir, or of the exported model in folder `workdir` (`is_exported`).
@@ -608,16 +543,17 @@ def restore_params(workdir: str, step: int | None = None, mesh: Mesh | None = No
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         jax.eval_shape(functools.partial(vma_model.init_params, config), jax.random.key(0)))}
 
-  manager = make_manager(workdir, read_only=True)
-  try:
-    if not manager.all_steps():
-      raise CheckpointError(
-          f"no checkpoint in {manager.directory}. Train first (python train.py "
-          f"--config=configs/<name>.py --workdir={workdir}), or pass the workdir of a "
-          "finished run.")
-    restored = restore_newest(manager, abstract_params, step=step)
-  finally:
-    manager.close()
+  with orbax_logs():
+    manager = make_manager(workdir, read_only=True)
+    try:
+      if not manager.all_steps():
+        raise CheckpointError(
+            f"no checkpoint in {manager.directory}. Train first (python train.py "
+            f"--config=configs/<name>.py --workdir={workdir}), or pass the workdir of a "
+            "finished run.")
+      restored = restore_newest(manager, abstract_params, step=step)
+    finally:
+      manager.close()
   for error in restored.damaged:
     logging.getLogger("absl").warning(
         describe_damage(error, checkpoint_dir(workdir), now="left in place"))

@@ -1,17 +1,17 @@
-"""20-way one-shot classification on Lake et al.'s Omniglot runs with a trained VMA.
-
-    python classify.py --workdir=runs/quick --runs=all_runs.zip --num_importance=100
-    python -m vma_jax.classify --workdir=runs/quick        (runs from $VMA_ONE_SHOT_RUNS)
+"""20-way one-shot classification on Lake et al.'s Omniglot runs with a trained model
+(the command: classify.py at the repository root).
 
 Each of the G = 20 runs (`vma_jax.one_shot`) has J = 20 training images, one per class, and
 Q = 20 test images: 400 trials in all. For a test image x of a run with training images
 m_1 .. m_J the classifiers predict:
 
-  address   argmax_c q(a = c | x, M) with M = (m_1 .. m_J) the memory (T = J, plus the model's
-            D dummies, which are left out of the argmax): the slot the model would read.
+  address   argmax_c q(a = c | x, M) with M = (m_1 .. m_J) the memory (T = J, plus the read's
+            learned slots, which are left out of the argmax): the slot the model would read.
+            For a model whose read has an address (`Read.address`).
   bound     argmax_c L_K(x | m_c), the K-sample bound with the one-image memory (m_c) (T = 1;
-            `cells.streaming_bound`): the class whose image explains x best. With a uniform
-            prior over classes, softmax_c L_K is an approximate posterior over the class.
+            `objective.streaming_bound`): the class whose image explains x best. With a
+            uniform prior over classes, softmax_c L_K is an approximate posterior over the
+            class.
   combined  argmax_c [log_softmax_c <h(x), h(m_c)> + log_softmax_c L_K(x | m_c)]: a heuristic
             that adds the two log-scores as if they were independent evidence; it is not the
             posterior of either model.
@@ -22,11 +22,12 @@ m_1 .. m_J the classifiers predict:
             inked pixels centred on their mean, MHD(A, B) = max(mean_a min_b |a - b|,
             mean_b min_a |a - b|). No model; the first class of a tie, as theirs.
 
-Sample k of the bound of (x, m_c) is drawn from fold_in(fold_in(fold_in(key(seed), n), c), k)
-with n the trial's index (run-major), so results do not depend on the batch or chunk sizes.
-Results go to workdir/classify/ (or `out`): results.json, results.csv, results.md and
-wrong.png, the trials the address and bound classifiers get wrong; earlier files there are
-kept as results.<n>.* and wrong.<n>.png.
+A model whose read ignores the memory (`Read.reads_memory` False: the plain VAE) allows only
+the model-free classifiers. Sample k of the bound of (x, m_c) is drawn from
+fold_in(fold_in(fold_in(key(seed), n), c), k) with n the trial's index (run-major), so
+results do not depend on the batch or chunk sizes. Results go to workdir/classify/ (or
+`out`): results.json, results.csv, results.md and wrong.png, the trials the address and bound
+classifiers get wrong; earlier files there are kept as results.<n>.* and wrong.<n>.png.
 
 Shape letters: docs/model.md's (G runs, J classes of a run, Q test images of a run); here
 N = G * Q trials and B trials in a batch, and P and F the inked pixels of two images.
@@ -40,7 +41,6 @@ import io
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 
@@ -49,13 +49,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vma_jax import cells as vma_cells
+from vma_jax import batches
 from vma_jax import checkpoints
-from vma_jax import cli
-from vma_jax import data as vma_data
 from vma_jax import figures
-from vma_jax import files
 from vma_jax import model as vma_model
+from vma_jax import objective
 from vma_jax import one_shot
 from vma_jax import results as vma_results
 
@@ -102,18 +100,19 @@ def wilson_interval(errors: int, trials: int, z: float = _Z_95) -> tuple[float, 
 # The jitted scores of a batch of trials: B test images, each with its run's J training images.
 
 
-def make_address_fn(model: vma_model.VMA):
-  """A jitted `(params, x_BxHxW, memory_BxJxHxW) -> <h(x), h(m_c)>, B x J`: the address
-  logits of the J memory slots (the D dummy slots dropped)."""
+def make_address_fn(model: vma_model.Read):
+  """A jitted `(params, x_BxHxW, memory_BxJxHxW) -> q(a|x,M)'s logits of the J memory
+  slots, B x J` (the learned slots dropped): <h(x), h(m_c)> for the VMA."""
 
   def address_fn(params, x_BxHxW, memory_BxJxHxW):
     encoding = model.apply(params, x_BxHxW, memory_BxJxHxW, False, method="encode")
-    return encoding.address_logits_BxS[:, :memory_BxJxHxW.shape[1]]
+    address = model.apply(params, encoding, method="address")
+    return address.logits_BxS[:, :address.memory_size]
 
   return jax.jit(address_fn)
 
 
-def make_bound_fn(model: vma_model.VMA, *, num_importance: int, chunk_size: int):
+def make_bound_fn(model: vma_model.Read, *, num_importance: int, chunk_size: int):
   """A jitted `(params, x_BxHxW, memory_BxJxHxW, key, trial_B) -> L_K(x | m_c), B x J`.
 
   The B * J episodes (x, (m_c)) have one-image memories; episode (n, c) draws its samples
@@ -130,12 +129,32 @@ def make_bound_fn(model: vma_model.VMA, *, num_importance: int, chunk_size: int)
     keys_BxJ = jax.vmap(lambda n: jax.vmap(
         lambda c: jax.random.fold_in(jax.random.fold_in(key, n), c))(class_J))(trial_B)
     encoding = model.apply(params, x_NxHxW, memory_Nx1xHxW, method="encode")
-    bound_N = vma_cells.streaming_bound(
+    bound_N = objective.streaming_bound(
         model.apply, params, x_NxHxW, memory_Nx1xHxW, keys_BxJ.reshape(-1),
         num_importance=num_importance, chunk_size=chunk_size, encoding=encoding)
     return bound_N.reshape(batch, num_classes)
 
   return jax.jit(bound_fn)
+
+
+def unavailable(model: vma_model.Read, params, classifiers: Sequence[str],
+                image_size: int) -> str | None:
+  """Why this model cannot do some of `classifiers`, in one line; None if it can do all."""
+  needed = {score for c in classifiers for score in _MODEL_SCORES[c]}
+  if needed and not model.reads_memory:
+    return (f"its model ({type(model).__name__}) reads no memory: only "
+            f"--classifiers={','.join(MODEL_FREE)} apply")
+  if "address" in needed:
+    x_1xHxW = jax.ShapeDtypeStruct((1, image_size, image_size), jnp.float32)
+    memory_1x1xHxW = jax.ShapeDtypeStruct((1, 1, image_size, image_size), jnp.float32)
+    address = jax.eval_shape(lambda p, x, m: model.apply(
+        p, model.apply(p, x, m, False, method="encode"), method="address"),
+        params, x_1xHxW, memory_1x1xHxW)
+    if address is None:
+      return (f"its model ({type(model).__name__}) has no address q(a|x,M), so the address "
+              f"and combined classifiers do not apply: choose among --classifiers="
+              f"{','.join(c for c in CLASSIFIERS if 'address' not in _MODEL_SCORES[c])}")
+  return None
 
 
 @jax.jit
@@ -241,31 +260,8 @@ def hausdorff_costs(test_QxHxW: np.ndarray, train_JxHxW: np.ndarray) -> np.ndarr
                    for x in test_Q])
 
 
-def _in_batches(fn, batch_size: int, trial_N: np.ndarray, *arrays, name: str = "",
-                log_every_s: float = 60.0) -> np.ndarray:
-  """fn(arrays[:, batch], trial_B) for batches of batch_size trials, concatenated.
-
-  The last batch is padded with trials from the start, to keep one compiled shape; the
-  padding's values are dropped. Every `log_every_s` seconds a log line (prefixed `name`) says
-  how many trials are done and how long the rest should take.
-  """
-  num = len(trial_N)
-  padded_N = np.resize(np.arange(num), -(-num // batch_size) * batch_size)
-  out = []
-  start = last_log = time.perf_counter()
-  for i in range(0, len(padded_N), batch_size):
-    index_B = padded_N[i:i + batch_size]
-    out.append(np.asarray(fn(*(a[index_B] for a in arrays), trial_N[index_B])))
-    done, now = min(i + batch_size, num), time.perf_counter()
-    if now - last_log >= log_every_s and done < num:
-      logging.info("%s%d/%d trials, %.0f s left", name, done, num,
-                   (now - start) / done * (num - done))
-      last_log = now
-  return np.concatenate(out)[:num]
-
-
 def class_scores(runs: one_shot.OneShotRuns, classifiers: Sequence[str], *,
-                 model: vma_model.VMA | None = None, params=None, num_importance: int = 1000,
+                 model: vma_model.Read | None = None, params=None, num_importance: int = 1000,
                  chunk_size: int = 10, batch_size: int = 10, seed: int = 0
                  ) -> dict[str, np.ndarray]:
   """Each classifier's score of each class for every trial, float64 N x J, highest = the
@@ -274,11 +270,15 @@ def class_scores(runs: one_shot.OneShotRuns, classifiers: Sequence[str], *,
   "address": <h(x), h(m_c)>; "bound": L_K(x | m_c); "combined": the sum of their log_softmax
   over c; "pixel": minus the Hamming distance; "hausdorff": minus the modified Hausdorff
   distance of the 105 x 105 images (`runs.has_source`). The model's scores need `model` and
-  `params`.
+  `params`, and a model that can give them (`unavailable`).
   """
   needed = {score for c in classifiers for score in _MODEL_SCORES[c]}
   if needed and (model is None or params is None):
     raise ClassifyError(f"the {', '.join(sorted(needed))} scores need a trained model")
+  if needed:
+    reason = unavailable(model, params, classifiers, runs.test_GxQxHxW.shape[-1])
+    if reason is not None:
+      raise ClassifyError(f"this model cannot classify so: {reason}")
   if "hausdorff" in classifiers and not runs.has_source:
     raise ClassifyError("the hausdorff classifier needs the runs' 105 x 105 images: read the "
                         "runs with one_shot.load_runs")
@@ -286,19 +286,22 @@ def class_scores(runs: one_shot.OneShotRuns, classifiers: Sequence[str], *,
   num_test = runs.test_GxQxHxW.shape[1]
   # Each trial's memory: its run's J training images.
   memory_NxJxHxW = np.repeat(runs.train_GxJxHxW, num_test, axis=0)
-  trial_N = np.arange(len(test_NxHxW), dtype=np.uint32)
+  trial_N = np.arange(len(test_NxHxW))
   x_NxHxW, m_NxJxHxW = test_NxHxW.astype(np.float32), memory_NxJxHxW.astype(np.float32)
+  in_batches = lambda fn, size, **kwargs: batches.in_batches(fn, trial_N, size, items="trials",
+                                                            **kwargs)
   scores = {}
   if "address" in needed:
     address_fn = make_address_fn(model)
-    scores["address"] = _in_batches(lambda x, m, _: address_fn(params, x, m), batch_size,
-                                    trial_N, x_NxHxW, m_NxJxHxW)
+    scores["address"] = in_batches(lambda n: address_fn(params, x_NxHxW[n], m_NxJxHxW[n]),
+                                   batch_size)
   if "bound" in needed:
     bound_fn = make_bound_fn(model, num_importance=num_importance, chunk_size=chunk_size)
     key = jax.random.key(seed)
     start = time.perf_counter()
-    scores["bound"] = _in_batches(lambda x, m, n: bound_fn(params, x, m, key, n), batch_size,
-                                  trial_N, x_NxHxW, m_NxJxHxW, name=f"L_{num_importance}: ")
+    scores["bound"] = in_batches(
+        lambda n: bound_fn(params, x_NxHxW[n], m_NxJxHxW[n], key, n.astype(np.uint32)),
+        batch_size, name=f"L_{num_importance}: ")
     logging.info("L_%d of %d x %d episodes in %.0f s", num_importance, len(x_NxHxW),
                  m_NxJxHxW.shape[1], time.perf_counter() - start)
     if not np.all(np.isfinite(scores["bound"])):
@@ -308,8 +311,8 @@ def class_scores(runs: one_shot.OneShotRuns, classifiers: Sequence[str], *,
     log_softmax = lambda v: v - np.logaddexp.reduce(v, axis=-1, keepdims=True)
     scores["combined"] = log_softmax(scores["address"]) + log_softmax(scores["bound"])
   if "pixel" in classifiers:
-    scores["pixel"] = -_in_batches(lambda x, m, _: hamming_distances(x, m), max(batch_size, 100),
-                                   trial_N, test_NxHxW, memory_NxJxHxW).astype(np.float64)
+    scores["pixel"] = -in_batches(lambda n: hamming_distances(test_NxHxW[n], memory_NxJxHxW[n]),
+                                  max(batch_size, 100)).astype(np.float64)
   if "hausdorff" in classifiers:
     cost_GxQxJ = np.stack([hausdorff_costs(test_QxHxW, train_JxHxW) for test_QxHxW, train_JxHxW
                            in zip(runs.source_test_GxQxHxW, runs.source_train_GxJxHxW)])
@@ -442,14 +445,7 @@ def write_results(runs: one_shot.OneShotRuns, results: Sequence[ClassifierResult
   texts = {"results.json": json.dumps(results_json(runs, results, meta), indent=2) + "\n",
            "results.csv": results_csv(runs, results),
            "results.md": results_markdown(results, meta)}
-  kept = files.keep_previous(out_dir, RESULT_FILES)
-  if kept is not None:
-    logging.info("Earlier results kept as %s (and .csv, .md, wrong.%d.png)",
-                 os.path.join(out_dir, f"results.{kept}.json"), kept)
-  paths = {}
-  for name, text in texts.items():
-    paths[name] = os.path.join(out_dir, name)
-    files.write_text(paths[name], text)
+  paths = vma_results.write_files(out_dir, texts, RESULT_FILES)
   if any(r.name in ("address", "bound") for r in results):
     paths["wrong.png"] = os.path.join(out_dir, "wrong.png")
     title = (f"{os.path.basename(os.path.normpath(meta.get('workdir', '')))}, step "
@@ -471,13 +467,13 @@ def classify_workdir(workdir: str, *, runs: str | None = None, num_importance: i
                         f"--chunk_size={chunk_size}: each must be at least 1")
   source = one_shot.resolve_source(runs)
   params, step, config = checkpoints.restore_params(workdir, step)
-  reads_memory = config.model.get("memory_read", "hard") != "none"
-  if not reads_memory and set(classifiers) - set(MODEL_FREE):
-    raise ClassifyError(f"{workdir} is a plain VAE (config.model.memory_read = 'none'): it "
-                        f"reads no memory, so only --classifiers={','.join(MODEL_FREE)} apply")
+  model = vma_model.make_model(config)
+  reason = unavailable(model, params, classifiers, config.data.image_size)
+  if reason is not None:
+    raise ClassifyError(f"{workdir}: {reason}")
   loaded = one_shot.load_runs(source, image_size=config.data.image_size)
   start = time.perf_counter()
-  scores = class_scores(loaded, classifiers, model=vma_model.make_model(config), params=params,
+  scores = class_scores(loaded, classifiers, model=model, params=params,
                         num_importance=num_importance, chunk_size=chunk_size,
                         batch_size=batch_size, seed=seed)
   seconds = time.perf_counter() - start
@@ -494,58 +490,3 @@ def classify_workdir(workdir: str, *, runs: str | None = None, num_importance: i
     logging.info("%-8s %5.1f%% wrong (95%%: %.1f-%.1f), %d/%d", r.name, 100 * r.error_rate,
                  100 * low, 100 * high, r.errors, r.trials)
   return results, paths
-
-
-# ----------------------------------------------------------------------------------------
-# The command line (classify.py, and `python -m vma_jax.classify`).
-
-
-def define_flags() -> None:
-  """The command's absl flags."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
-  flags.DEFINE_string("workdir", "runs/quick", "The trained run to classify with.")
-  flags.DEFINE_string("runs", None, f"{one_shot.RUNS_FILE}, or the folder it was extracted to "
-                      f"(default: ${one_shot.RUNS_ENV}).")
-  flags.DEFINE_integer("num_importance", 1000, "K, samples of each bound L_K(x | m_c); a "
-                       "2-core CPU wants ~100 (400 x 20 bounds).")
-  flags.DEFINE_string("classifiers", ",".join(CLASSIFIERS),
-                      f"Comma-separated, of {', '.join(CLASSIFIERS)}.")
-  flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
-  flags.DEFINE_integer("seed", 0, "Fixes the bounds' samples.")
-  flags.DEFINE_integer("batch_size", 10, "Test images at once (each with its run's 20 images).")
-  flags.DEFINE_integer("chunk_size", 10, "Samples of each bound decoded at once.")
-  flags.DEFINE_string("out", None, "The output folder (default: workdir/classify).")
-
-
-def main(argv) -> None:
-  """Classifies with the flags' settings and prints the table; errors end in one line."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
-  del argv  # every setting is a flag (cli.run refuses anything else)
-  logging.set_verbosity(logging.INFO)
-  f = flags.FLAGS
-  # Mistakes in the command line first, each one line with exit status 2.
-  try:
-    parse_classifiers(f.classifiers)
-    one_shot.resolve_source(f.runs)
-  except (ClassifyError, one_shot.OneShotError) as e:
-    cli.exit_usage("classify.py", str(e))
-  cli.require_workdir(f.workdir, "classify.py")
-  if f.step is not None:
-    cli.require_step(f.workdir, f.step, "classify.py")
-  try:
-    results, paths = classify_workdir(
-        f.workdir, runs=f.runs, num_importance=f.num_importance, classifiers=f.classifiers,
-        step=f.step, seed=f.seed, batch_size=f.batch_size, chunk_size=f.chunk_size, out=f.out)
-  except (checkpoints.CheckpointError, vma_data.DataError, one_shot.OneShotError,
-          ClassifyError, FloatingPointError) as e:
-    sys.exit(f"classify.py: {e}")
-  with open(paths["results.md"]) as md:
-    print(md.read(), end="")
-  print(f"wrote {', '.join(paths.values())}")
-
-
-if __name__ == "__main__":
-  define_flags()
-  cli.run(main, "classify.py")

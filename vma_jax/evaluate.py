@@ -30,11 +30,11 @@ from vma_jax import results as vma_results
 from vma_jax import summaries
 
 
-def evaluate_cell(model: vma_model.VMA, params, data, cell: vma_cells.Cell, *,
+def evaluate_cell(model: vma_model.Read, params, data, cell: vma_cells.Cell, *,
                   num_importance: int, targets: np.ndarray, batch_size: int, chunk_size: int,
                   seed: int, mesh=None) -> vma_results.CellResult:
   """-L_K over `targets` on `cell`: mean and stderr, and the means of the targets'
-  `cells.address_summary`."""
+  `objective.address_summary` (NaN for a read without an address)."""
   values, seconds = vma_cells.evaluate_targets(
       model, params, data, cell, num_importance=num_importance, targets=targets,
       batch_size=batch_size, chunk_size=chunk_size, seed=seed, mesh=mesh)
@@ -43,10 +43,11 @@ def evaluate_cell(model: vma_model.VMA, params, data, cell: vma_cells.Cell, *,
       max_classes=cell.max_classes, memory_size=cell.memory_size, same_class=cell.same_class,
       bound=bound, stderr=stderr,
       num_importance=num_importance, num_targets=len(values["neg_bound"]), seconds=seconds,
-      **{name: float(np.mean(values[name])) for name in vma_results.ADDRESS_FIELDS})
+      **{name: float(np.mean(values[name])) for name in vma_results.ADDRESS_FIELDS
+         if name in values})
 
 
-def evaluate_grid(model: vma_model.VMA, params, split: vma_data.OmniglotSplit,
+def evaluate_grid(model: vma_model.Read, params, split: vma_data.OmniglotSplit,
                   cells: Sequence[vma_cells.Cell], *, num_importance: int, num_targets: int,
                   batch_size: int, chunk_size: int, seed: int,
                   done: Mapping[vma_cells.Cell, vma_results.CellResult] | None = None,

@@ -184,28 +184,32 @@ def _image(ax, pixels_HxW, title: str | None = None, highlight: bool = False) ->
 
 def few_shot_grid(memory_BxTxHxW, x_BxHxW, retrieved_BxHxW,
                   samples_BxKxHxW) -> mpl_figure.Figure:
-  """One row per episode: memory m_1..m_T | target x | the slot argmax_a q(a|x,M) |
-  K samples of p(x|z,m_a), with the column groups labelled."""
-  memory_BxTxHxW, x_BxHxW, retrieved_BxHxW, samples_BxKxHxW = (
-      np.asarray(v, np.float32) for v in (memory_BxTxHxW, x_BxHxW, retrieved_BxHxW,
-                                           samples_BxKxHxW))
-  batch, memory_size = memory_BxTxHxW.shape[:2]
-  num_samples = samples_BxKxHxW.shape[1]
-  # Columns: the memory, a gap, the target, a gap, the retrieved slot, a gap, the samples.
-  groups = [("memory", memory_size), ("target", 1), ("retrieved", 1), ("samples", num_samples)]
-  widths = [1.0] * memory_size + [0.4, 1.0, 0.4, 1.0, 0.4] + [1.0] * num_samples
+  """One row per episode: memory m_1..m_T | target x | the slot argmax_a q(a|x,M) (no such
+  column where `retrieved_BxHxW` is None) | K samples generated given x, with the column
+  groups labelled."""
+  named = [("memory", memory_BxTxHxW), ("target", np.asarray(x_BxHxW)[:, None]),
+           ("retrieved", None if retrieved_BxHxW is None else
+            np.asarray(retrieved_BxHxW)[:, None]), ("samples", samples_BxKxHxW)]
+  groups = [(label, np.asarray(v, np.float32)) for label, v in named if v is not None]
+  batch = groups[0][1].shape[0]
+  # Columns: each group's images, a gap between groups.
+  widths, first_column = [], []
+  for _, images_BxNxHxW in groups:
+    widths += [0.4] if widths else []
+    first_column.append(len(widths))
+    widths += [1.0] * images_BxNxHxW.shape[1]
   fig = mpl_figure.Figure(figsize=(0.6 * sum(widths) + 0.4, 0.6 * batch + 0.5))
   grid = fig.add_gridspec(batch, len(widths), width_ratios=widths, wspace=0.06, hspace=0.06,
                           left=0.02, right=0.98, bottom=0.02, top=1 - 0.35 / (0.6 * batch + 0.5))
-  first_column = [0, memory_size + 1, memory_size + 3, memory_size + 5]
   for b in range(batch):
-    images = [memory_BxTxHxW[b], x_BxHxW[b][None], retrieved_BxHxW[b][None], samples_BxKxHxW[b]]
-    for start, group in zip(first_column, images):
-      for i, pixels in enumerate(group):
+    for start, (_, images_BxNxHxW) in zip(first_column, groups):
+      for i, pixels in enumerate(images_BxNxHxW[b]):
         _image(fig.add_subplot(grid[b, start + i]), pixels)
-  for (label, size), start in zip(groups, first_column):
+  for (label, images_BxNxHxW), start in zip(groups, first_column):
+    if not images_BxNxHxW.shape[1]:
+      continue  # an empty memory
     left = grid[0, start].get_position(fig).x0
-    right = grid[0, start + size - 1].get_position(fig).x1
+    right = grid[0, start + images_BxNxHxW.shape[1] - 1].get_position(fig).x1
     fig.text((left + right) / 2, grid[0, start].get_position(fig).y1 + 0.01, label,
              ha="center", va="bottom", fontsize=8)
   return fig
@@ -213,10 +217,11 @@ def few_shot_grid(memory_BxTxHxW, x_BxHxW, retrieved_BxHxW,
 
 def sample_sheet(memory_TxHxW, dummies_DxHxW, q_S: np.ndarray | None, x_HxW,
                  posterior_NxHxW, prior_NxHxW, *, title: str) -> mpl_figure.Figure:
-  """The sampling command's figure: the memory and the dummy slots, with q(a|x,M) under each
-  slot and the retrieved slot framed (when there is a target); the target and samples of
-  p(x|z,m_a) for a ~ q(a|x,M), z ~ q(z|x,m_a); samples generated from the memory alone,
-  a ~ p(a), z ~ p(z|m_a)."""
+  """The sampling command's figure: the memory and the model's learned (dummy) slots, with
+  q(a|x,M) under each slot and the retrieved slot framed (when there is a target and the
+  model an address, `q_S`); the target and samples of p(x|z,...) for its posterior (for the
+  VMA a ~ q(a|x,M), z ~ q(z|x,m_a)); samples generated from the memory alone (for the VMA
+  a ~ p(a), z ~ p(z|m_a))."""
   memory_size, num_dummies = len(memory_TxHxW), len(dummies_DxHxW)
   num_samples = len(prior_NxHxW)
   columns = max(memory_size + num_dummies, num_samples + 1)
@@ -234,11 +239,11 @@ def sample_sheet(memory_TxHxW, dummies_DxHxW, q_S: np.ndarray | None, x_HxW,
     _image(fig.add_subplot(grid[row, 0]), x_HxW, "target x")
     for n, pixels in enumerate(posterior_NxHxW):
       _image(fig.add_subplot(grid[row, n + 1]), pixels,
-             "a ~ q(a|x,M)\nz ~ q(z|x,m_a)" if n == 0 else None)
+             "from q\ngiven x" if n == 0 else None)
     row += 1
   for n, pixels in enumerate(prior_NxHxW):
     _image(fig.add_subplot(grid[row, n + 1]), pixels,
-           "a ~ p(a)\nz ~ p(z|m_a)" if n == 0 else None)
+           "generated\nfrom M" if n == 0 else None)
   fig.suptitle(title, fontsize=9)
   return fig
 

@@ -37,7 +37,7 @@ GRIDS = {"table1": GRID, "large": LARGE_GRID}
 # Written by an evaluation; the figures by `vma_jax.evaluate` (`vma_jax.figures`).
 FIGURE_FILES = ("bound_vs_T.png", "kl_vs_T.png")
 RESULT_FILES = ("results.json", "results.csv", "results.md", *FIGURE_FILES)
-# The means over a cell's targets of `cells.address_summary`.
+# The means over a cell's targets of `objective.address_summary`.
 ADDRESS_FIELDS = ("address_kl", "address_entropy", "mass_target_class", "mass_dummy")
 
 
@@ -105,15 +105,23 @@ def write_results(results: Sequence[CellResult], out_dir: str, meta: dict) -> di
             f"split; checkpoint step {meta.get('step')}.\n\n")
   texts = {"json": json.dumps({"meta": meta, "results": rows}, indent=2),
            "csv": csv_text.getvalue(), "md": header + results_markdown(results)}
+  paths = write_files(out_dir, {f"results.{kind}": text for kind, text in texts.items()},
+                      RESULT_FILES)
+  return {kind: paths[f"results.{kind}"] for kind in texts}
 
-  kept = files.keep_previous(out_dir, RESULT_FILES)
-  if kept is not None:
-    logging.info("Earlier results kept as %s (and .csv, .md, the figures)",
-                 os.path.join(out_dir, f"results.{kept}.json"))
+
+def write_files(out_dir: str, texts: dict[str, str], kept: Sequence[str]) -> dict[str, str]:
+  """Writes each texts[name] as out_dir/name (atomically each), after moving the earlier
+  files `kept` of out_dir aside as <stem>.<n>.<ext> (`files.keep_previous`), so that they
+  are never overwritten. Returns {name: path}."""
+  n = files.keep_previous(out_dir, kept)
+  if n is not None:
+    logging.info("Earlier results kept as %s (and the others of %s as <name>.%d.*)",
+                 os.path.join(out_dir, f"results.{n}.json"), ", ".join(kept), n)
   paths = {}
-  for kind, text in texts.items():
-    paths[kind] = os.path.join(out_dir, f"results.{kind}")
-    files.write_text(paths[kind], text)
+  for name, text in texts.items():
+    paths[name] = os.path.join(out_dir, name)
+    files.write_text(paths[name], text)
   return paths
 
 

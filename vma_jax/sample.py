@@ -4,9 +4,11 @@ The memory is either `count` images of one test-split class (the target then ano
 that class), or a folder of the user's PNG images, preprocessed as the training data (ink is
 the dark pixels; 105x105 images, Omniglot's size, are resized to the model's with nearest
 neighbour; images already at the model's size are taken as they are), with an optional target
-image. `draw` computes what the sheet shows: q(a|x,M) of every slot, the retrieved slot
-argmax_a q(a|x,M), N samples of p(x|z,m_a) for a ~ q(a|x,M), z ~ q(z|x,m_a), and N generated
-from the memory alone, a ~ p(a), z ~ p(z|m_a); `vma_jax.figures.sample_sheet` draws it.
+image. `draw` computes what the sheet shows, asking the model's read: q(a|x,M) of every slot
+and the retrieved slot argmax_a q(a|x,M) (for a read with an address), N samples of the
+target's posterior (`log_weights`; for the VMA a ~ q(a|x,M), z ~ q(z|x,m_a)), and N generated
+from the memory alone (`generate`; for the VMA a ~ p(a), z ~ p(z|m_a));
+`vma_jax.figures.sample_sheet` draws it.
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ class Sheet:
   """What the sampling command shows (images in [0, 1], ink = 1)."""
 
   memory_TxHxW: np.ndarray
-  dummies_DxHxW: np.ndarray  # the model's learned dummy slots
+  dummies_DxHxW: np.ndarray  # the read's learned slots (D = 0 for a read without)
   x_HxW: np.ndarray | None  # the target, if any
-  q_S: np.ndarray | None  # q(a|x,M) of the T memory slots, then the D dummies
-  posterior_NxHxW: np.ndarray | None  # means of p(x|z,m_a), a ~ q(a|x,M), z ~ q(z|x,m_a)
-  prior_NxHxW: np.ndarray  # means of p(x|z,m_a), a ~ p(a), z ~ p(z|m_a)
+  q_S: np.ndarray | None  # q(a|x,M) of the T memory slots, then the D learned ones
+  posterior_NxHxW: np.ndarray | None  # means of p(x|z,...), samples of the target's posterior
+  prior_NxHxW: np.ndarray  # means of p(x|z,...) generated from the memory alone
 
   @property
   def retrieved(self) -> int | None:
@@ -120,26 +122,32 @@ def memory_from_classes(split, classes, per_class: int, seed: int = 0):
   return np.concatenate(memory), np.asarray(labels), target_HxW
 
 
-def draw(model: vma_model.VMA, params, memory_TxHxW, x_HxW, *, num_generated: int,
+def draw(model: vma_model.Read, params, memory_TxHxW, x_HxW, *, num_generated: int,
          key: jax.Array) -> Sheet:
   """The sheet's numbers and images for one memory (and target, if `x_HxW` is not None)."""
   memory_1xTxHxW = jnp.asarray(memory_TxHxW, jnp.float32)[None]
-  memory_size = memory_1xTxHxW.shape[1]
-  dummies_DxHxW = np.asarray(params["params"]["dummies"], np.float32)
-  num_slots = memory_size + len(dummies_DxHxW)
-  prior_key, posterior_key, slot_key = jax.random.split(key, 3)
-  a_1xN = jax.random.randint(slot_key, (1, num_generated), 0, num_slots)
-  prior_1xNxHxW = model.apply(params, memory_1xTxHxW, a_1xN, prior_key,
+  memory_size, size = memory_1xTxHxW.shape[1], memory_1xTxHxW.shape[2:]
+  learned = model.apply(params, method="learned_slots")
+  learned_DxHxW = (np.zeros((0, *size), np.float32) if learned is None
+                   else np.asarray(learned, np.float32))
+  prior_key, posterior_key = jax.random.split(key)
+  prior_1xNxHxW = model.apply(params, memory_1xTxHxW, prior_key, num_generated,
                               method="generate")
   q_S = posterior_NxHxW = None
   if x_HxW is not None:
     x_1xHxW = jnp.asarray(x_HxW, jnp.float32)[None]
     encoding = model.apply(params, x_1xHxW, memory_1xTxHxW, method="encode")
-    q_S = np.asarray(jax.nn.softmax(encoding.address_logits_BxS[0]))
+    address = model.apply(params, encoding, method="address")
+    if address is not None:
+      q_S = np.asarray(jax.nn.softmax(address.logits_BxS[0]))
+      # A read that addresses no memory slot puts no mass on them.
+      q_S = np.concatenate([q_S[:address.memory_size],
+                            np.zeros(memory_size - address.memory_size, q_S.dtype),
+                            q_S[address.memory_size:]])
     keys_1xN = vma_model.sample_keys(posterior_key[None], 0, num_generated)
     weights = model.apply(params, x_1xHxW, encoding, keys_1xN, method="log_weights")
     posterior_NxHxW = np.asarray(jax.nn.sigmoid(weights.logits_BxKxHxW[0]))
-  return Sheet(memory_TxHxW=np.asarray(memory_TxHxW, np.float32), dummies_DxHxW=dummies_DxHxW,
+  return Sheet(memory_TxHxW=np.asarray(memory_TxHxW, np.float32), dummies_DxHxW=learned_DxHxW,
                x_HxW=None if x_HxW is None else np.asarray(x_HxW, np.float32), q_S=q_S,
                posterior_NxHxW=posterior_NxHxW, prior_NxHxW=np.asarray(prior_1xNxHxW[0]))
 
