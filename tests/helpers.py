@@ -37,6 +37,12 @@ configure_jax()
 # earlier child, compiled: a command run twice compiles once.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE_DIR)
 
+# For tests of what a program computes, not how fast it runs: XLA's optimisation passes off
+# (the full-size training step compiles in ~15 s instead of 25-80 s on 2 cores, but runs up
+# to ~10x slower: not for tests that time or run many steps), and commands that do not
+# re-execute themselves for glibc's allocator (vma_jax/cpu/host.py).
+FAST_COMPILE_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "GLIBC_TUNABLES": ""}
+
 
 def child_env(cpu_devices: int | None = None, **extra: str) -> dict[str, str]:
   """The environment of a child process: on CPU, with `cpu_devices` devices if given, the

@@ -12,6 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ("name", "device", "median_s", "min_s", "max_s", "peak_rss_mb", "gflops_per_s",
             "matmul_gflops_per_s", "batch", "memory", "samples")
 
+# What these tests check is what the programs compute, not how fast: XLA's optimisations off.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 def test_run_writes_required_keys(tmp_path):
   out = tmp_path / "bench.json"

@@ -20,6 +20,9 @@ import pytest
 import helpers
 from vma_jax import model as vma_model
 
+# What these tests check is what the programs compute, not how fast: XLA's optimisations off.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 def _distinct_params(config):
   """Parameters of `config`'s model, each leaf distinct (leaf i: i + 0, 1, 2, ... / 1000).
 
@@ -85,6 +88,8 @@ def _run(args, env):
 @pytest.mark.slow
 def test_train_on_8_devices_resume_on_2_evaluate_on_1_and_3(
     tmp_path, archive_dir, omniglot_data_dir):
+  """Four processes, one per device count, each compiling its programs for that count (and
+  saving replicated checkpoints device by device): a few minutes on 2 cores."""
   env = helpers.child_env(VMA_OMNIGLOT_DIR=archive_dir, TFDS_DATA_DIR=omniglot_data_dir,
                           JAX_COMPILATION_CACHE_DIR=helpers.CACHE_DIR,
                           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")

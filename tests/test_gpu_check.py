@@ -16,6 +16,9 @@ from vma_jax import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# What these tests check is what the programs compute, not how fast: XLA's optimisations off.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 def test_wheels_to_install_only_for_missing_modules(tmp_path):
   for name in ("ml_collections-1.1.0-py3-none-any.whl",
@@ -89,6 +92,9 @@ def test_without_a_gpu_the_check_skips_the_rest_and_still_writes_its_json(tmp_pa
 
 @pytest.mark.slow
 def test_dry_run_runs_every_phase_into_one_json(tmp_path):
+  """The whole check as a GPU host runs it: about a dozen processes (each phase its own, as
+  there), the full-size model's step and bound compiled in float32 and bfloat16, a training
+  run and its precision check. Minutes on 2 cores, with XLA's optimisations off."""
   write_mock_cache(tmp_path / "tfds")
   carry, out, work = tmp_path / "carry", tmp_path / "out", tmp_path / "work"
   env = dict(os.environ, PYTHON=sys.executable, VMA_GPU_CHECK_CARRY=str(carry),

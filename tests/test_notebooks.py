@@ -1,7 +1,8 @@
 """The notebooks: committed without outputs, each with one tagged parameters cell, and run
 headless in a real Jupyter kernel (papermill, on nbclient) on tiny settings: reproduce.ipynb
-trains the quick config for 2 steps and evaluates two Table 1 cells, then explore.ipynb
-explores the workdir it trained. Their outputs (the tables and figures) are checked."""
+trains configs/quick.py at tiny sizes for 2 steps and evaluates two Table 1 cells, then
+explore.ipynb explores the workdir it trained. Their outputs (the tables and figures) are
+checked."""
 
 import base64
 import json
@@ -22,6 +23,22 @@ RUNS_ZIP = os.path.join(os.environ.get("VMA_ONE_SHOT_DIR") or str(
     REPO_ROOT.parent / "shared" / "data" / "omniglot_one_shot"), one_shot.RUNS_FILE)
 # Two cells of Table 1 (a compile each): the smallest and the largest memory.
 CELLS = ("1:1", "2:19")
+# configs/quick.py at tiny sizes, as a module of configs/ that the kernel finds on its path
+# (configs/ is a namespace package): the notebooks' every path, in seconds per compile.
+TINY_CONFIG = """from configs import quick
+
+
+def get_config():
+  config = quick.get_config()
+  config.model.update(latent_dim=8, embed_dim=16, match_dim=16)
+  config.train.batch_size = 4
+  # Validation runs at the last step: 4 targets, not 256.
+  config.validation.update(num_targets=4, num_importance=2, batch_size=4, chunk_size=2)
+  return config
+"""
+
+# What these tests check is what the programs compute, not how fast: XLA's optimisations off.
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _code_cells(name):
@@ -101,12 +118,20 @@ def _is_png(image):
 @pytest.mark.slow
 def test_reproduce_then_explore(tmp_path, archive_dir, omniglot_data_dir, omniglot_test,
                                 monkeypatch):
+  """Both notebooks in a real kernel, on a tiny model: the estimate, training, two cells, the
+  figures, then the sample sheet, the one-shot classifiers (all 400 trials: the notebook takes
+  no fewer) and the bound against T. Minutes on 2 cores, mostly compiling and classifying."""
   if not os.path.isfile(RUNS_ZIP):
     pytest.skip(f"Lake's one-shot runs not found at {RUNS_ZIP}")
   monkeypatch.delenv("MPLBACKEND", raising=False)
+  extra = tmp_path / "extra"
+  (extra / "configs").mkdir(parents=True)
+  (extra / "configs" / "tiny_notebook.py").write_text(TINY_CONFIG)
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+      [str(extra)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
   workdir, cache = str(tmp_path / "run"), helpers.CACHE_DIR
   text, images = _execute("reproduce.ipynb", tmp_path, dict(
-      WORKDIR=workdir, CONFIG="quick", NUM_STEPS=2, ARCHIVE_DIR=archive_dir,
+      WORKDIR=workdir, CONFIG="tiny_notebook", NUM_STEPS=2, ARCHIVE_DIR=archive_dir,
       DATA_DIR=omniglot_data_dir, TIMING_STEPS=1, CELLS=",".join(CELLS), NUM_TARGETS=2,
       NUM_IMPORTANCE=2, COMPILE_CACHE=cache, INSTALL=False))
   # The time estimate: the training phase, one row per cell, the total.

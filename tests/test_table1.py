@@ -11,6 +11,15 @@ import pytest
 from benchmarks import table1
 from helpers import REPO_ROOT, child_env, write_mock_cache
 
+# What these tests check is what the programs compute, not how fast: XLA's optimisations off.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
+# The first sitting's deadline. The dry run keeps 45 s of it to stop and pack
+# (benchmarks/table1.py): train.py gets 75 s to start and finish a step, the views what the
+# stop leaves of the 45 s (each ~30 s on a loaded 2-core host).
+DEADLINE_S = 120
+
 
 def _sitting(tmp_path, name, *args):
   command = ["bash", str(REPO_ROOT / "benchmarks" / "table1.sh"), str(tmp_path / name),
@@ -31,11 +40,12 @@ def _check_files(out):
 
 @pytest.mark.slow
 def test_a_sitting_cut_by_its_deadline_packs_the_run_and_the_next_finishes_it(tmp_path):
-  """About 4 minutes: two sittings of every phase (train, evaluate, views, export, pack), each
-  a child process, the first lasting until its deadline."""
+  """About 3 minutes: two sittings of every phase (train, evaluate, views, export, pack),
+  each a child process, the first lasting until its deadline (DEADLINE_S)."""
   write_mock_cache(tmp_path / "tfds")
   # The recipe's 100,000 steps cannot end before the deadline: training is stopped by SIGTERM.
-  first, report = _sitting(tmp_path, "first", "--steps", "100000", "--deadline", "150")
+  first, report = _sitting(tmp_path, "first", "--steps", "100000", "--deadline",
+                           str(DEADLINE_S))
   assert first.returncode == table1.EXIT_PACKED, first.stdout + first.stderr
   assert report["status"] == "packed"
   phases = {p["name"]: p for p in report["phases"]}
@@ -43,7 +53,7 @@ def test_a_sitting_cut_by_its_deadline_packs_the_run_and_the_next_finishes_it(tm
   assert "stopped by SIGTERM at step" in phases["train"]["log_tail"]
   assert "evaluate" not in phases and phases["pack"]["status"] == "finished"
   step = report["step"]
-  assert step >= 1 and report["elapsed_s"] < 150
+  assert step >= 1 and report["elapsed_s"] < DEADLINE_S
   assert _check_files(tmp_path / "first") == {
       "table1.json", "workdir.tar.gz", "samples.png", "posterior.png", "training_curves.png"}
 
