@@ -121,16 +121,15 @@ def streaming_bound(apply_fn: Callable, params, x_BxHxW, memory_BxTxHxW, episode
   batch = x_BxHxW.shape[0]
 
   def add_chunk(carry, start):
-    # The chunk's samples are start .. start + chunk_size - 1: arrays B x chunk_size.
+    # The chunk's C = chunk_size samples are start .. start + C - 1.
     max_B, sum_B = carry
-    chunk_keys = vma_model.sample_keys(episode_keys_B, start, chunk_size)
-    chunk_log_w = apply_fn(
-        params, x_BxHxW, encoding, chunk_keys, method="log_weights").log_w_BxK
-    in_range = start + jnp.arange(chunk_size, dtype=jnp.uint32) < num_importance
-    chunk_log_w = jnp.where(in_range[None], chunk_log_w, -jnp.inf)  # the last may be partial
-    new_max_B = jnp.maximum(max_B, jnp.max(chunk_log_w, axis=-1))
+    keys_BxC = vma_model.sample_keys(episode_keys_B, start, chunk_size)
+    log_w_BxC = apply_fn(params, x_BxHxW, encoding, keys_BxC, method="log_weights").log_w_BxK
+    in_range_C = start + jnp.arange(chunk_size, dtype=jnp.uint32) < num_importance
+    log_w_BxC = jnp.where(in_range_C[None], log_w_BxC, -jnp.inf)  # the last may be partial
+    new_max_B = jnp.maximum(max_B, jnp.max(log_w_BxC, axis=-1))
     sum_B = sum_B * jnp.exp(max_B - new_max_B) + jnp.sum(
-        jnp.exp(chunk_log_w - new_max_B[:, None]), axis=-1)
+        jnp.exp(log_w_BxC - new_max_B[:, None]), axis=-1)
     return (new_max_B, sum_B), None
 
   init = (jnp.full((batch,), -jnp.inf), jnp.zeros((batch,)))
