@@ -21,7 +21,9 @@ from vma_jax import checkpoints
 from vma_jax import cli
 from vma_jax import data
 from vma_jax import distributed
+from vma_jax import errors
 from vma_jax.cpu import host
+from vma_jax import preemption
 from vma_jax import run as run_lib
 from vma_jax import train
 
@@ -54,9 +56,9 @@ def main(argv):
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                              allow_config_change=FLAGS.allow_config_change)
-  except train.Stopped as e:  # SIGTERM or SIGINT: the checkpoint is saved; 128 + signal
+  except preemption.Stopped as e:  # SIGTERM or SIGINT: the checkpoint is saved; 128 + signal
     cli.exit_error("train.py", str(e), status=e.exit_status)
-  except (checkpoints.ConfigChangedError, train.ConfigError) as e:
+  except (checkpoints.ConfigChangedError, errors.ConfigError) as e:
     cli.exit_usage("train.py", str(e))
   except (checkpoints.CheckpointError, data.DataError, train.NonFiniteLossError,
           run_lib.WorkdirError) as e:

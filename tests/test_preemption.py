@@ -15,6 +15,7 @@ from helpers import assert_params_equal, mock_splits, small_config
 from vma_jax import checkpoints
 from vma_jax import preemption
 from vma_jax import train
+from vma_jax import validation
 
 # What these tests check is what the programs compute, not how fast: XLA's optimisations off.
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -52,7 +53,7 @@ def test_sigterm_mid_run_saves_the_step_in_flight_and_resumes_bit_identically(
 
   monkeypatch.setattr(train, "_batches", signal_during_step_2)
   workdir = tmp_path / "stopped"
-  with pytest.raises(train.Stopped, match="SIGTERM at step 2 of 4") as stopped:
+  with pytest.raises(preemption.Stopped, match="SIGTERM at step 2 of 4") as stopped:
     train.train_and_evaluate(config, str(workdir), splits=splits)
   assert stopped.value.step == 2 and stopped.value.exit_status == 143
   assert checkpoints.saved_steps(str(workdir)) == [2]
@@ -71,7 +72,7 @@ def test_validation_and_images_compile_once(tmp_path, monkeypatch):
   (two padded batches), the image grid, the step, the sampler or the host's logging."""
   runs, rounds, late_compiles = [], [], []
   prepare = train._prepare_run  # pylint: disable=protected-access
-  write_images = train._write_images  # pylint: disable=protected-access
+  write_images = validation.Validation.write_images
 
   def prepare_and_keep(*args, **kwargs):
     runs.append(prepare(*args, **kwargs))
@@ -87,7 +88,7 @@ def test_validation_and_images_compile_once(tmp_path, monkeypatch):
         late_compiles.append(record.getMessage()[:200])
 
   monkeypatch.setattr(train, "_prepare_run", prepare_and_keep)
-  monkeypatch.setattr(train, "_write_images", write_images_and_count)
+  monkeypatch.setattr(validation.Validation, "write_images", write_images_and_count)
   handler, jax_logger = Compiles(), logging.getLogger("jax")
   jax_logger.addHandler(handler)
   config = small_config(train__num_steps=4, train__validate_every=1, train__image_every=1,
@@ -101,6 +102,6 @@ def test_validation_and_images_compile_once(tmp_path, monkeypatch):
   assert rounds == [1, 2, 3, 4]
   assert not late_compiles, late_compiles
   (run,) = runs
-  for name in ("sample", "train_step", "validation", "images"):
-    assert getattr(run, name)._cache_size() == 1, name  # pylint: disable=protected-access
+  for fn in (run.sample, run.train_step, run.validation.bound_fn, run.validation.images_fn):
+    assert fn._cache_size() == 1, fn  # pylint: disable=protected-access
   assert len(list((workdir / train.IMAGE_DIR).glob("few_shot_*.png"))) == 4

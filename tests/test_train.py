@@ -229,7 +229,7 @@ def test_config_that_cannot_run_is_refused_before_the_workdir_is_touched(
                            splits=splits)
   before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
   for workdir in (tmp_path / "fresh", tmp_path / "run"):  # a new run, and a resumed one
-    with pytest.raises(train.ConfigError, match=message) as error:
+    with pytest.raises(errors.RefusedConfig, match=message) as error:
       train.train_and_evaluate(small_config(train__num_steps=2, **overrides), str(workdir),
                                splits=splits)
     assert "nothing was written to the workdir" in str(error.value)

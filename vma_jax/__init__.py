@@ -2,7 +2,8 @@
 
 Modules, bottom to top (each imports only modules above it in this list):
 
-  errors          ConfigError: a setting that cannot run, named (anything else is a bug).
+  errors          ConfigError: a setting that cannot run, named (anything else is a bug);
+                  one-line accounts of errors.
   files           atomic writes, and earlier versions of a file kept beside the new one.
   runtime         this Python against the package's requirements: what to upgrade, what to
                   install without replacing a runtime's JAX (the notebooks' set-up cell).
@@ -35,6 +36,8 @@ Modules, bottom to top (each imports only modules above it in this list):
   run             a training run's workdir, held by one object: lock, config, checkpoints
                   (restored, saved), metrics and figures; failed writes in one line.
   preemption      SIGTERM and Ctrl-C ask a run to stop after the step in flight, once saved.
+  validation      what a training run watches on held-out episodes: a cell's bound, and a
+                  few-shot image grid.
   evaluate        the Table 1 grid of few-shot bounds of a trained workdir, and its figures.
   sample          samples from a trained workdir with a memory the user chooses.
   classify        20-way one-shot classification of Lake et al.'s runs with a trained workdir.

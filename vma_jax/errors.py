@@ -9,10 +9,32 @@ raised while a model is built or traced is a bug and keeps its traceback.
 from __future__ import annotations
 
 from collections.abc import Iterator
+import contextlib
 
 
 class ConfigError(ValueError):
   """A setting that cannot run; the message names it and says what would."""
+
+
+class RefusedConfig(ConfigError):
+  """A training config refused while its run was built or traced: before anything was
+  written to the workdir."""
+
+
+@contextlib.contextmanager
+def refusing_config(settings: str = ""):
+  """Re-raises the ConfigError of a setting (of `settings`, the config's part being built or
+  traced) as RefusedConfig, saying that nothing was written. Any other error is a bug and
+  keeps its traceback."""
+  try:
+    yield
+  except RefusedConfig:
+    raise
+  except ConfigError as e:
+    where = f"{settings}: " if settings else ""
+    raise RefusedConfig(f"the config cannot run: {where}{e}. Change the setting "
+                        "(--config.<field>=<value>) and start again; nothing was written to "
+                        "the workdir.") from e
 
 
 def one_line(message, limit: int | None = None) -> str:

@@ -68,3 +68,19 @@ class StopRequest:
   def exit_status(self) -> int:
     """The shell's status of a process ended by the signal: 128 + its number."""
     return 128 + (self.signal or signal.SIGTERM)
+
+  def stopped(self, step: int, num_steps: int, checkpoint_dir: str) -> Stopped:
+    """The Stopped error of a run that stopped after `step`, its checkpoint saved."""
+    return Stopped(
+        f"stopped by {signal.Signals(self.signal or signal.SIGTERM).name} at step {step} of "
+        f"{num_steps}, its checkpoint saved in {checkpoint_dir}; the same command resumes "
+        "from it.", step=step, exit_status=self.exit_status)
+
+
+class Stopped(Exception):
+  """Training stopped early on a signal (SIGTERM, SIGINT) after saving the checkpoint of
+  `step`; running the same command again resumes from it. `exit_status`: 128 + signal."""
+
+  def __init__(self, message: str, *, step: int, exit_status: int):
+    super().__init__(message)
+    self.step, self.exit_status = step, exit_status

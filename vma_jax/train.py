@@ -17,34 +17,29 @@ intact checkpoint, saved asynchronously, closed.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import signal
 import time
 from typing import Callable, NamedTuple
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
 import optax
 from flax.training import train_state
 
-from vma_jax import cells as vma_cells
 from vma_jax import checkpoints
 from vma_jax import distinct as distinct_lib
 from vma_jax import episodes as episodes_lib
 from vma_jax import errors
-from vma_jax import figures
 from vma_jax import model as vma_model
 from vma_jax import objective
 from vma_jax import preemption
 from vma_jax import run as run_lib
 from vma_jax import sharding
 from vma_jax import summaries
-from vma_jax.reads import base as reads_base
+from vma_jax import validation as validation_lib
 
 TrainState = train_state.TrainState
 METRICS_FILE, IMAGE_DIR = run_lib.METRICS_FILE, run_lib.IMAGE_DIR
@@ -52,39 +47,6 @@ METRICS_FILE, IMAGE_DIR = run_lib.METRICS_FILE, run_lib.IMAGE_DIR
 
 class NonFiniteLossError(RuntimeError):
   """The loss, gradient or parameters became NaN or infinite; names the step."""
-
-
-class Stopped(Exception):
-  """Training stopped early on a signal (SIGTERM, SIGINT) after saving the checkpoint of
-  `step`; running the same command again resumes from it."""
-
-  def __init__(self, step: int, num_steps: int, signum: int, workdir: str):
-    self.step, self.exit_status = step, 128 + signum
-    super().__init__(
-        f"stopped by {signal.Signals(signum).name} at step {step} of {num_steps}, its "
-        f"checkpoint saved in {checkpoints.checkpoint_dir(workdir)}; the same command resumes "
-        "from it.")
-
-
-class ConfigError(errors.ConfigError):
-  """The config cannot run (a setting out of range, or settings that do not fit together);
-  raised before anything is written to the workdir."""
-
-
-@contextlib.contextmanager
-def _config_errors(settings: str = ""):
-  """Re-raises the errors.ConfigError of a setting (of `settings`, the config's part being
-  built or traced) that the model, episodes or objective refuse, as ConfigError. Any other
-  error is a bug and keeps its traceback."""
-  try:
-    yield
-  except ConfigError:
-    raise
-  except errors.ConfigError as e:
-    where = f"{settings}: " if settings else ""
-    raise ConfigError(f"the config cannot run: {where}{e}. Change the setting "
-                      "(--config.<field>=<value>) and start again; nothing was written to the "
-                      "workdir.") from e
 
 
 # ----------------------------------------------------------------------------------------
@@ -189,37 +151,6 @@ def make_episode_sampler(config, mesh: Mesh):
 
 
 # ----------------------------------------------------------------------------------------
-# Validation and image summaries.
-
-
-def make_image_fn(config, model: vma_model.Read, num_generated: int = 8):
-  """Jitted `images(params, data, target_index_B, key) -> (memory, x, retrieved, samples)`.
-
-  For cell episodes of config.validation: the image of the slot argmax_a q(a|x,M) (a learned
-  slot shows its image; None for a read without an address), and the read's `generate`
-  given x (for the VMA: means of p(x|z,m_a) with a ~ q(a|x,M), z ~ p(z|m_a)).
-  """
-  v = config.validation
-
-  def images(params, data, target_index_B, key):
-    episode_key, generate_key = jax.random.split(key)
-    episodes = episodes_lib.sample_cell_episodes(
-        data, episode_key, target_index_B, max_classes=v.max_classes,
-        memory_size=v.memory_size)
-    x_BxHxW, memory_BxTxHxW = episodes.x_BxHxW, episodes.memory_BxTxHxW
-    encoding = model.apply(params, x_BxHxW, memory_BxTxHxW, embed_slots=False,
-                           method="encode")  # only the address is used
-    address = model.apply(params, encoding, method="address")
-    retrieved_BxHxW = None if address is None else reads_base.retrieved_images(
-        address, memory_BxTxHxW, model.apply(params, method="learned_slots"))
-    samples_BxKxHxW = model.apply(params, memory_BxTxHxW, generate_key, num_generated,
-                                  x_BxHxW, method="generate")
-    return memory_BxTxHxW, x_BxHxW, retrieved_BxHxW, samples_BxKxHxW
-
-  return jax.jit(images)
-
-
-# ----------------------------------------------------------------------------------------
 # The loop.
 
 
@@ -228,68 +159,47 @@ class _Setup(NamedTuple):
 
   sample: Callable  # make_episode_sampler
   train_step: Callable  # make_train_step
-  validation: Callable  # cells.make_cell_fn on config.validation's cell
-  images: Callable  # make_image_fn
+  validation: validation_lib.Validation
   train_data: episodes_lib.EpisodeData
-  test_data: episodes_lib.EpisodeData
-  valid_targets_N: np.ndarray
-  image_targets_B: np.ndarray
   init_key: jax.Array
   train_key: jax.Array
-  valid_key: jax.Array
-  image_key: jax.Array
 
 
 def _prepare_run(config, mesh: Mesh, splits: dict | None) -> _Setup:
   """Builds the run's functions, puts the data on the devices and splits the keys."""
-  with _config_errors():
+  with errors.refusing_config():
     for name, size in zip(BATCH_SIZE_FIELDS, batch_sizes(config)):
       sharding.check_batch_size(size, mesh, f"config.{name}")
     model = vma_model.make_model(config)
-    v = config.validation
-    fns = dict(
-        sample=make_episode_sampler(config, mesh),
-        train_step=make_train_step(config, model, mesh),
-        validation=vma_cells.make_cell_fn(
-            model, vma_cells.Cell(v.max_classes, v.memory_size),
-            num_importance=v.num_importance, chunk_size=v.chunk_size, mesh=mesh),
-        images=make_image_fn(config, model))
-  if splits is None:
-    from vma_jax import data  # pylint: disable=g-import-not-at-top
+    sample, train_step = make_episode_sampler(config, mesh), make_train_step(config, model, mesh)
+    if splits is None:
+      from vma_jax import data  # pylint: disable=g-import-not-at-top
 
-    splits = data.load_splits(config.data)
-  num_test = len(splits["test"].labels_N)
-  replicated, _ = sharding.shardings(mesh)
-  # Replicated by the jitted split itself: device_put cannot place keys on other processes'
-  # devices.
-  keys = jax.jit(lambda: jax.random.split(jax.random.key(config.seed), 4),
-                 out_shardings=replicated)()
-  return _Setup(
-      **fns, train_data=episodes_lib.device_data(splits["train"], mesh),
-      test_data=episodes_lib.device_data(splits["test"], mesh),
-      valid_targets_N=episodes_lib.target_indices(num_test, v.num_targets),
-      image_targets_B=episodes_lib.target_indices(num_test, 8),
-      init_key=keys[0], train_key=keys[1], valid_key=keys[2], image_key=keys[3])
+      splits = data.load_splits(config.data)
+    # Replicated by the jitted split itself: device_put cannot place keys on other
+    # processes' devices.
+    init_key, train_key, valid_key, image_key = jax.jit(
+        lambda: jax.random.split(jax.random.key(config.seed), 4),
+        out_shardings=sharding.shardings(mesh)[0])()
+    test_data = episodes_lib.device_data(splits["test"], mesh)
+    return _Setup(sample, train_step,
+                  validation_lib.Validation(config, model, mesh, test_data, valid_key, image_key),
+                  episodes_lib.device_data(splits["train"], mesh), init_key, train_key)
 
 
 def _trace(setup: _Setup, config) -> TrainState:
-  """Traces every function of the run (a config that cannot run raises ConfigError before
+  """Traces every function of the run (a config that cannot run raises RefusedConfig before
   anything is written); returns the abstract train state."""
-  train_config, v = config.train, config.validation
-  with _config_errors("config.model"):
+  with errors.refusing_config("config.model"):
     abstract = jax.eval_shape(functools.partial(create_train_state, config), setup.init_key)
-  with _config_errors("config.episodes"):
+  with errors.refusing_config("config.episodes"):
     episodes, sample_key = jax.eval_shape(setup.sample, setup.train_data, setup.train_key,
                                           np.int32(0))
-  with _config_errors("config.objective"):
+  with errors.refusing_config("config.objective"):
     jax.eval_shape(setup.train_step, abstract, episodes, sample_key)
-  with _config_errors("config.validation"):
-    if train_config.validate_every > 0:
-      jax.eval_shape(setup.validation, abstract.params, setup.test_data, setup.valid_key,
-                     np.resize(setup.valid_targets_N, v.batch_size).astype(np.int32))
-    if train_config.image_every > 0:
-      jax.eval_shape(setup.images, abstract.params, setup.test_data, setup.image_targets_B,
-                     setup.image_key)
+  with errors.refusing_config("config.validation"):
+    setup.validation.trace(abstract.params, bound=config.train.validate_every > 0,
+                           images=config.train.image_every > 0)
   return abstract
 
 
@@ -351,36 +261,13 @@ def _log_train_metrics(run: run_lib.Run, pending: list[tuple[int, dict]], step: 
                means["loss"], means["neg_bound"], address, scalars["train/steps_per_sec"])
 
 
-def _validate(setup: _Setup, params, config, run: run_lib.Run, step: int, mesh: Mesh) -> None:
-  """-L_K of config.validation's cell on its targets, written as valid/neg_bound, and the
-  means of its address summary (valid/address_kl, ...)."""
-  v = config.validation
-  start = time.monotonic()
-  values = vma_cells.cell_values(setup.validation, params, setup.test_data, setup.valid_key,
-                                 setup.valid_targets_N, v.batch_size, mesh=mesh)
-  bound = float(np.mean(values.pop("bound")))
-  run.scalars(step, {"valid/neg_bound": -bound, "valid/seconds": time.monotonic() - start,
-                     **{f"valid/{k}": float(np.mean(v)) for k, v in values.items()}})
-  logging.info("step %d: validation -L_%d = %.2f nats (cell C=%d, T=%d, %d targets)", step,
-               v.num_importance, -bound, v.max_classes, v.memory_size,
-               len(setup.valid_targets_N))
-
-
-def _write_images(setup: _Setup, params, run: run_lib.Run, step: int) -> None:
-  """The few-shot grid of the image targets, as images/few_shot_<step>.png (and a summary)."""
-  # Gathered by every process (the arrays may span other processes' devices).
-  memory, x, retrieved, samples = multihost_utils.process_allgather(
-      setup.images(params, setup.test_data, setup.image_targets_B, setup.image_key), tiled=True)
-  run.figure(step, "few_shot", figures.few_shot_grid(memory, x, retrieved, samples))
-
-
-def _train_loop(setup: _Setup, state: TrainState, start_step: int, config, run: run_lib.Run,
-                mesh: Mesh) -> TrainState:
+def _train_loop(setup: _Setup, state: TrainState, start_step: int, config,
+                run: run_lib.Run) -> TrainState:
   """Steps start_step .. num_steps, with logging, checkpoints, validation and images at the
   periods of config.train; the host reads the device only at those.
 
   On SIGTERM or SIGINT (`preemption.StopRequest`) the step in flight finishes, its checkpoint
-  is saved and Stopped is raised.
+  is saved and `preemption.Stopped` is raised.
   """
   train_config = config.train
   num_steps = train_config.num_steps
@@ -419,16 +306,16 @@ def _train_loop(setup: _Setup, state: TrainState, start_step: int, config, run: 
         if every(train_config.checkpoint_every, done):
           save(done)
         if every(train_config.validate_every, done, at_end=False):
-          _validate(setup, state.params, config, run, done, mesh)
+          setup.validation.write_bound(state.params, run, done)
         if every(train_config.image_every, done, at_end=False):
-          _write_images(setup, state.params, run, done)
+          setup.validation.write_images(state.params, run, done)
         if done < num_steps and stop.requested(done):
           if pending:  # the metrics since the last log line, so that none are lost
             log(done)
           if run.last_checkpoint != done:
             save(done)
           run.wait()
-          raise Stopped(done, num_steps, stop.signal, run.workdir)
+          raise stop.stopped(done, num_steps, checkpoints.checkpoint_dir(run.workdir))
       run.wait()
     finally:
       if bar is not None:
@@ -442,10 +329,10 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None,
 
   The workdir is checked writable, and locked, before any data is loaded or anything
   compiled (`vma_jax.run.Run`); nothing is written to it before every jitted function of the
-  run has been traced with this config (one that cannot run raises ConfigError) and, on
+  run has been traced with this config (one that cannot run raises errors.RefusedConfig) and, on
   resuming, the checkpoint's revision and config have been checked (CheckpointError). Damaged
   checkpoints are skipped for the newest intact one. On SIGTERM or SIGINT it saves the
-  checkpoint of the step in flight and raises Stopped (`preemption`): the same call resumes
+  checkpoint of the step in flight and raises `preemption.Stopped`: the same call resumes
   from there, bit-identically.
 
   Args:
@@ -476,4 +363,4 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None,
     logging.info("Training %d steps from step %d on %d device(s) of %d process(es); "
                  "workdir %s", config.train.num_steps, start_step, mesh.devices.size,
                  jax.process_count(), run.workdir)
-    return _train_loop(setup, state, start_step, config, run, mesh)
+    return _train_loop(setup, state, start_step, config, run)
