@@ -88,14 +88,16 @@ def omniglot_small1(archive_dir, omniglot_data_dir):
 
 @pytest.fixture
 def untrained_run(tmp_path, archive_dir, omniglot_data_dir, omniglot_test) -> str:
-  """A workdir with one checkpoint (step 3) of the recipe's untrained model, its data config
-  pointing at the session's prepared Omniglot."""
+  """A workdir with one checkpoint (step 3) of the recipe's untrained model at small_config's
+  head sizes (its encoders and decoder are the recipe's), its data config pointing at the
+  session's prepared Omniglot."""
   import optax  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from vma_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from vma_jax import model as vma_model  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
+  config.model.update(helpers.SMALL_HEADS)
   config.data.archive_dir, config.data.data_dir = archive_dir, omniglot_data_dir
   params = vma_model.init_params(config, jax.random.key(1))
   workdir = str(tmp_path / "run")

@@ -89,6 +89,10 @@ def write_mock_cache(data_dir, seed=0, num_classes=10, per_class=20, image_size=
              cache_format=np.int32(data.CACHE_FORMAT))
 
 
+# The model's heads at tiny sizes: the networks' paths, in seconds per compile.
+SMALL_HEADS = dict(latent_dim=8, embed_dim=16, match_dim=16)
+
+
 def small_config(**overrides):
   """The default config shrunk to seconds per run: tiny heads, B = 4, T = 4, K = 2.
 
@@ -97,7 +101,7 @@ def small_config(**overrides):
   from configs import default  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
-  config.model.update(latent_dim=8, embed_dim=16, match_dim=16)
+  config.model.update(SMALL_HEADS)
   config.episodes.update(memory_size=4, per_class=2)
   config.objective.num_importance = 2
   config.optim.lr = 1e-3

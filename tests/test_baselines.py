@@ -22,6 +22,10 @@ from vma_jax import objective
 from vma_jax import sharding
 from vma_jax import train
 
+# What these tests check is what the programs compute, not how fast: XLA's optimisations
+# off (conftest.fast_compile).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 def _config(memory_read, **overrides):
   config = small_config(**overrides)

@@ -12,6 +12,10 @@ import pytest
 from vma_jax import model as vma_model
 from vma_jax import train
 
+# What these tests check is what the programs compute, not how fast: XLA's optimisations
+# off (conftest.fast_compile).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 CELLS = [(c, t) for c in (1, 2) for t in (1, 2, 3, 4, 5, 10, 19)]

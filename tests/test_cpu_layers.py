@@ -115,8 +115,9 @@ def test_both_paths_have_the_same_parameters_and_compute_the_same_function(param
   episode = _episode()
   stock = vma_model.VMA(param_init=param_init, cpu_kernels="off")
   fast = vma_model.VMA(param_init=param_init, cpu_kernels="on")
-  params = stock.init(jax.random.key(3), *episode)
-  same = jax.tree.map(np.array_equal, params, fast.init(jax.random.key(3), *episode))
+  # Jitted whole (op by op, each of the model's operations would compile alone).
+  params = jax.jit(stock.init)(jax.random.key(3), *episode)
+  same = jax.tree.map(np.array_equal, params, jax.jit(fast.init)(jax.random.key(3), *episode))
   assert all(jax.tree.leaves(same))
   # Non-zero dummies and biases, so that every path carries signal.
   params = jax.tree.map(lambda p: np.asarray(p, np.float64) + 0.05 * np.random.default_rng(
@@ -130,10 +131,10 @@ def test_both_paths_have_the_same_parameters_and_compute_the_same_function(param
     return loss, weights.log_w_BxK
 
   with jax.enable_x64(True):
-    (_, log_w_s), grads_s = jax.value_and_grad(
-        functools.partial(loss_and_log_w, "float64", "off"), has_aux=True)(params)
-    (_, log_w_f), grads_f = jax.value_and_grad(
-        functools.partial(loss_and_log_w, "float64", "on"), has_aux=True)(params)
+    (_, log_w_s), grads_s = jax.jit(jax.value_and_grad(
+        functools.partial(loss_and_log_w, "float64", "off"), has_aux=True))(params)
+    (_, log_w_f), grads_f = jax.jit(jax.value_and_grad(
+        functools.partial(loss_and_log_w, "float64", "on"), has_aux=True))(params)
   np.testing.assert_allclose(log_w_f, log_w_s, rtol=1e-9)
   for path, g_s in jax.tree_util.tree_flatten_with_path(grads_s)[0]:
     g_f = functools.reduce(lambda tree, k: tree[k.key], path, grads_f)
@@ -147,17 +148,18 @@ def test_forward_mode_differentiation_works_on_the_stock_path():
   custom gradients do not support forward mode, which is why they are opt-in."""
   episode = _episode(num_importance=2)
   stock = vma_model.VMA(cpu_kernels="off")
-  params = stock.init(jax.random.key(0), *episode)
+  params = jax.jit(stock.init)(jax.random.key(0), *episode)  # jitted: one compile, not one per op
   tangent = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), params)
   log_w = lambda model: lambda p: model.apply(p, *episode).log_w_BxK
-  value_BxK, tangent_BxK = jax.jvp(log_w(stock), (params,), (tangent,))
+  value_BxK, tangent_BxK = jax.jit(lambda p, t: jax.jvp(log_w(stock), (p,), (t,)))(params,
+                                                                                  tangent)
   assert tangent_BxK.shape == value_BxK.shape and bool(jnp.all(jnp.isfinite(tangent_BxK)))
   # Forward mode agrees with reverse mode: d/dt f(p + t v) = <grad f(p), v>.
-  grads = jax.grad(lambda p: jnp.sum(log_w(stock)(p)))(params)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(log_w(stock)(p))))(params)
   dot = sum(jnp.vdot(g, t) for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(tangent)))
   np.testing.assert_allclose(jnp.sum(tangent_BxK), dot, rtol=1e-4)
   scalar = lambda p: jnp.sum(log_w(stock)(p))
-  hvp = jax.jvp(jax.grad(scalar), (params,), (tangent,))[1]
+  hvp = jax.jit(lambda p, t: jax.jvp(jax.grad(scalar), (p,), (t,))[1])(params, tangent)
   assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(hvp))
   with pytest.raises(TypeError, match="custom_vjp"):
     jax.jvp(log_w(vma_model.VMA(cpu_kernels="on")), (params,), (tangent,))

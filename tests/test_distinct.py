@@ -95,7 +95,7 @@ def test_encode_through_distinct_rows_is_encode_of_every_row(embed_slots, fits):
   model = vma_model.VMA(latent_dim=8, embed_dim=16, match_dim=16)
   key = jax.random.key(0)
   keys_BxK = vma_model.sample_keys(jax.random.split(key, 3), 0, 5)
-  params = model.init(key, x_BxHxW, memory_BxTxHxW, keys_BxK)
+  params = jax.jit(model.init)(key, x_BxHxW, memory_BxTxHxW, keys_BxK)
 
   def loss(params, distinct_rows):
     encoding = model.apply(params, x_BxHxW, memory_BxTxHxW, embed_slots=embed_slots,
@@ -104,8 +104,10 @@ def test_encode_through_distinct_rows_is_encode_of_every_row(embed_slots, fits):
                           method="log_weights")
     return jnp.sum(weights.log_w_BxK), encoding.address_logits_BxS
 
-  (value_all, logits_all), grads_all = jax.value_and_grad(loss, has_aux=True)(params, None)
-  (value_once, logits_once), grads_once = jax.value_and_grad(loss, has_aux=True)(params, rows)
+  # Jitted whole: op by op, each of the model's operations would compile alone.
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+  (value_all, logits_all), grads_all = value_and_grad(params, None)
+  (value_once, logits_once), grads_once = value_and_grad(params, rows)
   np.testing.assert_allclose(logits_once, logits_all, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(value_once, value_all, rtol=1e-5)
   # Repeats' cotangents are summed into one row of h: the same gradient up to rounding.

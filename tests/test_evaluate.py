@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+import helpers
 from benchmarks import precision
 from vma_jax import cells
 from vma_jax import episodes
@@ -25,6 +26,10 @@ from vma_jax import evaluate
 from vma_jax import model as vma_model
 from vma_jax import objective
 from vma_jax import results as vma_results
+
+# What these tests check is what the programs compute, not how fast: XLA's optimisations
+# off (conftest.fast_compile).
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -48,7 +53,9 @@ def _synthetic_split(num_classes=6, per_class=20, size=26, seed=0):
 
 @pytest.fixture(scope="module")
 def small_model_and_params():
+  """The recipe's model at small heads (helpers.SMALL_HEADS), untrained."""
   config = _default_config()
+  config.model.update(helpers.SMALL_HEADS)
   model = vma_model.make_model(config)
   params = vma_model.init_params(config, jax.random.key(0))
   return config, model, params

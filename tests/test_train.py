@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from helpers import REPO_ROOT, assert_params_equal, child_env, leaves, mock_splits, small_config
+from helpers import (REPO_ROOT, MockSplit, assert_params_equal, child_env, leaves, mock_splits,
+                     small_config)
 from vma_jax import checkpoints
 from vma_jax import distinct
 from vma_jax import errors
@@ -29,6 +31,10 @@ from vma_jax import objective
 from vma_jax import sharding
 from vma_jax import summaries
 from vma_jax import train
+
+# What these tests check is what the programs compute, not how fast: XLA's optimisations
+# off (conftest.fast_compile).
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def test_train_step_learns_and_reports_metrics():
@@ -59,15 +65,15 @@ def test_train_step_learns_and_reports_metrics():
 
 
 def test_train_batches_encode_each_distinct_image_once_with_the_same_result():
-  # B = 32 episodes of 9 images from 200: about half the rows repeat an image.
-  config = small_config(train__batch_size=32, episodes__memory_size=8)
+  # B = 8 episodes of 9 images from 40: about half the rows repeat an image.
+  config = small_config(train__batch_size=8, episodes__memory_size=8)
   mesh = sharding.make_mesh()
-  data = episodes_lib.EpisodeData.from_split(mock_splits()["train"])
+  data = episodes_lib.EpisodeData.from_split(MockSplit(0, num_classes=5, per_class=8))
   episodes, sample_key = train.make_episode_sampler(config, mesh)(
       data, jax.random.key(1), np.int32(0))
   rows = episodes.distinct
   assert rows is not None and distinct.fits(rows)
-  assert rows.row_U.shape[0] < 0.95 * 32 * 9
+  assert rows.row_U.shape[0] < 0.95 * 8 * 9
   ids_N = np.asarray(vma_model.stack_rows(episodes.x_index_B, episodes.memory_index_BxT))
   np.testing.assert_array_equal(ids_N[np.asarray(rows.row_U)][np.asarray(rows.inverse_N)], ids_N)
 
@@ -92,9 +98,9 @@ def _num_distinct(episodes) -> int:
 
 
 def test_batches_that_do_not_fit_train_in_one_program_without_reading_the_device(monkeypatch):
-  config = small_config(train__batch_size=32, episodes__memory_size=8)
+  config = small_config(train__batch_size=8, episodes__memory_size=8)
   mesh = sharding.make_mesh()
-  data = episodes_lib.EpisodeData.from_split(mock_splits()["train"])
+  data = episodes_lib.EpisodeData.from_split(MockSplit(0, num_classes=5, per_class=8))
   train_key, num_steps = jax.random.key(1), 4
   sample = train.make_episode_sampler(config, mesh)
   counts = [_num_distinct(sample(data, train_key, np.int32(s))[0]) for s in range(num_steps)]
@@ -208,6 +214,14 @@ def test_resume_with_other_model_is_an_error(tmp_path):
   assert not (tmp_path / "config.1.json").exists()
 
 
+@pytest.fixture(scope="module")
+def one_step_run(tmp_path_factory) -> str:
+  """A workdir of small_config trained one step (copied by each test that changes it)."""
+  workdir = str(tmp_path_factory.mktemp("one_step") / "run")
+  train.train_and_evaluate(small_config(train__num_steps=1), workdir, splits=mock_splits())
+  return workdir
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(episodes__composition="mixed"), "unknown episodes.composition 'mixed'"),
     (dict(episodes__memory_size=5),
@@ -223,10 +237,9 @@ def test_resume_with_other_model_is_an_error(tmp_path):
      r"config.validation: cell \(C=2, T=30\) is impossible"),
 ])
 def test_config_that_cannot_run_is_refused_before_the_workdir_is_touched(
-    tmp_path, overrides, message):
+    tmp_path, one_step_run, overrides, message):
   splits = mock_splits()
-  train.train_and_evaluate(small_config(train__num_steps=1), str(tmp_path / "run"),
-                           splits=splits)
+  shutil.copytree(one_step_run, tmp_path / "run")
   before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
   for workdir in (tmp_path / "fresh", tmp_path / "run"):  # a new run, and a resumed one
     with pytest.raises(errors.RefusedConfig, match=message) as error:
@@ -395,8 +408,9 @@ def test_sigkill_at_any_moment_then_restart_is_bit_identical(tmp_path):
   num_steps = 8
   env = child_env()
   straight, killed = tmp_path / "straight", tmp_path / "killed"
-  subprocess.run(_train_command(straight, num_steps), check=True, env=env,
-                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+  # The uninterrupted run in this process: the same program as the child's (one CPU device).
+  train.train_and_evaluate(small_config(train__num_steps=num_steps), str(straight),
+                           splits=mock_splits())
 
   process = subprocess.Popen(_train_command(killed, num_steps), env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

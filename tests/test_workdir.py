@@ -26,6 +26,10 @@ from vma_jax import model as vma_model
 from vma_jax import train
 from vma_jax import run as run_lib
 
+# What these tests check is what the programs compute, not how fast: XLA's optimisations
+# off (conftest.fast_compile).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 def _listing(folder):
   """{relative path: bytes} of every file under folder (but the lock file, which each run
@@ -211,11 +215,24 @@ def _holder(path):
 
 @pytest.mark.slow
 def test_a_second_run_on_a_workdir_in_use_stops_at_once_naming_the_first(tmp_path):
-  workdir = tmp_path / "run"
+  workdir, go = tmp_path / "run", tmp_path / "go"
   lock_path = workdir / run_lib.LOCK_FILE
-  first = subprocess.Popen(
-      [sys.executable, str(REPO_ROOT / "tests" / "helpers.py"), "train", str(workdir), "30"],
-      env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  # The first run waits after its first step until the second has been refused.
+  code = textwrap.dedent(f"""
+      import os, time
+      import helpers
+      from vma_jax import train
+      batches = train._batches
+      def held_after_step_1(*args):
+        for i, batch in enumerate(batches(*args)):
+          while i == 1 and not os.path.exists({str(go)!r}):
+            time.sleep(0.05)
+          yield batch
+      train._batches = held_after_step_1
+      helpers._train_main({str(workdir)!r}, "3")
+  """)
+  first = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, env=child_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:
     _wait_for(lambda: (_holder(lock_path) or {}).get("pid") == first.pid
               and (workdir / train.METRICS_FILE).exists(), "the first run to start")
@@ -223,8 +240,9 @@ def test_a_second_run_on_a_workdir_in_use_stops_at_once_naming_the_first(tmp_pat
         [sys.executable, str(REPO_ROOT / "train.py"), "--config=configs/quick.py",
          f"--workdir={workdir}"], cwd=REPO_ROOT, env=child_env(), capture_output=True,
         text=True, timeout=120)
-    assert first.poll() is None, "the first run ended before the second started: make it longer"
+    assert first.poll() is None, "the first run ended before the second started"
   finally:
+    go.touch()
     _, first_stderr = first.communicate(timeout=300)
   assert second.returncode == 1, second.stderr[-2000:]
   last = second.stderr.strip().splitlines()[-1]
@@ -235,9 +253,9 @@ def test_a_second_run_on_a_workdir_in_use_stops_at_once_naming_the_first(tmp_pat
   assert first.returncode == 0, first_stderr[-3000:]
   steps = [r["step"] for r in
            map(json.loads, (workdir / train.METRICS_FILE).read_text().splitlines())]
-  assert steps == list(range(1, 31))
+  assert steps == [1, 2, 3]
   assert len(list(workdir.glob("events.out.tfevents.*"))) == 1
-  assert checkpoints.restore_params(str(workdir))[1] == 30
+  assert checkpoints.restore_params(str(workdir))[1] == 3
 
 
 def test_a_lock_left_by_a_killed_run_does_not_block_the_next(tmp_path):
