@@ -48,6 +48,16 @@ TOLERANCE_NATS = 0.1  # the most a reported bound may move with the precision
 # docs/performance.md's GPU targets: 100,000 recipe steps in 15 minutes, and the 14 cells at
 # K = 1000 in 5 minutes (about 26 ms per call of 16 targets at T = 19).
 TARGET_S = {"train_recipe": 0.009, "eval_t19_k1000": 0.026}
+# XLA flags of the dry runs on the CPU (gpu_check.sh --dry-run, gpu_variants.py --dry-run):
+# XLA:CPU's fusion emitters take most of the compile time; its loop emitters build the same
+# programs about 4x faster, and these runs check what the programs compute, not how fast.
+DRY_RUN_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+
+
+def with_dry_run_xla_flags(xla_flags=""):
+  """`xla_flags` (an XLA_FLAGS value) with DRY_RUN_XLA_FLAGS added, unless already there."""
+  flags = (xla_flags or "").split()
+  return " ".join(flags + [f for f in DRY_RUN_XLA_FLAGS.split() if f not in flags])
 
 
 def _dump(obj, path):

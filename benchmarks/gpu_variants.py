@@ -44,8 +44,8 @@ time beside this process's. Compiled programs go to the persistent cache
 JAX_COMPILATION_CACHE_DIR (default /tmp/vma_jax_variants_cache), which the subprocesses share.
 
 --dry-run runs every variant at tiny sizes on the CPU (B=8, T=3, K=2, small networks on 8x8
-images, S=3 instead of 10, eval T=3, K=4 in chunks of 2 with 1/16 of the targets): what runs,
-not how fast.
+images, S=3 instead of 10, eval T=3, K=4 in chunks of 2 with 1/16 of the targets), with
+gpu_check.DRY_RUN_XLA_FLAGS added to XLA_FLAGS: what runs, not how fast.
 """
 
 from __future__ import annotations
@@ -767,6 +767,8 @@ def main(argv=None) -> int:
     args.per_program_s = 1.0 if args.dry_run else 60.0
   if args.dry_run:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # Read when JAX starts its CPU backend: the XLA-flag subprocesses get them too.
+    os.environ["XLA_FLAGS"] = gpu_check.with_dry_run_xla_flags(os.environ.get("XLA_FLAGS"))
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", DEFAULT_CACHE_DIR)
   import jax  # pylint: disable=g-import-not-at-top
   if not jax.config.jax_compilation_cache_dir:

@@ -245,6 +245,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  from vma_jax.cpu import host  # pylint: disable=g-import-not-at-top
-  host.reexec_with_malloc_tunables()  # as train.py and evaluate.py; inherited by each entry
+  # With GLIBC_TUNABLES set it does nothing: the process that only starts the entries' then
+  # need not import JAX (a second or more of each start).
+  if "GLIBC_TUNABLES" not in os.environ:
+    from vma_jax.cpu import host  # pylint: disable=g-import-not-at-top
+    host.reexec_with_malloc_tunables()  # as train.py and evaluate.py; inherited by each entry
   main()

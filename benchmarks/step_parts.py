@@ -83,9 +83,10 @@ def _network_parts(args, config, inputs: _Inputs) -> list[dict]:
 
   def time_part(name, module, xs, model_flops, method=None, used=lambda outputs: outputs):
     """`used` picks the outputs the step uses: XLA drops the work of the others."""
-    params = jax.device_put(
-        module.init(inputs.key, *jax.tree.map(lambda v: v[:2], xs), method=method),
-        inputs.replicated)
+    # Jitted: one compile, not one per layer's operation (hundreds, eagerly).
+    init = jax.jit(lambda key, *xs: module.init(key, *xs, method=method))
+    params = jax.device_put(init(inputs.key, *jax.tree.map(lambda v: v[:2], xs)),
+                            inputs.replicated)
     loss = lambda p, *xs: squares(used(module.apply(p, *xs, method=method)))
     row = {"part": name, "rows": int(jax.tree.leaves(xs)[0].shape[0]),
            "forward_s": timing.median_s(jax.jit(loss), params, *xs, repeats=args.repeats),

@@ -108,8 +108,9 @@ def eval_workload(targets, memory, samples, chunk_size=None, dtype="float32", se
   mesh = sharding.make_mesh()
   replicated, batch_sharding = sharding.shardings(mesh)
   vma = vma_model.make_model(config)
-  params = vma.init(key, jnp.zeros((1, size, size)), jnp.zeros((1, memory, size, size)),
-                    vma_model.sample_keys(jax.random.split(key, 1), 0, 2))
+  # Jitted: one compile, not one per layer's operation (hundreds, eagerly).
+  params = jax.jit(vma.init)(key, jnp.zeros((1, size, size)), jnp.zeros((1, memory, size, size)),
+                             vma_model.sample_keys(jax.random.split(key, 1), 0, 2))
   params = jax.device_put(params, replicated)
   cell = cells.Cell(2, memory) if cell is None else cell
   bound = cells.make_cell_fn(vma, cell, num_importance=samples, chunk_size=chunk_size,

@@ -8,12 +8,21 @@ import sys
 
 import pytest
 
+from benchmarks import gpu_check
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ("name", "device", "median_s", "min_s", "max_s", "peak_rss_mb", "gflops_per_s",
             "matmul_gflops_per_s", "batch", "memory", "samples")
 
 # What these tests check is what the programs compute, not how fast: XLA's optimisations off.
 pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
+def _env():
+  """The scripts' environment: this one (with fast_compile's settings) and the dry runs' XLA
+  flags, as the GPU check's dry run compiles (one compile of run.py's step serves both)."""
+  return dict(os.environ,
+              XLA_FLAGS=gpu_check.with_dry_run_xla_flags(os.environ.get("XLA_FLAGS")))
 
 
 def test_run_writes_required_keys(tmp_path):
@@ -23,7 +32,7 @@ def test_run_writes_required_keys(tmp_path):
        # The GPU check's dry-run sizes (tests/test_gpu_check.py): one compile serves both.
        "--batch", "2", "--memory", "3", "--samples", "2", "--chunk-size", "2", "--repeats",
        "2", "--warmup", "1", "--matmul-n", "64", "--cpu-devices", "1", "--out", str(out)],
-      check=True, cwd=ROOT, timeout=600)
+      check=True, cwd=ROOT, env=_env(), timeout=600)
   entries = json.loads(out.read_text())
   assert [e["name"] for e in entries] == ["train_small"]
   entry = entries[0]
@@ -43,7 +52,7 @@ def test_large_memory_entry_takes_the_targets_evaluation_takes(tmp_path):
       [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--only", "eval_t100_k1000",
        "--batch", "4", "--memory", "40", "--samples", "2", "--chunk-size", "2", "--repeats", "1",
        "--warmup", "0", "--matmul-n", "64", "--cpu-devices", "1", "--out", str(out)],
-      check=True, cwd=ROOT, timeout=600)
+      check=True, cwd=ROOT, env=_env(), timeout=600)
   [entry] = json.loads(out.read_text())
   assert entry["cell"] == "5/40" and entry["memory"] == 40
   assert entry["batch"] == 4 * 20 // 41  # cells.targets_per_batch
@@ -56,7 +65,7 @@ def test_conv_grads_times_every_encoder_layer_and_agrees_with_xla(tmp_path):
   subprocess.run(
       [sys.executable, os.path.join(ROOT, "benchmarks", "conv_grads.py"), "--images", "2",
        "--repeats", "1", "--out", str(out)],
-      check=True, cwd=ROOT, timeout=600)
+      check=True, cwd=ROOT, env=_env(), timeout=600)
   rows = json.loads(out.read_text())["rows"]
   assert len(rows) == 6
   for row in rows:
@@ -70,7 +79,7 @@ def test_step_parts_times_each_part_and_each_conv(tmp_path):
   subprocess.run(
       [sys.executable, os.path.join(ROOT, "benchmarks", "step_parts.py"), "--batch", "2",
        "--memory", "2", "--samples", "3", "--repeats", "1", "--out", str(out)],
-      check=True, cwd=ROOT, timeout=600)
+      check=True, cwd=ROOT, env=_env(), timeout=600)
   result = json.loads(out.read_text())
   assert (result["batch"], result["memory"], result["samples"]) == (2, 2, 3)
   rows = result["rows"]
@@ -106,7 +115,7 @@ def test_precision_script_reports_each_cell_and_fails_beyond_the_tolerance(
              "--num_importance=3", "--batch_size=2", "--chunk_size=3", "--cpu_devices=1"]
 
   out = tmp_path / "gap.json"
-  strict = subprocess.run(command + ["--tolerance=0", f"--out={out}"], cwd=ROOT,
+  strict = subprocess.run(command + ["--tolerance=0", f"--out={out}"], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=600)
   assert strict.returncode == 1, strict.stderr
   assert "NOT within 0.0 nat" in strict.stdout
@@ -115,8 +124,8 @@ def test_precision_script_reports_each_cell_and_fails_beyond_the_tolerance(
   for e in entries:
     assert (e["dtype"], e["reference_dtype"], e["num_targets"]) == ("bfloat16", "float32", 4)
     assert 0 < e["max_abs_target_gap"] < 2.0 and e["seconds"] > 0
-  loose = subprocess.run(command + ["--tolerance=5"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
+  loose = subprocess.run(command + ["--tolerance=5"], cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=600)
   assert loose.returncode == 0, loose.stderr
   assert "within 5.0 nat" in loose.stdout
   assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json"]

@@ -100,7 +100,8 @@ def test_train_on_8_devices_resume_on_2_evaluate_on_1_and_3(
            "--config.model.latent_dim=8", "--config.model.embed_dim=16",
            "--config.model.match_dim=16", "--config.train.batch_size=8",
            "--config.validation.batch_size=8", "--config.train.log_every=1",
-           "--config.train.checkpoint_every=1", "--config.train.validate_every=0",
+           # One checkpoint per run (steps 2 and 4), each saved device by device.
+           "--config.train.checkpoint_every=2", "--config.train.validate_every=0",
            "--config.train.image_every=0"]
   _run(train + ["--config.train.num_steps=2", "--cpu_devices=8"], env)
   result = _run(train + ["--config.train.num_steps=4", "--cpu_devices=2"], env)

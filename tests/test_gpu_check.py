@@ -20,6 +20,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
+def test_dry_run_xla_flags_are_added_once():
+  flags = gpu_check.DRY_RUN_XLA_FLAGS
+  assert gpu_check.with_dry_run_xla_flags(None) == flags
+  assert gpu_check.with_dry_run_xla_flags("--a=1") == f"--a=1 {flags}"
+  assert gpu_check.with_dry_run_xla_flags(f"{flags} --a=1") == f"{flags} --a=1"
+
+
 def test_wheels_to_install_only_for_missing_modules(tmp_path):
   for name in ("ml_collections-1.1.0-py3-none-any.whl",
                "vma_gpu_check_absent-0.1-py3-none-any.whl"):
@@ -94,7 +101,9 @@ def test_without_a_gpu_the_check_skips_the_rest_and_still_writes_its_json(tmp_pa
 def test_dry_run_runs_every_phase_into_one_json(tmp_path):
   """The whole check as a GPU host runs it: about a dozen processes (each phase its own, as
   there), the full-size model's step and bound compiled in float32 and bfloat16, a training
-  run and its precision check. Minutes on 2 cores, with XLA's optimisations off."""
+  run and its precision check. About a minute on 2 cores, with XLA's optimisations off and
+  the dry run's XLA flags; each process's start (imports, tracing the full-size model) is
+  most of it."""
   write_mock_cache(tmp_path / "tfds")
   carry, out, work = tmp_path / "carry", tmp_path / "out", tmp_path / "work"
   env = dict(os.environ, PYTHON=sys.executable, VMA_GPU_CHECK_CARRY=str(carry),
@@ -142,6 +151,7 @@ def check_dry_run(out, carry):
       entry = report["benchmarks"][dtype][name]
       assert entry["dtype"] == dtype and entry["min_s"] <= entry["median_s"]
       assert entry["gflops_per_s"] > 0 and entry["matmul_gflops_per_s"] > 0
+      assert gpu_check.DRY_RUN_XLA_FLAGS in entry["xla_flags"].split()
     assert report["summary"]["train_recipe"][f"{dtype}_median_s"] > 0
   assert report["summary"]["train_recipe"]["bfloat16_speedup"] > 0
 

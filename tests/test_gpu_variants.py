@@ -37,6 +37,7 @@ def test_dry_run_measures_every_variant(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((out / gv.JSON_NAME).read_text())
   assert result["mode"] == "dry-run" and result["device"]["platform"] == "cpu"
+  assert gv.gpu_check.DRY_RUN_XLA_FLAGS in result["settings"]["xla_flags"].split()
   entries = {e["name"]: e for e in result["variants"]}
   assert list(entries) == list(gv.VARIANT_NAMES)
   for name, e in entries.items():
@@ -63,9 +64,15 @@ def test_dry_run_measures_every_variant(tmp_path):
   assert table.strip() in proc.stdout
 
 
+# gpu_check.DRY_RUN_XLA_FLAGS as compiler options: XLA_FLAGS cannot change in this process.
+DRY_RUN_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+
+@pytest.mark.usefixtures("fast_compile")
 def test_scan_variant_trains_what_separate_steps_train():
   """S steps in one scanned call: the same episodes, losses and parameters as S calls of the
-  training sampler and `make_train_step` with the same keys."""
+  training sampler and `make_train_step` with the same keys. Compiled as the dry run
+  compiles: XLA's optimisations off, the dry run's XLA flags."""
   from vma_jax import train
   sizes = gv.DRY_RUN_SIZES
   config = gv.make_config(sizes)
@@ -73,15 +80,18 @@ def test_scan_variant_trains_what_separate_steps_train():
   data, key, mesh = context.data("train"), context.key, context.mesh
   num_steps = sizes.steps(10)
   multi_step = gv.make_multi_step(config, mesh, num_steps)
-  scanned, metrics_S = multi_step(context.fresh_state(), data, key, np.int32(0))
+  args = (context.fresh_state(), data, key, np.int32(0))
+  scanned, metrics_S = multi_step.lower(*args).compile(DRY_RUN_COMPILER_OPTIONS)(*args)
 
   sample = train.make_episode_sampler(config, mesh)
   step = train.make_train_step(config, mesh=mesh)
-  state, losses = context.fresh_state(), []
+  state, losses, compiled = context.fresh_state(), [], None
   for s in range(num_steps):
     episodes, sample_key = sample(data, key, np.int32(s))
     assert episodes.distinct is not None  # the distinct rows' path is the one compared
-    state, metrics = step(state, episodes, sample_key)
+    if compiled is None:
+      compiled = step.lower(state, episodes, sample_key).compile(DRY_RUN_COMPILER_OPTIONS)
+    state, metrics = compiled(state, episodes, sample_key)
     losses.append(float(metrics["loss"]))
   assert metrics_S["loss"].shape == (num_steps,)
   np.testing.assert_allclose(np.asarray(metrics_S["loss"]), losses, rtol=1e-5)
@@ -124,6 +134,7 @@ def test_a_failing_variant_is_recorded_and_the_rest_still_run():
 def test_a_budget_too_small_skips_variants_with_the_reason(tmp_path, monkeypatch):
   import time
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # what main sets for a dry run, undone after
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # main adds its flags
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", helpers.CACHE_DIR)
   # 100 s left: a one-program variant runs, a two-program one (120 s needed) is skipped.
   entries = gv.run_variants(
@@ -140,6 +151,7 @@ def test_a_budget_too_small_skips_variants_with_the_reason(tmp_path, monkeypatch
   assert {e["status"] for e in result["variants"]} == {"skipped"}
   assert all("time budget" in e["note"] for e in result["variants"])
   assert "no --extra-xla-flags" in result["xla_note"]
+  assert gv.gpu_check.DRY_RUN_XLA_FLAGS in result["settings"]["xla_flags"].split()
   assert result["reference"]["status"] == "skipped"
   assert (tmp_path / gv.TABLE_NAME).read_text().count("| skipped |") == len(gv.VARIANT_NAMES)
 

@@ -34,6 +34,8 @@ def get_config():
   config.train.batch_size = 4
   # Validation runs at the last step: 4 targets, not 256.
   config.validation.update(num_targets=4, num_importance=2, batch_size=4, chunk_size=2)
+  # The estimate's timed batches, the cells and the growth cells: 2 targets at once, not 16.
+  config.eval.update(batch_size=2, chunk_size=2)
   return config
 """
 
