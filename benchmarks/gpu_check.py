@@ -276,6 +276,7 @@ def lower(platform="cuda"):
   from vma_jax import cells  # pylint: disable=g-import-not-at-top
   from vma_jax import model as vma_model  # pylint: disable=g-import-not-at-top
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vma_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   from vma_jax import train  # pylint: disable=g-import-not-at-top
 
   mesh = sharding.make_mesh()
@@ -290,7 +291,7 @@ def lower(platform="cuda"):
     split = types.SimpleNamespace(images_NxHxW=np.zeros((labels_N.size, size, size), np.uint8),
                                   labels_N=labels_N)
     data = episodes_lib.EpisodeData.from_split(split)
-    state = jax.eval_shape(functools.partial(train.create_train_state, config), key)
+    state = jax.eval_shape(functools.partial(state_lib.create_train_state, config), key)
     episodes, sample_key = jax.eval_shape(train.make_episode_sampler(config, mesh), data, key,
                                           np.int32(0))
     step = train.make_train_step(config, mesh=mesh).trace(state, episodes, sample_key)

@@ -259,8 +259,8 @@ class Context:
   def fresh_state(self):
     """A copy of the initial train state (parameters are float32 in every dtype)."""
     import jax  # pylint: disable=g-import-not-at-top
-    from vma_jax import train  # pylint: disable=g-import-not-at-top
-    state = self._get("state", lambda: train.init_train_state(
+    from vma_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+    state = self._get("state", lambda: state_lib.init_train_state(
         make_config(self.sizes), self.key, self.mesh))
     return jax.tree.map(lambda x: x.copy(), state)
 

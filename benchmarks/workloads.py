@@ -62,6 +62,7 @@ def train_workload(batch, memory, samples, dtype="float32", seed=0, num_classes=
   """
   from vma_jax import distinct  # pylint: disable=g-import-not-at-top
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vma_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   from vma_jax import train  # pylint: disable=g-import-not-at-top
   config = _config(batch, memory, samples, dtype, cpu_kernels)
   key = jax.random.key(seed)
@@ -75,7 +76,7 @@ def train_workload(batch, memory, samples, dtype="float32", seed=0, num_classes=
                  num_distinct=int(distinct.num_distinct(episodes.distinct)))
     if distinct.fits(episodes.distinct):
       match_rows = extra["distinct_rows"]
-  state = train.init_train_state(config, key, mesh)
+  state = state_lib.init_train_state(config, key, mesh)
   step = train.make_train_step(config, mesh=mesh)
   compiled = step.lower(state, episodes, sample_key).compile()
   holder = {"state": state, "i": 0}

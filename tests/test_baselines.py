@@ -20,6 +20,7 @@ from vma_jax import evaluate
 from vma_jax import model as vma_model
 from vma_jax import objective
 from vma_jax import sharding
+from vma_jax import state as state_lib
 from vma_jax import train
 
 # What these tests check is what the programs compute, not how fast: XLA's optimisations
@@ -125,7 +126,7 @@ def test_plain_vae_trains_without_memory_and_evaluates_on_any_cell():
   config.episodes.memory_size = 0
   mesh = sharding.make_mesh()
   data = episodes.device_data(mock_splits()["train"], mesh)
-  state = train.init_train_state(config, jax.random.key(6), mesh)
+  state = state_lib.init_train_state(config, jax.random.key(6), mesh)
   batch, sample_key = train.make_episode_sampler(config, mesh)(data, jax.random.key(7),
                                                                 np.int32(0))
   assert batch.memory_BxTxHxW.shape[1] == 0

@@ -10,7 +10,7 @@ from ml_collections import config_flags
 import pytest
 
 from vma_jax import model as vma_model
-from vma_jax import train
+from vma_jax import state as state_lib
 
 # What these tests check is what the programs compute, not how fast: XLA's optimisations
 # off (conftest.fast_compile).
@@ -66,7 +66,7 @@ def test_config_loads_with_required_fields(name):
   for cell in config.eval.cells.split(","):
     c, t = (int(v) for v in cell.split(":"))
     assert c >= 1 and t >= 0
-  train.make_optimizer(config.optim)
+  state_lib.make_optimizer(config.optim)
   vma_model.make_model(config)
   docstring = (CONFIG_DIR / name).read_text().split('"""')[1]
   assert f"--config=configs/{name}" in docstring, f"{name}: the docstring gives no command"

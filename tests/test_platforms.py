@@ -18,6 +18,7 @@ from vma_jax.cpu import convolution
 from vma_jax import episodes as episodes_lib
 from vma_jax import model as vma_model
 from vma_jax import sharding
+from vma_jax import state as state_lib
 from vma_jax import train
 
 ACCELERATORS = ("cuda", "rocm", "tpu")
@@ -35,7 +36,7 @@ def lowered_train_step():
   config = small_config()
   mesh = sharding.make_mesh()
   data = episodes_lib.EpisodeData.from_split(mock_splits()["train"])
-  state = train.init_train_state(config, jax.random.key(0), mesh)
+  state = state_lib.init_train_state(config, jax.random.key(0), mesh)
   episodes, key = train.make_episode_sampler(config, mesh)(data, jax.random.key(1), np.int32(0))
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(convolution, "_MIN_ROWS", 0)  # the CPU paths wherever they could apply

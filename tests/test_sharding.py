@@ -36,6 +36,7 @@ def _compare():
   from vma_jax import episodes as episodes_lib  # pylint: disable=g-import-not-at-top
   from vma_jax import model as vma_model  # pylint: disable=g-import-not-at-top
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vma_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   from vma_jax import train  # pylint: disable=g-import-not-at-top
 
   devices = jax.local_devices()
@@ -50,7 +51,7 @@ def _compare():
   results = {}
   for name, mesh_devices in (("single", devices[:1]), ("sharded", devices)):
     mesh = sharding.make_mesh(mesh_devices)
-    state = train.init_train_state(config, jax.random.key(0), mesh)
+    state = state_lib.init_train_state(config, jax.random.key(0), mesh)
     sample = train.make_episode_sampler(config, mesh)
     train_step = train.make_train_step(config, mesh=mesh)
     for step in range(2):
@@ -89,7 +90,7 @@ def _compare():
       np.testing.assert_allclose(b, a, rtol=0, atol=5e-2 * scale + 2 * ulp,
                                  err_msg=name + jax.tree_util.keystr(path))
 
-  init = jax.device_get(train.create_train_state(config, jax.random.key(0)).params)
+  init = jax.device_get(state_lib.create_train_state(config, jax.random.key(0)).params)
   update = lambda params: jax.tree.map(lambda new, old: new - old, params, init)
   check("update", update(single[0]), update(sharded[0]), params=init)
   check("opt_state", single[1], sharded[1])

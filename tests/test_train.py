@@ -30,6 +30,7 @@ from vma_jax import model as vma_model
 from vma_jax import objective
 from vma_jax import sharding
 from vma_jax import summaries
+from vma_jax import state as state_lib
 from vma_jax import train
 
 # What these tests check is what the programs compute, not how fast: XLA's optimisations
@@ -40,7 +41,7 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 def test_train_step_learns_and_reports_metrics():
   config = small_config()
   mesh = sharding.make_mesh()
-  state = train.create_train_state(config, jax.random.key(0))
+  state = state_lib.create_train_state(config, jax.random.key(0))
   data = episodes_lib.EpisodeData.from_split(mock_splits()["train"])
   episodes, _ = train.make_episode_sampler(config, mesh)(data, jax.random.key(1), np.int32(0))
   train_step = train.make_train_step(config, mesh=mesh)
@@ -78,7 +79,7 @@ def test_train_batches_encode_each_distinct_image_once_with_the_same_result():
   np.testing.assert_array_equal(ids_N[np.asarray(rows.row_U)][np.asarray(rows.inverse_N)], ids_N)
 
   loss_fn = objective.make_loss_fn(config, vma_model.make_model(config))
-  params = train.create_train_state(config, jax.random.key(0)).params
+  params = state_lib.create_train_state(config, jax.random.key(0)).params
   grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
   (loss_all, _), grads_all = grad_fn(params, episodes._replace(distinct=None), sample_key)
   # Room for every distinct image, and one row short (h then also runs on the rows left
@@ -110,7 +111,7 @@ def test_batches_that_do_not_fit_train_in_one_program_without_reading_the_device
   monkeypatch.setattr(distinct, "capacity", lambda *args, **kwargs: capacity_u)
   sample = train.make_episode_sampler(config, mesh)
   train_step = train.make_train_step(config, mesh=mesh)
-  state = train.init_train_state(config, jax.random.key(0), mesh)
+  state = state_lib.init_train_state(config, jax.random.key(0), mesh)
 
   def read_on_host(array):
     raise AssertionError(f"the training loop read a {array.shape} device array on the host")
@@ -134,13 +135,13 @@ def test_batches_that_do_not_fit_train_in_one_program_without_reading_the_device
 
 def test_optimizer_clipping():
   config = small_config(optim__grad_clip_norm=1.0)
-  tx = train.make_optimizer(config.optim)
+  tx = state_lib.make_optimizer(config.optim)
   grads = {"w": jnp.full((4,), 100.0)}
   updates, _ = tx.update(grads, tx.init(grads))
   # Adam's first update is lr * sign(g) whatever the scale; clipping must not change it.
   np.testing.assert_allclose(updates["w"], -config.optim.lr * np.ones(4), rtol=1e-4)
   with pytest.raises(ValueError, match="unknown optimiser"):
-    train.make_optimizer(small_config(optim__name="sgd").optim)
+    state_lib.make_optimizer(small_config(optim__name="sgd").optim)
 
 
 def _event_tags_by_step(workdir) -> dict[int, set[str]]:
@@ -270,7 +271,7 @@ def save_initial_checkpoint(workdir, config, saved_config=None, step=1):
   params = vma_model.init_params(config, jax.random.key(0))
   checkpoints.save_config(workdir, saved_config)
   manager = checkpoints.make_manager(workdir)
-  checkpoints.save(manager, step, params, train.make_optimizer(config.optim).init(params),
+  checkpoints.save(manager, step, params, state_lib.make_optimizer(config.optim).init(params),
                    saved_config)
   manager.wait_until_finished()
   manager.close()
@@ -284,7 +285,7 @@ def save_checkpoint_of_revision(workdir, config, revision, saved_config=None):
   params = vma_model.init_params(config, jax.random.key(0))
   checkpoints.save_config(workdir, saved_config)
   items = dict(params=ocp.args.StandardSave(params),
-               opt_state=ocp.args.StandardSave(train.make_optimizer(config.optim).init(params)),
+               opt_state=ocp.args.StandardSave(state_lib.make_optimizer(config.optim).init(params)),
                config=ocp.args.JsonSave(saved_config))
   if revision is not None:
     items["meta"] = ocp.args.JsonSave({"model_revision": revision})

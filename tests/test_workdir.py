@@ -23,6 +23,7 @@ import pytest
 from helpers import REPO_ROOT, assert_params_equal, child_env, mock_splits, small_config
 from vma_jax import checkpoints
 from vma_jax import model as vma_model
+from vma_jax import state as state_lib
 from vma_jax import train
 from vma_jax import run as run_lib
 
@@ -147,7 +148,7 @@ def _save_step(workdir, step, params, config, *, digest_of=None):
   """A checkpoint at `step` of `params`; with `digest_of`, recording the digest of other
   parameters (as if its files had changed after the save)."""
   manager = checkpoints.make_manager(workdir)
-  opt_state = train.make_optimizer(config.optim).init(params)
+  opt_state = state_lib.make_optimizer(config.optim).init(params)
   if digest_of is None:
     checkpoints.save(manager, step, params, opt_state, config)
   else:

@@ -32,7 +32,8 @@ Modules, bottom to top (each imports only modules above it in this list):
   results         results files of an evaluation, the Table 1 reference numbers.
   figures         matplotlib figures: training curves, bound and KL against T, few-shot
                   grids, sample sheets, the address posterior over a memory.
-  summaries       TensorBoard writers (TensorFlow only if asked for), metrics.jsonl, progress.
+  summaries       TensorBoard writers (TensorFlow only if asked for), metrics.jsonl, log lines,
+                  progress.
   run             a training run's workdir, held by one object: lock, config, checkpoints
                   (restored, saved), metrics and figures; failed writes in one line.
   preemption      SIGTERM and Ctrl-C ask a run to stop after the step in flight, once saved.
@@ -43,6 +44,8 @@ Modules, bottom to top (each imports only modules above it in this list):
   classify        20-way one-shot classification of Lake et al.'s runs with a trained workdir.
   pretrained      a trained model exported to ship (params.msgpack, config, model.json,
                   results), which every command then loads as its --workdir.
+  state           the train state: Adam (optax), fresh or replicated, and whether a
+                  checkpoint's optimiser state fits it.
   train           train_and_evaluate(config, workdir): one jitted train step, Orbax, CLU.
   estimate        how long training and each evaluation cell take on this runtime, from
                   the measured time of their first steps (the reproduce notebook).

@@ -22,6 +22,7 @@ from vma_jax import cells as vma_cells
 from vma_jax import episodes as episodes_lib
 from vma_jax import model as vma_model
 from vma_jax import sharding
+from vma_jax import state as state_lib
 from vma_jax import train
 
 
@@ -72,7 +73,7 @@ def training(config, train_split, *, steps: int = 10, done: int = 0) -> Phase:
   train_step = train.make_train_step(config, model, mesh)
   data = episodes_lib.device_data(train_split, mesh)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  state = train.init_train_state(config, init_key, mesh)
+  state = state_lib.init_train_state(config, init_key, mesh)
   step = 0
 
   def one_step():

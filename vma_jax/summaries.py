@@ -1,5 +1,5 @@
 """What a run writes besides checkpoints: TensorBoard summaries, the JSON-lines metrics log,
-and its progress bar.
+its log lines and its progress bar.
 
 `create_writer` is CLU's TensorBoard summary writer; the log lines are the run's own, so CLU's
 logging writer, which would repeat every scalar as a line of its own, is left out. CLU's writers
@@ -20,6 +20,7 @@ import os
 from typing import Any
 
 from absl import logging
+import numpy as np
 
 
 def create_writer(logdir: str, *, tensorboard: bool = True, just_logging: bool = False):
@@ -45,6 +46,22 @@ def progress_bar(num_steps: int, done: int, *, disable: bool | None = None):
 
   return tqdm_auto.tqdm(total=num_steps, initial=done, unit="step", disable=disable,
                         dynamic_ncols=True, smoothing=0.1)
+
+
+def log_train_means(values: list[dict], step: int, num_steps: int, seconds: float,
+                    steps: int) -> dict[str, float]:
+  """Logs one line about the means of `values` (the metrics of the steps since the last
+  line, on the host), and returns them as "train/..." scalars with the rate in steps/s."""
+  means = {n: np.mean([v[n] for v in values]) for n in values[0]}
+  scalars = {f"train/{n}": float(v) for n, v in means.items()}
+  scalars["train/steps_per_sec"] = steps / max(seconds, 1e-9)
+  # The address's figures only for a read that has one (objective.step_metrics).
+  address = "".join(f", {label} {means[n]:.{digits}f}" for n, label, digits in (
+      ("address_kl", "KL(q(a)||p(a))", 3), ("frac_same_class", "same-class", 2),
+      ("frac_dummy", "dummy", 2)) if n in means)
+  logging.info("step %d/%d: loss %.2f, -L_K %.2f nats%s, %.2f steps/s", step, num_steps,
+               means["loss"], means["neg_bound"], address, scalars["train/steps_per_sec"])
+  return scalars
 
 
 class MetricsLog:

@@ -23,11 +23,9 @@ from typing import Callable, NamedTuple
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
 import optax
-from flax.training import train_state
 
 from vma_jax import checkpoints
 from vma_jax import distinct as distinct_lib
@@ -38,10 +36,11 @@ from vma_jax import objective
 from vma_jax import preemption
 from vma_jax import run as run_lib
 from vma_jax import sharding
+from vma_jax import state as state_lib
 from vma_jax import summaries
 from vma_jax import validation as validation_lib
 
-TrainState = train_state.TrainState
+TrainState = state_lib.TrainState
 METRICS_FILE, IMAGE_DIR = run_lib.METRICS_FILE, run_lib.IMAGE_DIR
 
 
@@ -59,33 +58,6 @@ BATCH_SIZE_FIELDS = ("train.batch_size", "validation.batch_size")
 def batch_sizes(config) -> list[int]:
   """The batch sizes that training shards over the devices (for `sharding.use_cpu_cores`)."""
   return [config[name] for name in BATCH_SIZE_FIELDS]
-
-
-def make_optimizer(optim_config) -> optax.GradientTransformation:
-  """Adam (lr, b1, b2, eps), after global-norm clipping when grad_clip_norm > 0."""
-  if optim_config.name != "adam":
-    raise errors.ConfigError(f"unknown optimiser {optim_config.name!r} (config.optim.name); "
-                             "expected 'adam'")
-  tx = optax.adam(optim_config.lr, b1=optim_config.b1, b2=optim_config.b2,
-                  eps=optim_config.eps)
-  if optim_config.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), tx)
-  return tx
-
-
-def create_train_state(config, key) -> TrainState:
-  """Fresh parameters of `make_model(config)` and the optimiser of `config.optim`."""
-  model = vma_model.make_model(config)
-  state = TrainState.create(apply_fn=model.apply, params=vma_model.init_params(config, key),
-                            tx=make_optimizer(config.optim))
-  return state.replace(step=jnp.zeros((), jnp.int32))
-
-
-def init_train_state(config, key, mesh: Mesh) -> TrainState:
-  """`create_train_state`, replicated over `mesh` as `make_train_step` returns it (so the
-  step is compiled once, not again on its second call)."""
-  replicated, _ = sharding.shardings(mesh)
-  return jax.jit(functools.partial(create_train_state, config), out_shardings=replicated)(key)
 
 
 def make_train_step(config, model: vma_model.Read | None = None, mesh: Mesh | None = None):
@@ -191,7 +163,8 @@ def _trace(setup: _Setup, config) -> TrainState:
   """Traces every function of the run (a config that cannot run raises RefusedConfig before
   anything is written); returns the abstract train state."""
   with errors.refusing_config("config.model"):
-    abstract = jax.eval_shape(functools.partial(create_train_state, config), setup.init_key)
+    abstract = jax.eval_shape(functools.partial(state_lib.create_train_state, config),
+                              setup.init_key)
   with errors.refusing_config("config.episodes"):
     episodes, sample_key = jax.eval_shape(setup.sample, setup.train_data, setup.train_key,
                                           np.int32(0))
@@ -201,20 +174,6 @@ def _trace(setup: _Setup, config) -> TrainState:
     setup.validation.trace(abstract.params, bound=config.train.validate_every > 0,
                            images=config.train.image_every > 0)
   return abstract
-
-
-def _check_optimizer(config, abstract: TrainState, saved_config, source: str) -> None:
-  """Raises CheckpointError unless the checkpoint's optimiser state (of `saved_config`) has
-  the structure of this run's (switching gradient clipping on or off changes it)."""
-  saved = jax.eval_shape(make_optimizer(saved_config.optim).init, abstract.params)
-  shapes = lambda tree: (jax.tree.structure(tree), [x.shape for x in jax.tree.leaves(tree)])
-  if shapes(saved) != shapes(abstract.opt_state):
-    fields = [d for d in checkpoints.config_differences(saved_config, config)
-              if d.startswith("optim.")]
-    raise checkpoints.CheckpointError(
-        f"{source} holds the state (opt_state) of another optimiser "
-        f"({checkpoints.describe_differences(saved_config, config, fields)}). Resume with "
-        "the run's optim settings, or train this config in a new --workdir.")
 
 
 def _batches(sample, data, train_key, start_step: int, num_steps: int):
@@ -244,23 +203,6 @@ def _check_finite(pending: list[tuple[int, dict]], run: run_lib.Run) -> None:
           "rerunning in the same workdir resumes from the last checkpoint.")
 
 
-def _log_train_metrics(run: run_lib.Run, pending: list[tuple[int, dict]], step: int,
-                       num_steps: int, seconds: float, steps: int) -> None:
-  """Writes the means of the pending steps' metrics and logs one line about them."""
-  # Averaged on the host: a jnp.stack here would compile once per number of pending steps.
-  values = jax.device_get([m for _, m in pending])
-  means = {n: np.mean([v[n] for v in values]) for n in values[0]}
-  scalars = {f"train/{n}": float(v) for n, v in means.items()}
-  scalars["train/steps_per_sec"] = steps / max(seconds, 1e-9)
-  run.scalars(step, scalars)
-  # The address's figures only for a read that has one (objective.step_metrics).
-  address = "".join(f", {label} {means[n]:.{digits}f}" for n, label, digits in (
-      ("address_kl", "KL(q(a)||p(a))", 3), ("frac_same_class", "same-class", 2),
-      ("frac_dummy", "dummy", 2)) if n in means)
-  logging.info("step %d/%d: loss %.2f, -L_K %.2f nats%s, %.2f steps/s", step, num_steps,
-               means["loss"], means["neg_bound"], address, scalars["train/steps_per_sec"])
-
-
 def _train_loop(setup: _Setup, state: TrainState, start_step: int, config,
                 run: run_lib.Run) -> TrainState:
   """Steps start_step .. num_steps, with logging, checkpoints, validation and images at the
@@ -283,7 +225,10 @@ def _train_loop(setup: _Setup, state: TrainState, start_step: int, config,
     nonlocal pending, log_time, log_step
     _check_finite(pending, run)
     now = time.monotonic()
-    _log_train_metrics(run, pending, step, num_steps, now - log_time, step - log_step)
+    # Averaged on the host: a jnp.stack here would compile once per number of pending steps.
+    values = jax.device_get([metrics for _, metrics in pending])
+    run.scalars(step, summaries.log_train_means(values, step, num_steps, now - log_time,
+                                                step - log_step))
     pending, log_time, log_step = [], now, step
 
   def save(step):
@@ -353,9 +298,9 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None,
     replicated, _ = sharding.shardings(mesh)
     targets = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                            {"params": abstract.params, "opt_state": abstract.opt_state})
-    restored = run.restore(targets, check=functools.partial(_check_optimizer, config, abstract))
+    restored = run.restore(targets, check=functools.partial(state_lib.check_optimizer, config, abstract))
     if restored is None:  # the fresh parameters are computed only here
-      state, start_step = init_train_state(config, setup.init_key, mesh), 0
+      state, start_step = state_lib.init_train_state(config, setup.init_key, mesh), 0
     else:
       state = abstract.replace(step=sharding.replicate(np.int32(restored.step), mesh),
                                **restored.items)
