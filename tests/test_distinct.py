@@ -138,7 +138,7 @@ def _sharded_check():
   model = vma_model.VMA(latent_dim=8, embed_dim=16, match_dim=16)
   key = jax.random.key(0)
   keys_BxK = vma_model.sample_keys(jax.random.split(key, num_episodes), 0, 2)
-  params = model.init(key, pool_IxHxW[:num_episodes], pool_IxHxW[:num_episodes, None].repeat(
+  params = jax.jit(model.init)(key, pool_IxHxW[:num_episodes], pool_IxHxW[:num_episodes, None].repeat(
       memory_size, axis=1), keys_BxK)
 
   def loss(params, x_BxHxW, memory_BxTxHxW, rows):

@@ -14,6 +14,7 @@ from the memory alone (`generate`; for the VMA a ~ p(a), z ~ p(z|m_a));
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import os
 
@@ -126,30 +127,40 @@ def draw(model: vma_model.Read, params, memory_TxHxW, x_HxW, *, num_generated: i
          key: jax.Array) -> Sheet:
   """The sheet's numbers and images for one memory (and target, if `x_HxW` is not None)."""
   memory_1xTxHxW = jnp.asarray(memory_TxHxW, jnp.float32)[None]
-  memory_size, size = memory_1xTxHxW.shape[1], memory_1xTxHxW.shape[2:]
-  learned = model.apply(params, method="learned_slots")
+  x_1xHxW = None if x_HxW is None else jnp.asarray(x_HxW, jnp.float32)[None]
+  learned, q_S, posterior_NxHxW, prior_NxHxW = jax.device_get(
+      _sheet_arrays(model, num_generated, params, memory_1xTxHxW, x_1xHxW, key))
+  size = memory_1xTxHxW.shape[2:]
   learned_DxHxW = (np.zeros((0, *size), np.float32) if learned is None
                    else np.asarray(learned, np.float32))
+  return Sheet(memory_TxHxW=np.asarray(memory_TxHxW, np.float32), dummies_DxHxW=learned_DxHxW,
+               x_HxW=None if x_HxW is None else np.asarray(x_HxW, np.float32), q_S=q_S,
+               posterior_NxHxW=posterior_NxHxW, prior_NxHxW=prior_NxHxW)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _sheet_arrays(model, num_generated, params, memory_1xTxHxW, x_1xHxW, key):
+  """(learned slots, q_S, posterior means, prior means) for `draw`, as one program: the model
+  run op by op would compile each of its operations on first use."""
+  memory_size = memory_1xTxHxW.shape[1]
+  learned = model.apply(params, method="learned_slots")
   prior_key, posterior_key = jax.random.split(key)
   prior_1xNxHxW = model.apply(params, memory_1xTxHxW, prior_key, num_generated,
                               method="generate")
   q_S = posterior_NxHxW = None
-  if x_HxW is not None:
-    x_1xHxW = jnp.asarray(x_HxW, jnp.float32)[None]
+  if x_1xHxW is not None:
     encoding = model.apply(params, x_1xHxW, memory_1xTxHxW, method="encode")
     address = model.apply(params, encoding, method="address")
     if address is not None:
-      q_S = np.asarray(jax.nn.softmax(address.logits_BxS[0]))
+      q_S = jax.nn.softmax(address.logits_BxS[0])
       # A read that addresses no memory slot puts no mass on them.
-      q_S = np.concatenate([q_S[:address.memory_size],
-                            np.zeros(memory_size - address.memory_size, q_S.dtype),
-                            q_S[address.memory_size:]])
+      q_S = jnp.concatenate([q_S[:address.memory_size],
+                             jnp.zeros(memory_size - address.memory_size, q_S.dtype),
+                             q_S[address.memory_size:]])
     keys_1xN = vma_model.sample_keys(posterior_key[None], 0, num_generated)
     weights = model.apply(params, x_1xHxW, encoding, keys_1xN, method="log_weights")
-    posterior_NxHxW = np.asarray(jax.nn.sigmoid(weights.logits_BxKxHxW[0]))
-  return Sheet(memory_TxHxW=np.asarray(memory_TxHxW, np.float32), dummies_DxHxW=learned_DxHxW,
-               x_HxW=None if x_HxW is None else np.asarray(x_HxW, np.float32), q_S=q_S,
-               posterior_NxHxW=posterior_NxHxW, prior_NxHxW=np.asarray(prior_1xNxHxW[0]))
+    posterior_NxHxW = jax.nn.sigmoid(weights.logits_BxKxHxW[0])
+  return learned, q_S, posterior_NxHxW, prior_1xNxHxW[0]
 
 
 def write_sheet(sheet: Sheet, path: str, title: str) -> str:
