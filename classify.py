@@ -39,6 +39,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Fixes the bounds' samples.")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", 10, "Test images at once (each with its run's 20 images).")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", 10, "Samples of each bound decoded at once.")
+_NUM_RUNS = flags.DEFINE_integer(
+    "num_runs", None, f"Classify only the first N of the {one_shot.NUM_RUNS} runs (20 trials "
+    "each): a quicker, coarser look (default: all).")
 _OUT = flags.DEFINE_string("out", None, "The output folder (default: workdir/classify).")
 
 
@@ -48,6 +51,7 @@ def main(argv):
   # Mistakes in the command line first, each one line with exit status 2.
   try:
     classify.parse_classifiers(_CLASSIFIERS.value)
+    classify.check_num_runs(_NUM_RUNS.value)
     one_shot.resolve_source(_RUNS.value)
   except (classify.ClassifyError, one_shot.OneShotError) as e:
     cli.exit_usage("classify.py", str(e))
@@ -58,7 +62,8 @@ def main(argv):
     _, paths = classify.classify_workdir(
         _WORKDIR.value, runs=_RUNS.value, num_importance=_NUM_IMPORTANCE.value,
         classifiers=_CLASSIFIERS.value, step=_STEP.value, seed=_SEED.value,
-        batch_size=_BATCH_SIZE.value, chunk_size=_CHUNK_SIZE.value, out=_OUT.value)
+        batch_size=_BATCH_SIZE.value, chunk_size=_CHUNK_SIZE.value,
+        num_runs=_NUM_RUNS.value, out=_OUT.value)
   except (checkpoints.CheckpointError, data.DataError, one_shot.OneShotError,
           classify.ClassifyError, FloatingPointError) as e:
     sys.exit(f"classify.py: {e}")

@@ -34,7 +34,9 @@ def runs() -> one_shot.OneShotRuns:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, omniglot_train, omniglot_test) -> str:
-  """A workdir of the small model trained for TRAIN_STEPS steps on the real splits."""
+  """A workdir of the small model trained for TRAIN_STEPS steps on the real splits: about a
+  minute on 2 cores, the steps most of it. Fewer steps (30 or 60) leave a model whose bound
+  does not yet pick out a test image that is one of its run's training images."""
   from vma_jax import train  # pylint: disable=g-import-not-at-top
 
   workdir = str(tmp_path_factory.mktemp("trained") / "run")
@@ -231,7 +233,22 @@ def test_a_plain_vae_classifies_with_the_model_free_classifiers(runs, monkeypatc
                           for r in two_runs.runs])
   np.testing.assert_array_equal(results[1].predicted_GxQ, costs_GxQxJ.argmin(axis=-1))
   with open(paths["results.json"]) as f:
-    assert list(json.load(f)["classifiers"]) == ["pixel", "hausdorff"]
+    saved = json.load(f)
+  assert list(saved["classifiers"]) == ["pixel", "hausdorff"]
+  assert saved["meta"]["num_runs"] == 2
+  # The first of the runs alone: its 20 trials, classified as among all of them.
+  results_1, paths_1 = classify.classify_workdir(workdir, runs=RUNS_ZIP, num_runs=1,
+                                                 classifiers="hausdorff,pixel",
+                                                 out=str(tmp_path / "one_run"))
+  assert [r.trials for r in results_1] == [20, 20]
+  for r, r_1 in zip(results, results_1):
+    np.testing.assert_array_equal(r_1.predicted_GxQ, r.predicted_GxQ[:1])
+  with open(paths_1["results.md"]) as f:
+    assert "the first 1 of Lake et al.'s 20 runs (20 trials)" in f.read()
+  for num_runs in (0, 21):
+    with pytest.raises(classify.ClassifyError, match=f"--num_runs={num_runs}: choose 1 to 20"):
+      classify.classify_workdir(workdir, runs=RUNS_ZIP, num_runs=num_runs,
+                                classifiers="pixel")
   # Both are in the default set (--classifiers' default is CLASSIFIERS).
   assert set(classify.MODEL_FREE) == {"pixel", "hausdorff"} <= set(classify.CLASSIFIERS)
 
@@ -339,6 +356,7 @@ def test_wrong_figure_says_how_many_are_not_shown(runs):
     (["--workdir=/nonexistent", "--runs=/nowhere/all_runs.zip"], {}, "does not exist"),
     (["--classifiers=address,nearest"], {}, "expected a comma-separated list of address"),
     (["--workdir=/nonexistent"], {"VMA_ONE_SHOT_RUNS": RUNS_ZIP}, "not a training run"),
+    (["--num_runs=21"], {"VMA_ONE_SHOT_RUNS": RUNS_ZIP}, "--num_runs=21: choose 1 to 20"),
 ])
 def test_command_line_errors_are_one_line(args, env, expected, tmp_path):
   result = subprocess.run([sys.executable, str(REPO_ROOT / "classify.py"), *args],

@@ -399,8 +399,11 @@ def results_csv(runs: one_shot.OneShotRuns, results: Sequence[ClassifierResult])
 def results_markdown(results: Sequence[ClassifierResult], meta: dict) -> str:
   """A table of each classifier's error % with its 95% interval, then Lake et al.'s
   published figures, labelled as theirs."""
-  lines = [f"20-way one-shot classification, Lake et al.'s {len(results[0].answer_GxQ)} runs "
-           f"({results[0].trials} trials); checkpoint step {meta.get('step')}, "
+  num_runs = len(results[0].answer_GxQ)
+  runs = (f"Lake et al.'s {num_runs} runs" if num_runs == one_shot.NUM_RUNS else
+          f"the first {num_runs} of Lake et al.'s {one_shot.NUM_RUNS} runs")
+  lines = [f"20-way one-shot classification, {runs} ({results[0].trials} trials); "
+           f"checkpoint step {meta.get('step')}, "
            f"K = {meta.get('num_importance')}, seed {meta.get('seed')}.", "",
            "| classifier | error % | 95% interval (Wilson) | errors / trials |",
            "|---|---|---|---|"]
@@ -454,17 +457,27 @@ def write_results(runs: one_shot.OneShotRuns, results: Sequence[ClassifierResult
   return paths
 
 
+def check_num_runs(num_runs: int | None) -> None:
+  """Raises ClassifyError unless `num_runs` is None (all runs) or 1 .. NUM_RUNS."""
+  if num_runs is not None and not 1 <= num_runs <= one_shot.NUM_RUNS:
+    raise ClassifyError(f"--num_runs={num_runs}: choose 1 to {one_shot.NUM_RUNS} of Lake et "
+                        "al.'s runs (all of them by default)")
+
+
 def classify_workdir(workdir: str, *, runs: str | None = None, num_importance: int = 1000,
                      classifiers: str | Sequence[str] = CLASSIFIERS, step: int | None = None,
                      seed: int = 0, batch_size: int = 10, chunk_size: int = 10,
-                     out: str | None = None) -> tuple[list[ClassifierResult], dict[str, str]]:
+                     num_runs: int | None = None, out: str | None = None
+                     ) -> tuple[list[ClassifierResult], dict[str, str]]:
   """Restores a run's checkpoint (default: the latest), classifies the 400 trials of the
-  one-shot runs (`runs`, default `$VMA_ONE_SHOT_RUNS`) and writes the results to `out`
-  (default: workdir/classify/). Returns (the results, the paths written)."""
+  one-shot runs (`runs`, default `$VMA_ONE_SHOT_RUNS`; only the first `num_runs` of the 20
+  runs if given: a quicker, coarser look) and writes the results to `out` (default:
+  workdir/classify/). Returns (the results, the paths written)."""
   classifiers = parse_classifiers(classifiers)
   if num_importance < 1 or batch_size < 1 or chunk_size < 1:
     raise ClassifyError(f"--num_importance={num_importance}, --batch_size={batch_size}, "
                         f"--chunk_size={chunk_size}: each must be at least 1")
+  check_num_runs(num_runs)
   source = one_shot.resolve_source(runs)
   params, step, config = checkpoints.restore_params(workdir, step)
   model = vma_model.make_model(config)
@@ -472,6 +485,7 @@ def classify_workdir(workdir: str, *, runs: str | None = None, num_importance: i
   if reason is not None:
     raise ClassifyError(f"{workdir}: {reason}")
   loaded = one_shot.load_runs(source, image_size=config.data.image_size)
+  loaded = dataclasses.replace(loaded, runs=loaded.runs[:num_runs])
   start = time.perf_counter()
   scores = class_scores(loaded, classifiers, model=model, params=params,
                         num_importance=num_importance, chunk_size=chunk_size,
@@ -482,7 +496,8 @@ def classify_workdir(workdir: str, *, runs: str | None = None, num_importance: i
   meta = dict(workdir=os.path.abspath(workdir), step=int(step), num_importance=num_importance,
               seed=seed, params_sha256=checkpoints.tree_digest(params),
               device=f"{device.platform}: {device.device_kind}", cpu_count=os.cpu_count(),
-              runs=loaded.source, runs_sha256=loaded.sha256, batch_size=batch_size,
+              runs=loaded.source, runs_sha256=loaded.sha256, num_runs=len(loaded.runs),
+              batch_size=batch_size,
               chunk_size=chunk_size, seconds=round(seconds, 1))
   paths = write_results(loaded, results, out or os.path.join(workdir, "classify"), meta)
   for r in results:
