@@ -56,9 +56,10 @@ def test_plain_vae_ignores_the_memory_and_is_the_vma_with_an_empty_one():
   vae, vma = vma_model.make_model(config), vma_model.make_model(_config("hard"))
   params = vma_model.init_params(config, jax.random.key(0))
   x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes()
-  with_memory = vae.apply(params, x_BxHxW, memory_BxTxHxW, keys_BxK)
-  other_memory = vae.apply(params, x_BxHxW, 1.0 - memory_BxTxHxW, keys_BxK)
-  empty = vma.apply(params, x_BxHxW, memory_BxTxHxW[:, :0], keys_BxK)
+  # Jitted (here and below): one compile each, not one per operation of the model.
+  with_memory = jax.jit(vae.apply)(params, x_BxHxW, memory_BxTxHxW, keys_BxK)
+  other_memory = jax.jit(vae.apply)(params, x_BxHxW, 1.0 - memory_BxTxHxW, keys_BxK)
+  empty = jax.jit(vma.apply)(params, x_BxHxW, memory_BxTxHxW[:, :0], keys_BxK)
   np.testing.assert_array_equal(with_memory.log_w_BxK, other_memory.log_w_BxK)
   np.testing.assert_allclose(with_memory.log_w_BxK, empty.log_w_BxK, rtol=1e-6)
   assert int(jnp.max(with_memory.a_BxK)) < config.model.num_dummies  # dummies only
@@ -70,14 +71,15 @@ def test_soft_read_has_no_address_variable_and_ignores_the_slot_order():
   params = vma_model.init_params(config, jax.random.key(1))
   assert "query" in params["params"] and "prior_mean" not in params["params"]  # p(z) = N(0, I)
   x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes()
-  weights = model.apply(params, x_BxHxW, memory_BxTxHxW, keys_BxK)
+  apply = jax.jit(model.apply)
+  weights = apply(params, x_BxHxW, memory_BxTxHxW, keys_BxK)
   assert weights.log_q_a_BxK is None and weights.a_BxK is None  # no score term
   np.testing.assert_allclose(weights.log_w_BxK,
                              weights.log_px_BxK - weights.kl_z_BxK, rtol=1e-6)
-  shuffled = model.apply(params, x_BxHxW, memory_BxTxHxW[:, ::-1], keys_BxK)
+  shuffled = apply(params, x_BxHxW, memory_BxTxHxW[:, ::-1], keys_BxK)
   np.testing.assert_allclose(shuffled.log_w_BxK, weights.log_w_BxK, rtol=1e-5)
   # The memory does enter: another memory, other log-weights.
-  other = model.apply(params, x_BxHxW, 1.0 - memory_BxTxHxW, keys_BxK)
+  other = apply(params, x_BxHxW, 1.0 - memory_BxTxHxW, keys_BxK)
   assert np.max(np.abs(np.asarray(other.log_w_BxK - weights.log_w_BxK))) > 1e-3
 
 
@@ -87,7 +89,7 @@ def test_soft_read_is_the_same_function_on_the_cpu_layers_and_stock_layers():
   for cpu_kernels in ("on", "off"):
     config = _config("soft", model__cpu_kernels=cpu_kernels)
     params = vma_model.init_params(_config("soft"), jax.random.key(2))
-    log_w[cpu_kernels] = vma_model.make_model(config).apply(
+    log_w[cpu_kernels] = jax.jit(vma_model.make_model(config).apply)(
         params, x_BxHxW, memory_BxTxHxW, keys_BxK).log_w_BxK
   np.testing.assert_allclose(log_w["on"], log_w["off"], rtol=1e-5)
 

@@ -131,8 +131,8 @@ def test_cell_bound_matches_direct_computation(small_model_and_params):
   batch = episodes.sample_cell_episodes(data, episode_key, jnp.asarray(targets),
                                         max_classes=1, memory_size=2)
   keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(sample_key, jnp.asarray(targets))
-  log_w_BxK = model.apply(params, batch.x_BxHxW, batch.memory_BxTxHxW,
-                          vma_model.sample_keys(keys_B, 0, 16)).log_w_BxK
+  log_w_BxK = jax.jit(model.apply)(params, batch.x_BxHxW, batch.memory_BxTxHxW,
+                                   vma_model.sample_keys(keys_B, 0, 16)).log_w_BxK
   expected_B = -np.asarray(objective.iw_bound(log_w_BxK), np.float64)
   np.testing.assert_allclose(result.bound, expected_B.mean(), rtol=1e-5)
   np.testing.assert_allclose(result.stderr, expected_B.std(ddof=1) / 2.0, rtol=1e-3)
