@@ -5,7 +5,7 @@ Workdir layout:
   workdir/config.json             the config of the latest start (earlier ones: config.<n>.json)
   workdir/checkpoints/<step>/     Orbax checkpoints: items `params`, `opt_state`, `config`,
                                   `meta` ({"model_revision": vma_model.REVISION,
-                                  "sha256": {item: digest}})
+                                  "sha256": {item: digest}}), and files.sha256.json
   workdir/damaged_checkpoints/    checkpoints that failed to restore, moved aside by training
                                   (`vma_jax.run`)
 
@@ -25,8 +25,10 @@ workdir, so every command and notebook takes it as --workdir:
                                   with them)
 
 What a disk can still do to a finished checkpoint (a truncated file, a flipped byte, a lost
-metadata file) is caught on restore: `save` records a sha256 of every item's values, and
-`restore_newest` reads a checkpoint back only if its files load, its values hash to the
+metadata file) is caught on restore: `save` records a sha256 of every item's values, training
+records one of every file of its params and opt_state once the save is complete
+(`record_files`, workdir/checkpoints/<step>/files.sha256.json), and `restore_newest` reads a
+checkpoint back only if those files are as recorded, load, and their values hash to the
 recorded digests and are finite. A checkpoint that fails is a `DamagedCheckpointError`;
 `restore_newest` goes on to the next older one and reports the damaged ones, which are never
 deleted.
@@ -77,6 +79,7 @@ FREE_FIELDS = ("train.num_steps", "train.log_every", "train.checkpoint_every",
                "train.tensorboard", "validation", "eval", "data.archive_dir", "data.data_dir")
 
 CONFIG_HISTORY_FILE = "config_history.jsonl"
+FILES_DIGEST = "files.sha256.json"  # in a step's folder: the sha256 of its items' files
 
 
 class CheckpointError(RuntimeError):
@@ -396,6 +399,55 @@ def save(manager: ocp.CheckpointManager, step: int, params, opt_state, config) -
       meta=ocp.args.JsonSave({"model_revision": vma_model.REVISION, "sha256": digests})))
 
 
+def _file_digests(step_dir: str, items) -> dict[str, str]:
+  """{path relative to step_dir: sha256} of every file of the named items' folders."""
+  digests = {}
+  for item in items:
+    for root, _, names in os.walk(os.path.join(step_dir, item)):
+      for name in names:
+        path = os.path.join(root, name)
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+          for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+        digests[os.path.relpath(path, step_dir)] = digest.hexdigest()
+  return digests
+
+
+def record_files(manager: ocp.CheckpointManager, step: int) -> None:
+  """Writes the sha256 of the files of the complete checkpoint at `step`'s `params` and
+  `opt_state` (FILES_DIGEST in its folder), for a restore to find damage in them before
+  Orbax reads them."""
+  step_dir = os.path.join(str(manager.directory), str(step))
+  files.write_json(os.path.join(step_dir, FILES_DIGEST),
+                   _file_digests(step_dir, ("params", "opt_state")))
+
+
+def _check_files(manager: ocp.CheckpointManager, step: int, items) -> None:
+  """Raises DamagedCheckpointError if the items' files differ from those `record_files`
+  recorded. Checked before Orbax reads them: Orbax abandons the other reads of a checkpoint
+  whose file fails to read, and they print tracebacks long after. Without the record (a run
+  stopped between the save and the record) Orbax's read and the value digests decide."""
+  step_dir = os.path.join(str(manager.directory), str(step))
+  path = os.path.join(step_dir, FILES_DIGEST)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      recorded = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DamagedCheckpointError(step, f"its {FILES_DIGEST} does not load ({_reason(e)})") from e
+  actual = _file_digests(step_dir, items)
+  for item in items:
+    paths = sorted(p for p in recorded.keys() | actual.keys()
+                   if p.startswith(item + os.sep) and recorded.get(p) != actual.get(p))
+    if paths:
+      more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
+      what = "is missing" if paths[0] not in actual else "differs"
+      raise DamagedCheckpointError(
+          step, f"its {item} files differ from those saved ({paths[0]} {what}{more})")
+
+
 def _reason(error: BaseException) -> str:
   """A short, one-line account of why reading failed: the innermost TensorStore status in the
   exception's chain ("OUT_OF_RANGE: ..."), where there is one."""
@@ -437,7 +489,9 @@ def _read_config(manager: ocp.CheckpointManager, step: int, meta: dict | None) -
 def _read_items(manager: ocp.CheckpointManager, step: int, meta: dict | None,
                 abstract_items: dict) -> dict:
   """The named items restored onto their abstract targets and verified: they load, their
-  floating-point values are finite, and they hash to the digests recorded at save time."""
+  floating-point values are finite, and they hash to the digests recorded at save time (their
+  files, if recorded, are checked first: `_check_files`)."""
+  _check_files(manager, step, abstract_items)
   try:
     with orbax_logs(everything=True):
       restored = manager.restore(step, args=ocp.args.Composite(**{

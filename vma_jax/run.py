@@ -166,6 +166,8 @@ class Run:
     reported, or of a run that stopped for another reason) is logged, not raised."""
     try:
       self.manager.close()
+      if self.saving is not None and self.is_chief:
+        checkpoints.record_files(self.manager, self.saving)
     except Exception as e:  # pylint: disable=broad-except
       logging.warning("The last checkpoint could not be completed: %s",
                       errors.one_line(e)[:300])
@@ -225,10 +227,13 @@ class Run:
     self.saving = step
 
   def wait(self) -> None:
-    """Completes the save in flight; WorkdirError if it failed."""
+    """Completes the save in flight and records its files' digests
+    (`checkpoints.record_files`); WorkdirError if either failed."""
     if self.saving is not None:
       try:
         self.manager.wait_until_finished()
+        if self.is_chief:
+          checkpoints.record_files(self.manager, self.saving)
       except Exception as e:  # pylint: disable=broad-except
         raise self._failed(e, "the checkpoint", self.saving) from e
       self.saving = None
