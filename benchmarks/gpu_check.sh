@@ -91,7 +91,7 @@ else
   for phase in "${!BUDGET[@]}"; do BUDGET[$phase]=600; done
   BUDGET[lower_cuda]=600
   export JAX_PLATFORMS=cpu
-  # gpu_check.py's DRY_RUN_XLA_FLAGS: the same programs, compiled about 4x faster.
+  # gpu_check.py's DRY_RUN_XLA_FLAGS (tests/test_gpu_check.py checks the two agree).
   export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_cpu_use_fusion_emitters=false"
   BENCH_ARGS=(--batch 2 --memory 3 --samples 2 --chunk-size 2 --repeats 2 --warmup 1
               --matmul-n 64 --cpu-devices 1)
