@@ -61,7 +61,7 @@ def test_restore_params_onto_one_device_of_a_checkpoint_written_on_two(tmp_path)
 
   workdir = str(tmp_path / "run")
   env = helpers.child_env()
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = helpers.SUITE_XLA_FLAGS  # no forced device count: --cpu_devices
   result = subprocess.run([sys.executable, __file__, workdir], env=env, cwd=helpers.REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-4000:]
@@ -93,7 +93,7 @@ def test_train_on_8_devices_resume_on_2_evaluate_on_1_and_3(
   env = helpers.child_env(VMA_OMNIGLOT_DIR=archive_dir, TFDS_DATA_DIR=omniglot_data_dir,
                           JAX_COMPILATION_CACHE_DIR=helpers.CACHE_DIR,
                           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = helpers.SUITE_XLA_FLAGS  # no forced device count: --cpu_devices
   workdir = tmp_path / "run"
   # Batches of 8: a multiple of every training device count (8, then 2).
   train = ["train.py", "--config=configs/quick.py", f"--workdir={workdir}",

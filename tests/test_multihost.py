@@ -17,6 +17,8 @@ import jax
 import numpy as np
 import pytest
 
+import helpers
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 from vma_jax import checkpoints
@@ -50,6 +52,7 @@ def _run(script: str, args, *, num_processes: int, cpu_devices: int, log_dir) ->
          if k != "XLA_FLAGS" and not k.startswith(("VMA_COORDINATOR", "VMA_NUM_PROC",
                                                    "VMA_PROCESS", "SLURM_", "OMPI_"))}
   env["JAX_PLATFORMS"] = "cpu"
+  env["XLA_FLAGS"] = helpers.SUITE_XLA_FLAGS  # no forced device count: --cpu_devices
   command = [sys.executable, script, *args, f"--cpu_devices={cpu_devices}"]
   if num_processes > 1:
     command += [f"--coordinator_address=127.0.0.1:{_free_port()}",
