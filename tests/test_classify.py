@@ -24,6 +24,10 @@ RUNS_ZIP = os.path.join(os.environ.get("VMA_ONE_SHOT_DIR") or str(
     REPO_ROOT.parent / "shared" / "data" / "omniglot_one_shot"), one_shot.RUNS_FILE)
 TRAIN_STEPS = 100
 
+# The trained run's programs run a hundred steps of the small model: XLA's optimisations off
+# save more compile time than they cost.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 @pytest.fixture(scope="module")
 def runs() -> one_shot.OneShotRuns:
@@ -32,15 +36,10 @@ def runs() -> one_shot.OneShotRuns:
   return one_shot.load_runs(RUNS_ZIP)
 
 
-# The trained run's programs run a hundred steps of the small model: XLA's optimisations off
-# save more compile time than they cost.
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, omniglot_train, omniglot_test) -> str:
-  """A workdir of the small model trained for TRAIN_STEPS steps on the real splits: about
-  30 s on 2 cores, the steps most of it. Fewer steps (30 or 60) leave a model whose bound
+  """A workdir of the small model trained for TRAIN_STEPS steps on the real splits:
+  30-50 s on 2 cores, the steps most of it. Fewer steps (30 or 60) leave a model whose bound
   does not yet pick out a test image that is one of its run's training images."""
   from vma_jax import train  # pylint: disable=g-import-not-at-top
 
