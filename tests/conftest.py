@@ -31,21 +31,6 @@ def find_archive_dir() -> str | None:
   return candidate if os.path.isfile(os.path.join(candidate, "images_background.zip")) else None
 
 
-@pytest.fixture(scope="module")
-def fast_compile():
-  """helpers.FAST_COMPILE_ENV for a test module: in this process (jax's config) and in the
-  child processes it starts (the environment)."""
-  with pytest.MonkeyPatch.context() as patch:
-    for name, value in helpers.FAST_COMPILE_ENV.items():
-      patch.setenv(name, value)
-    before = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
-      yield
-    finally:
-      jax.config.update("jax_disable_most_optimizations", before)
-
-
 @pytest.fixture(scope="session")
 def archive_dir() -> str:
   found = find_archive_dir()

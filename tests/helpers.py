@@ -25,9 +25,10 @@ CACHE_DIR = os.path.join(tempfile.gettempdir(), "vma_jax_test_compilation_cache"
 
 
 def configure_jax() -> None:
-  """The settings every test runs under: implicit rank promotion is an error, and compiled
-  programs are cached on disk."""
+  """The settings every test runs under: implicit rank promotion is an error, XLA's
+  optimisation passes are off (SUITE_ENV) and compiled programs are cached on disk."""
   jax.config.update("jax_numpy_rank_promotion", "raise")
+  jax.config.update("jax_disable_most_optimizations", True)
   jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
@@ -44,17 +45,21 @@ def with_suite_xla_flags(xla_flags: str | None) -> str:
   return " ".join(flags + [f for f in SUITE_XLA_FLAGS.split() if f not in flags])
 
 
+# The suite checks what programs compute, never how fast (benchmarks/ time them): XLA's
+# optimisation passes off, here and in the children it starts. On 2 cores, small_config's
+# init compiles in 2.5 s instead of 12.5 s and its train step in 1.5 s instead of 5 s, and a
+# few steps still take milliseconds. Child commands also skip their re-execution for glibc's
+# allocator (vma_jax/cpu/host.py): one process start, not two. Tests of either behaviour set
+# their own environment.
+SUITE_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "GLIBC_TUNABLES": ""}
+
 os.environ["XLA_FLAGS"] = with_suite_xla_flags(os.environ.get("XLA_FLAGS"))
+for _name, _value in SUITE_ENV.items():
+  os.environ.setdefault(_name, _value)
 configure_jax()
 # Child processes (commands, benchmark scripts, notebook kernels) load what the suite, or an
 # earlier child, compiled: a command run twice compiles once.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE_DIR)
-
-# For tests of what a program computes, not how fast it runs: XLA's optimisation passes off
-# (the full-size training step compiles in ~15 s instead of 25-80 s on 2 cores, but runs up
-# to ~10x slower: not for tests that time or run many steps), and commands that do not
-# re-execute themselves for glibc's allocator (vma_jax/cpu/host.py).
-FAST_COMPILE_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "GLIBC_TUNABLES": ""}
 
 
 def child_env(cpu_devices: int | None = None, **extra: str) -> dict[str, str]:

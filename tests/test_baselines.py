@@ -23,10 +23,6 @@ from vma_jax import sharding
 from vma_jax import state as state_lib
 from vma_jax import train
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations
-# off (conftest.fast_compile).
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def _config(memory_read, **overrides):
   config = small_config(**overrides)

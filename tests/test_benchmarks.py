@@ -14,13 +14,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ("name", "device", "median_s", "min_s", "max_s", "peak_rss_mb", "gflops_per_s",
             "matmul_gflops_per_s", "batch", "memory", "samples")
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations off.
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def _env():
-  """The scripts' environment: this one (with fast_compile's settings) and the dry runs' XLA
-  flags, as the GPU check's dry run compiles (one compile of run.py's step serves both)."""
+  """The scripts' environment: this one (helpers.SUITE_ENV) and the dry runs' XLA flags, as
+  the GPU check's dry run compiles (one compile of run.py's step serves both)."""
   return dict(os.environ,
               XLA_FLAGS=gpu_check.with_dry_run_xla_flags(os.environ.get("XLA_FLAGS")))
 

@@ -24,10 +24,6 @@ RUNS_ZIP = os.path.join(os.environ.get("VMA_ONE_SHOT_DIR") or str(
     REPO_ROOT.parent / "shared" / "data" / "omniglot_one_shot"), one_shot.RUNS_FILE)
 TRAIN_STEPS = 100
 
-# The trained run's programs run a hundred steps of the small model: XLA's optimisations off
-# save more compile time than they cost.
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 @pytest.fixture(scope="module")
 def runs() -> one_shot.OneShotRuns:

@@ -14,10 +14,6 @@ from vma_jax import objective
 from vma_jax.cpu import convolution
 from vma_jax.cpu import layers as cpu_layers
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations
-# off (conftest.fast_compile).
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def _same_as_flax(layer, reference, x_NxHxWxC, rng):
   """`layer` has the parameters of `reference` and computes its function on them."""

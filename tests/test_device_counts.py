@@ -20,8 +20,6 @@ import pytest
 import helpers
 from vma_jax import model as vma_model
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations off.
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 def _distinct_params(config):
   """Parameters of `config`'s model, each leaf distinct (leaf i: i + 0, 1, 2, ... / 1000).

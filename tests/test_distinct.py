@@ -19,11 +19,6 @@ from vma_jax import distinct
 from vma_jax import model as vma_model
 from vma_jax import sharding
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations
-# off (conftest.fast_compile).
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
 
 def test_expected_distinct_matches_a_simulation():
   rng = np.random.default_rng(0)

@@ -16,9 +16,6 @@ import pytest
 from vma_jax import data as data_lib
 from vma_jax import episodes
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations
-# off (conftest.fast_compile).
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 BITS = 12  # the synthetic images encode their flat index in the first 12 pixels
 

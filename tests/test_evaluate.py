@@ -27,10 +27,6 @@ from vma_jax import model as vma_model
 from vma_jax import objective
 from vma_jax import results as vma_results
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations
-# off (conftest.fast_compile).
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

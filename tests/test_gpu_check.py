@@ -16,9 +16,6 @@ from vma_jax import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations off.
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def test_dry_run_xla_flags_are_added_once():
   flags = gpu_check.DRY_RUN_XLA_FLAGS

@@ -31,7 +31,7 @@ def test_dry_run_measures_every_variant(tmp_path):
        "--repeats", "1", "--warmup", "0",
        # Every variant measured on a loaded host too: the budget's cuts are tested below.
        "--budget-s", "1800"],
-      cwd=ROOT, env=helpers.child_env(**helpers.FAST_COMPILE_ENV), capture_output=True,
+      cwd=ROOT, env=helpers.child_env(), capture_output=True,
       text=True, timeout=900,
       check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -68,7 +68,6 @@ def test_dry_run_measures_every_variant(tmp_path):
 DRY_RUN_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
-@pytest.mark.usefixtures("fast_compile")
 def test_scan_variant_trains_what_separate_steps_train():
   """S steps in one scanned call: the same episodes, losses and parameters as S calls of the
   training sampler and `make_train_step` with the same keys. Compiled as the dry run

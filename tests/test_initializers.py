@@ -20,10 +20,6 @@ from vma_jax import model as vma_model
 from vma_jax import networks
 from vma_jax import objective
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations
-# off (conftest.fast_compile).
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def _linear(n_in, n_out):
   return n_in

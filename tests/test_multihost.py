@@ -35,9 +35,6 @@ TRAIN_FLAGS = ("--config=configs/quick.py", "--config.model.latent_dim=8",
                "--config.train.image_every=0", "--config.validation.batch_size=8")
 EVAL_FLAGS = ("--cells=1:2", "--num_importance=4", "--num_targets=8", "--batch_size=4")
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations off.
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def _free_port() -> int:
   with socket.socket() as s:

@@ -22,9 +22,6 @@ from vma_jax import networks  # noqa: E402
 from vma_jax.cpu import convolution  # noqa: E402
 from vma_jax.cpu import layers as cpu_layers  # noqa: E402
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations
-# off (conftest.fast_compile).
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 NUM_DUMMIES = 2
 

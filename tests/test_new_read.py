@@ -28,10 +28,6 @@ from vma_jax import sample
 from vma_jax import train
 from vma_jax.reads import base
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations
-# off (conftest.fast_compile).
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 class Encoding(NamedTuple):
   e_x_BxE: jax.Array  # e(x)

@@ -39,9 +39,6 @@ def get_config():
   return config
 """
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations off.
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def _code_cells(name):
   notebook = json.loads((NOTEBOOK_DIR / name).read_text())

@@ -19,9 +19,6 @@ from scipy import special, stats  # noqa: E402
 from vma_jax import model as vma_model  # noqa: E402
 from vma_jax import objective  # noqa: E402
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations
-# off (conftest.fast_compile).
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 # Linear-Gaussian model: z ~ N(0, 1), x | z ~ N(A z + B, S^2), so p(x) = N(x; B, A^2 + S^2) and
 # p(z | x) is Gaussian. The proposal q(z) is deliberately off: shifted and too wide.

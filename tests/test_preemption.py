@@ -17,9 +17,6 @@ from vma_jax import preemption
 from vma_jax import train
 from vma_jax import validation
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations off.
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def test_a_first_signal_asks_to_stop_and_a_second_ctrl_c_stops_at_once():
   before = {s: signal.getsignal(s) for s in preemption.SIGNALS}

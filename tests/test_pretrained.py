@@ -36,9 +36,6 @@ STEP = 3
 # One tiny cell: the same numbers from the workdir and from the exported folder.
 EVAL = dict(cells="1:1", num_importance=2, num_targets=2, batch_size=2, chunk_size=2)
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations off.
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def _save_run(workdir: str, config, seed: int) -> None:
   """A workdir with one checkpoint, at STEP, of an untrained model (as conftest's

@@ -16,10 +16,6 @@ from vma_jax import figures
 from vma_jax import model as vma_model
 from vma_jax import sample
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations
-# off (conftest.fast_compile).
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def _write_png(path, ink_HxW, mode="L"):
   """An image with dark ink on white paper, as Omniglot's."""

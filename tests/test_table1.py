@@ -11,9 +11,6 @@ import pytest
 from benchmarks import table1
 from helpers import REPO_ROOT, child_env, write_mock_cache
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations off.
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 # The first sitting's deadline. The dry run keeps 45 s of it to stop and pack
 # (benchmarks/table1.py): train.py gets 55 s to start and finish a step (measured on a

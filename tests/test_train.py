@@ -33,10 +33,6 @@ from vma_jax import summaries
 from vma_jax import state as state_lib
 from vma_jax import train
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations
-# off (conftest.fast_compile).
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def test_train_step_learns_and_reports_metrics():
   config = small_config()

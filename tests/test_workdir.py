@@ -28,10 +28,6 @@ from vma_jax import state as state_lib
 from vma_jax import train
 from vma_jax import run as run_lib
 
-# What these tests check is what the programs compute, not how fast: XLA's optimisations
-# off (conftest.fast_compile).
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def _listing(folder):
   """{relative path: bytes} of every file under folder (but the lock file, which each run
