@@ -22,6 +22,7 @@ def _env():
               XLA_FLAGS=gpu_check.with_dry_run_xla_flags(os.environ.get("XLA_FLAGS")))
 
 
+@pytest.mark.slow
 def test_run_writes_required_keys(tmp_path):
   out = tmp_path / "bench.json"
   subprocess.run(

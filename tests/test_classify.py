@@ -253,7 +253,10 @@ def test_a_plain_vae_classifies_with_the_model_free_classifiers(runs, monkeypatc
   assert set(classify.MODEL_FREE) == {"pixel", "hausdorff"} <= set(classify.CLASSIFIERS)
 
 
+@pytest.mark.slow
 def test_bound_and_pixel_recognise_a_test_image_that_is_a_training_image(trained_run, runs):
+  """About a minute with `trained_run` (trained once for the three tests that read it): the
+  bound needs a model trained long enough to tell a run's images apart."""
   params, _, config = checkpoints.restore_params(trained_run)
   identical = _identical(runs, num_runs=2)
   scores = classify.class_scores(identical, ["bound", "pixel"],
@@ -274,6 +277,7 @@ def test_bound_and_pixel_recognise_a_test_image_that_is_a_training_image(trained
   np.testing.assert_allclose(again["bound"], scores["bound"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_address_picks_the_largest_inner_product_which_need_not_be_the_image_itself(
     trained_run, runs):
   """On runs whose test images are their training images, the address classifier's answer
@@ -297,6 +301,7 @@ def test_address_picks_the_largest_inner_product_which_need_not_be_the_image_its
     np.testing.assert_array_equal(predicted_Q != run.answer_Q, hub_Q)
 
 
+@pytest.mark.slow
 def test_results_files_agree_with_their_predictions(trained_run, runs, tmp_path):
   out = str(tmp_path / "out")
   results, paths = classify.classify_workdir(trained_run, runs=RUNS_ZIP,

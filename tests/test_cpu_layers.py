@@ -103,6 +103,7 @@ def _episode(batch=2, memory_size=3, num_importance=4, seed=0):
   return x_BxHxW, memory_BxTxHxW, keys_BxK
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("param_init", ["torch", "flax"])
 def test_both_paths_have_the_same_parameters_and_compute_the_same_function(param_init):
   """cpu_kernels "on" and "off": identical initial parameters, and in float64 the same

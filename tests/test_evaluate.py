@@ -294,6 +294,7 @@ def test_finished_cells_are_kept_per_settings(tmp_path, caplog):
   assert "cannot be read" in caplog.text
 
 
+@pytest.mark.slow
 def test_interrupted_evaluation_takes_up_where_it_stopped(untrained_run, monkeypatch):
   """A rerun evaluates only the cells left, with any batch size; the results are the same."""
   workdir, eval_dir = untrained_run, pathlib.Path(untrained_run) / "eval"
@@ -339,6 +340,7 @@ def test_interrupted_evaluation_takes_up_where_it_stopped(untrained_run, monkeyp
   assert [p.name for p in eval_dir.glob("partial-*.json")] == [partial.name]
 
 
+@pytest.mark.slow
 def test_precision_gaps_are_paired(small_model_and_params):
   """Each dtype's bound is evaluate_grid's in that dtype; the gap is their paired difference."""
   config, model, params = small_model_and_params

@@ -68,6 +68,7 @@ def test_dry_run_measures_every_variant(tmp_path):
 DRY_RUN_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
+@pytest.mark.slow
 def test_scan_variant_trains_what_separate_steps_train():
   """S steps in one scanned call: the same episodes, losses and parameters as S calls of the
   training sampler and `make_train_step` with the same keys. Compiled as the dry run

@@ -33,6 +33,7 @@ def test_a_first_signal_asks_to_stop_and_a_second_ctrl_c_stops_at_once():
     assert stop.requested(1) and stop.exit_status == 143
 
 
+@pytest.mark.slow
 def test_sigterm_mid_run_saves_the_step_in_flight_and_resumes_bit_identically(
     tmp_path, monkeypatch):
   splits = mock_splits()
@@ -64,6 +65,7 @@ def test_sigterm_mid_run_saves_the_step_in_flight_and_resumes_bit_identically(
   assert_params_equal(straight.params, resumed.params)
 
 
+@pytest.mark.slow
 def test_validation_and_images_compile_once(tmp_path, monkeypatch):
   """After the first round of periodic jobs nothing is compiled again: not the validation
   (two padded batches), the image grid, the step, the sampler or the host's logging."""

@@ -152,6 +152,7 @@ def _event_tags_by_step(workdir) -> dict[int, set[str]]:
   return tags
 
 
+@pytest.mark.slow
 def test_train_resume_and_workdir(tmp_path, caplog):
   splits = mock_splits()
   straight = tmp_path / "straight"
@@ -482,6 +483,7 @@ def test_training_without_tensorflow_or_clu(tmp_path):
   assert not list(workdir.glob("events.out.tfevents*"))
 
 
+@pytest.mark.slow
 def test_training_without_event_files_never_imports_tensorflow(tmp_path):
   """With config.train.tensorboard off, a run (data given, as from a prepared cache) trains,
   validates and draws its grids without importing TensorFlow, though it is installed."""
