@@ -6,6 +6,7 @@ Runs on mock data with the shrunken config of tests/helpers.py, signals sent to 
 
 import logging
 import os
+import re
 import signal
 
 import jax
@@ -68,8 +69,9 @@ def test_sigterm_mid_run_saves_the_step_in_flight_and_resumes_bit_identically(
 @pytest.mark.slow
 def test_validation_and_images_compile_once(tmp_path, monkeypatch):
   """After the first round of periodic jobs nothing is compiled again: not the validation
-  (two padded batches), the image grid, the step, the sampler or the host's logging."""
-  runs, rounds, late_compiles = [], [], []
+  (two padded batches), the image grid, the step, the sampler or the host's logging. The step
+  is traced once: its first call reuses the trace that checked the config."""
+  runs, rounds, late_compiles, step_traces = [], [], [], []
   prepare = train._prepare_run  # pylint: disable=protected-access
   write_images = validation.Validation.write_images
 
@@ -83,6 +85,8 @@ def test_validation_and_images_compile_once(tmp_path, monkeypatch):
 
   class Compiles(logging.Handler):
     def emit(self, record):
+      if re.match(r"Finished tracing\b.*\btrain_step\b", record.getMessage()):
+        step_traces.append(record.getMessage())
       if rounds and record.getMessage().startswith("Compiling "):
         late_compiles.append(record.getMessage()[:200])
 
@@ -100,6 +104,7 @@ def test_validation_and_images_compile_once(tmp_path, monkeypatch):
     jax_logger.removeHandler(handler)
   assert rounds == [1, 2, 3, 4]
   assert not late_compiles, late_compiles
+  assert len(step_traces) == 1, step_traces
   (run,) = runs
   for fn in (run.sample, run.train_step, run.validation.bound_fn, run.validation.images_fn):
     assert fn._cache_size() == 1, fn  # pylint: disable=protected-access

@@ -159,12 +159,16 @@ def _prepare_run(config, mesh: Mesh, splits: dict | None) -> _Setup:
                   episodes_lib.device_data(splits["train"], mesh), init_key, train_key)
 
 
-def _trace(setup: _Setup, config) -> TrainState:
+def _trace(setup: _Setup, config, mesh: Mesh) -> TrainState:
   """Traces every function of the run (a config that cannot run raises RefusedConfig before
-  anything is written); returns the abstract train state."""
+  anything is written); returns the abstract train state, replicated over `mesh` as the one
+  trained, so that the functions' first calls reuse these traces."""
   with errors.refusing_config("config.model"):
     abstract = jax.eval_shape(functools.partial(state_lib.create_train_state, config),
                               setup.init_key)
+  replicated, _ = sharding.shardings(mesh)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
   with errors.refusing_config("config.episodes"):
     episodes, sample_key = jax.eval_shape(setup.sample, setup.train_data, setup.train_key,
                                           np.int32(0))
@@ -294,17 +298,19 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None,
   with run_lib.Run(workdir, config, allow_config_change=allow_config_change) as run:
     mesh = sharding.make_mesh()
     setup = _prepare_run(config, mesh, splits)
-    abstract = _trace(setup, config)
-    replicated, _ = sharding.shardings(mesh)
-    targets = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                           {"params": abstract.params, "opt_state": abstract.opt_state})
-    restored = run.restore(targets, check=functools.partial(state_lib.check_optimizer, config, abstract))
+    abstract = _trace(setup, config, mesh)
+    targets = {"params": abstract.params, "opt_state": abstract.opt_state}
+    restored = run.restore(
+        targets, check=functools.partial(state_lib.check_optimizer, config, abstract))
     if restored is None:  # the fresh parameters are computed only here
-      state, start_step = state_lib.init_train_state(config, setup.init_key, mesh), 0
+      fresh = state_lib.init_train_state(config, setup.init_key, mesh)
+      items, start_step = dict(step=fresh.step, params=fresh.params, opt_state=fresh.opt_state), 0
     else:
-      state = abstract.replace(step=sharding.replicate(np.int32(restored.step), mesh),
-                               **restored.items)
+      items = dict(step=sharding.replicate(np.int32(restored.step), mesh), **restored.items)
       start_step = restored.step
+    # Into the traced state (its optimiser, a static field): the step's first call reuses the
+    # trace of _trace.
+    state = abstract.replace(**items)
     logging.info("Training %d steps from step %d on %d device(s) of %d process(es); "
                  "workdir %s", config.train.num_steps, start_step, mesh.devices.size,
                  jax.process_count(), run.workdir)
