@@ -27,6 +27,7 @@ from vma_jax import model as vma_model
 from vma_jax import state as state_lib
 from vma_jax import train
 from vma_jax import run as run_lib
+from vma_jax import sharding
 
 
 def _listing(folder):
@@ -146,9 +147,40 @@ def test_a_damaged_checkpoint_is_skipped_for_the_newest_intact_one(trained, run,
   with pytest.raises(checkpoints.CheckpointError, match=r"step 2 is damaged.*Choose another step"):
     checkpoints.restore_params(run, step=2)
 
-  # Training: resumes from step 1, moves step 2 aside (never deletes it) and saves it again,
-  # bit for bit as the undamaged one.
+  # Training's restore (vma_jax.run.Run, as train_and_evaluate calls it): resumes from step 1
+  # and moves step 2 aside, never deleting it. (That training then saves step 2 again, bit for
+  # bit: test_training_through_a_damaged_checkpoint_saves_its_step_again.)
   caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    restored = _restore_for_training(run)
+  assert restored.step == 1
+  assert_params_equal(restored.items["params"], params[1])
+  assert checkpoints.saved_steps(run) == [1]
+  moved = os.path.join(run, checkpoints.DAMAGED_DIR, "2")
+  assert _listing(moved) == damaged_files
+  lines = [r.getMessage() for r in caplog.records if "Skipped the checkpoint" in r.getMessage()]
+  assert len(lines) == 1 and f"moved to {moved}" in lines[0], lines
+
+
+def _restore_for_training(workdir):
+  """What train_and_evaluate restores in `workdir` for small_config(train__num_steps=2)."""
+  config = small_config(train__num_steps=2)
+  abstract = jax.eval_shape(lambda key: state_lib.create_train_state(config, key),
+                            jax.random.key(0))
+  replicated, _ = sharding.shardings(sharding.make_mesh())
+  targets = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                         {"params": abstract.params, "opt_state": abstract.opt_state})
+  with run_lib.Run(workdir, config) as run:
+    return run.restore(targets)
+
+
+@ABANDONED_READS
+def test_training_through_a_damaged_checkpoint_saves_its_step_again(trained, run, caplog):
+  """Training resumes from the newest intact checkpoint, moves the damaged one aside and saves
+  its step again, bit for bit as the undamaged one."""
+  params = trained[1]
+  _truncate(_step_dir(run, 2))
+  damaged_files = _listing(_step_dir(run, 2))
   with caplog.at_level(logging.WARNING):
     state = train.train_and_evaluate(small_config(train__num_steps=2), run, splits=mock_splits())
   assert_params_equal(state.params, params[2])
