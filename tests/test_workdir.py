@@ -412,6 +412,20 @@ report(final_step=checkpoints.restore_params(run)[1])
 """
 
 
+@pytest.mark.parametrize("error", [
+    OSError(28, "No space left on device", "/w/checkpoints/2/params/d/0"),
+    ValueError('Error writing "/w/checkpoints/2/params/d/0": No space left on device '
+               "[os_error_code='28']"),
+    RuntimeError("[Errno 28] No space left on device: '/w/checkpoints/2/params/d/0'"),
+], ids=["os_error", "tensorstore", "as_text"])
+def test_a_failed_write_names_the_os_reason_however_orbax_reports_it(error):
+  message = run_lib.write_failure(error, what="the checkpoint", step=2, workdir="/w",
+                                  last_checkpoint=1, path="/w/checkpoints/2")
+  assert "\n" not in message
+  assert message.startswith("writing the checkpoint at step 2 failed (/w/checkpoints/2"), message
+  assert ": No space left on device. Training stopped; the last good checkpoint, step 1" in message
+
+
 @pytest.mark.slow
 def test_a_full_disk_during_a_save_ends_in_one_line_and_keeps_the_last_checkpoint(tmp_path):
   """On a 32 MB tmpfs (mounted in a user namespace): a checkpoint holds about 4 MB."""
@@ -434,7 +448,7 @@ def test_a_full_disk_during_a_save_ends_in_one_line_and_keeps_the_last_checkpoin
     assert "\n" not in message
     assert message.startswith(
         f"writing the checkpoint at step 2 failed ({disk}/run/checkpoints/2"), message
-    assert ": No space left on device" in message
+    assert ": No space left on device" in message, message
     assert ". Training stopped; the last good checkpoint, step 1, is intact in " \
         f"{disk}/run/checkpoints. Free space" in message, message
   assert "MiB are free)" in reports[0]["message"]

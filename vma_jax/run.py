@@ -350,8 +350,10 @@ class WorkdirLock:
 
 
 # TensorStore puts the OS's error inside its message: "...: No space left on device
-# [os_error_code='28']", and the file in quotes.
-_TENSORSTORE_OS_ERROR = re.compile(r":\s*([^:\[\]\"]+?)\s*\[os_error_code='(\d+)'\]")
+# [os_error_code='28']", and the file in quotes; an OSError that reached Orbax as text reads
+# "[Errno 28] No space left on device: '<file>'".
+_TENSORSTORE_OS_ERROR = re.compile(r":\s*(?P<reason>[^:\[\]\"]+?)\s*\[os_error_code='\d+'\]")
+_PYTHON_OS_ERROR = re.compile(r"\[Errno \d+\]\s*(?P<reason>[^:\[\]\"']+?)\s*(?::|$)", re.M)
 _QUOTED_PATH = re.compile(r'"(/[^"]+)"')
 
 
@@ -366,8 +368,8 @@ def write_failure(error: BaseException, *, what: str, step: int, workdir: str,
     reason, path = os_error.strerror or str(os_error), os_error.filename
   else:
     text = "\n".join(str(e) for e in errors.chain(error))
-    found = _TENSORSTORE_OS_ERROR.search(text)
-    reason = found.group(1) if found else errors.one_line(error)[:200]
+    found = _TENSORSTORE_OS_ERROR.search(text) or _PYTHON_OS_ERROR.search(text)
+    reason = found.group("reason") if found else errors.one_line(error)[:200]
     paths = _QUOTED_PATH.findall(text)
     path = paths[-1] if paths else None
   path = path or default_path
