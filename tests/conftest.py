@@ -24,14 +24,6 @@ import helpers  # noqa: F401  (configures JAX for every test: helpers.configure_
 REPO_ROOT = helpers.REPO_ROOT
 
 
-def pytest_collection_modifyitems(items):
-  """The files that hold slow tests first: with `-n 2 --dist loadfile` each process takes the
-  next file when it is done, so the quick files fill the end instead of one long file running
-  there alone."""
-  has_slow = {item.path for item in items if item.get_closest_marker("slow")}
-  items.sort(key=lambda item: item.path not in has_slow)  # stable: files stay whole, in order
-
-
 def find_archive_dir() -> str | None:
   """The folder with the four Omniglot zips, or None."""
   candidate = (os.environ.get("VMA_OMNIGLOT_DIR")
