@@ -48,7 +48,7 @@ def with_suite_xla_flags(xla_flags: str | None) -> str:
 # The suite checks what programs compute, never how fast (benchmarks/ time them): XLA's
 # optimisation passes off, here and in the children it starts. On 2 cores, small_config's
 # init compiles in 2.5 s instead of 12.5 s and its train step in 1.5 s instead of 5 s, and a
-# few steps still take milliseconds. Child commands also skip their re-execution for glibc's
+# step still takes a fraction of a second. Child commands also skip their re-execution for glibc's
 # allocator (vma_jax/cpu/host.py): one process start, not two. Tests of either behaviour set
 # their own environment.
 SUITE_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "GLIBC_TUNABLES": ""}
