@@ -165,13 +165,9 @@ def test_a_damaged_checkpoint_is_skipped_for_the_newest_intact_one(trained, run,
 def _restore_for_training(workdir):
   """What train_and_evaluate restores in `workdir` for small_config(train__num_steps=2)."""
   config = small_config(train__num_steps=2)
-  abstract = jax.eval_shape(lambda key: state_lib.create_train_state(config, key),
-                            jax.random.key(0))
-  replicated, _ = sharding.shardings(sharding.make_mesh())
-  targets = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                         {"params": abstract.params, "opt_state": abstract.opt_state})
+  abstract = state_lib.abstract_train_state(config, sharding.make_mesh())
   with run_lib.Run(workdir, config) as run:
-    return run.restore(targets)
+    return run.restore({"params": abstract.params, "opt_state": abstract.opt_state})
 
 
 @ABANDONED_READS

@@ -52,6 +52,15 @@ def init_train_state(config, key, mesh: Mesh) -> TrainState:
   return jax.jit(functools.partial(create_train_state, config), out_shardings=replicated)(key)
 
 
+def abstract_train_state(config, mesh: Mesh) -> TrainState:
+  """The shapes and dtypes of `create_train_state` (nothing computed), replicated over `mesh`
+  as `init_train_state` returns them: what a checkpoint is restored onto."""
+  replicated, _ = sharding.shardings(mesh)
+  abstract = jax.eval_shape(functools.partial(create_train_state, config), jax.random.key(0))
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+
+
 def check_optimizer(config, abstract: TrainState, saved_config, source: str) -> None:
   """Raises CheckpointError unless the checkpoint's optimiser state (of `saved_config`) has
   the structure of this run's (switching gradient clipping on or off changes it)."""

@@ -164,11 +164,7 @@ def _trace(setup: _Setup, config, mesh: Mesh) -> TrainState:
   anything is written); returns the abstract train state, replicated over `mesh` as the one
   trained, so that the functions' first calls reuse these traces."""
   with errors.refusing_config("config.model"):
-    abstract = jax.eval_shape(functools.partial(state_lib.create_train_state, config),
-                              setup.init_key)
-  replicated, _ = sharding.shardings(mesh)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+    abstract = state_lib.abstract_train_state(config, mesh)
   with errors.refusing_config("config.episodes"):
     episodes, sample_key = jax.eval_shape(setup.sample, setup.train_data, setup.train_key,
                                           np.int32(0))
