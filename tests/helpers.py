@@ -113,7 +113,8 @@ SMALL_HEADS = dict(latent_dim=8, embed_dim=16, match_dim=16)
 
 
 def small_config(**overrides):
-  """The default config shrunk to seconds per run: tiny heads, B = 4, T = 4, K = 2.
+  """The default config shrunk to seconds per run: tiny heads, B = 4, T = 4, K = 2, no
+  TensorBoard files.
 
   Overrides are dotted names with "__" for ".": small_config(train__num_steps=3).
   """
@@ -124,8 +125,9 @@ def small_config(**overrides):
   config.episodes.update(memory_size=4, per_class=2)
   config.objective.num_importance = 2
   config.optim.lr = 1e-3
+  # No event files: a run never imports TensorFlow (seconds in each child process).
   config.train.update(batch_size=4, num_steps=2, log_every=1, checkpoint_every=1,
-                      max_checkpoints=100, validate_every=0, image_every=0)
+                      max_checkpoints=100, validate_every=0, image_every=0, tensorboard=False)
   config.validation.update(max_classes=2, memory_size=3, num_targets=6, num_importance=3,
                            batch_size=4, chunk_size=2)
   for dotted, value in overrides.items():

@@ -106,6 +106,7 @@ def test_soft_attention_trains_through_l_k():
     assert norm > 0.0, name
 
 
+@pytest.mark.slow
 def test_soft_attention_trains_and_evaluates(tmp_path):
   """train_and_evaluate as for the VMA, then evaluation cells C:T and R/T."""
   config = _config("soft", train__num_steps=2)
@@ -118,6 +119,7 @@ def test_soft_attention_trains_and_evaluates(tmp_path):
   assert np.isfinite(result.bound) and 100 < result.bound < 1000
 
 
+@pytest.mark.slow
 def test_plain_vae_trains_without_memory_and_evaluates_on_any_cell():
   """configs/baseline_vae.py trains on T = 0; its cells, any T, have all q(a) on dummies."""
   config = _config("none")

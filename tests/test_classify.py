@@ -41,8 +41,7 @@ def trained_run(tmp_path_factory, omniglot_train, omniglot_test) -> str:
 
   workdir = str(tmp_path_factory.mktemp("trained") / "run")
   config = small_config(train__num_steps=TRAIN_STEPS, train__batch_size=16,
-                        train__checkpoint_every=TRAIN_STEPS, train__log_every=TRAIN_STEPS,
-                        train__tensorboard=False)
+                        train__checkpoint_every=TRAIN_STEPS, train__log_every=TRAIN_STEPS)
   train.train_and_evaluate(config, workdir,
                            splits={"train": omniglot_train, "test": omniglot_test})
   return workdir
@@ -193,6 +192,7 @@ def test_hausdorff_classifier_picks_the_nearest_shape_and_the_first_of_a_tie():
     classify.class_scores(bare, ["pixel", "hausdorff"])
 
 
+@pytest.mark.slow
 def test_hausdorff_makes_lake_et_al_s_published_error(runs):
   """On the 400 trials, the modified Hausdorff distance of the 105 x 105 images errs on
   38.8%, Lake et al.'s published figure, and its row is in every results file."""

@@ -140,6 +140,7 @@ def test_both_paths_have_the_same_parameters_and_compute_the_same_function(param
                                err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_forward_mode_differentiation_works_on_the_stock_path():
   """jax.jvp through VMA.apply (and a Hessian-vector product) on stock layers; the CPU layers'
   custom gradients do not support forward mode, which is why they are opt-in."""

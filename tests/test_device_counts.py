@@ -53,6 +53,7 @@ def _save_on_two_devices(workdir):
   manager.close()
 
 
+@pytest.mark.slow
 def test_restore_params_onto_one_device_of_a_checkpoint_written_on_two(tmp_path):
   from vma_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
@@ -100,7 +101,9 @@ def test_train_on_8_devices_resume_on_2_evaluate_on_1_and_3(
            "--config.validation.batch_size=8", "--config.train.log_every=1",
            # One checkpoint per run (steps 2 and 4), each saved device by device.
            "--config.train.checkpoint_every=2", "--config.train.validate_every=0",
-           "--config.train.image_every=0"]
+           "--config.train.image_every=0",
+           # No event files (nothing here reads them): the children never import TensorFlow.
+           "--config.train.tensorboard=False"]
   _run(train + ["--config.train.num_steps=2", "--cpu_devices=8"], env)
   result = _run(train + ["--config.train.num_steps=4", "--cpu_devices=2"], env)
   assert "Resumed from step 2" in result.stderr

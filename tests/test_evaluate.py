@@ -183,6 +183,7 @@ def test_evaluate_command_without_checkpoint_is_a_clear_error(tmp_path):
       f"--config=configs/<name>.py --workdir={tmp_path / 'nothing'})."]
 
 
+@pytest.mark.slow
 def test_evaluate_a_chosen_step(untrained_run):
   """--step picks the checkpoint; a step with no checkpoint is a one-line usage error."""
   import optax  # pylint: disable=g-import-not-at-top
@@ -211,6 +212,7 @@ def test_evaluate_a_chosen_step(untrained_run):
       "are at steps 3, 5."]
 
 
+@pytest.mark.slow
 def test_evaluate_workdir_end_to_end(untrained_run):
   """A saved checkpoint of the recipe's model, evaluated on real test episodes."""
   workdir, run = untrained_run, pathlib.Path(untrained_run)

@@ -15,6 +15,9 @@ from helpers import write_mock_cache
 from vma_jax import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What every entry of benchmarks/run.py holds.
+BENCH_KEYS = ("name", "device", "median_s", "min_s", "max_s", "peak_rss_mb", "gflops_per_s",
+              "matmul_gflops_per_s", "batch", "memory", "samples")
 
 
 def test_dry_run_xla_flags_are_added_once():
@@ -145,12 +148,17 @@ def check_dry_run(out, carry):
 
   for dtype in gpu_check.DTYPES:
     for name in gpu_check.ENTRIES:
-      entry = report["benchmarks"][dtype][name]
-      assert entry["dtype"] == dtype and entry["min_s"] <= entry["median_s"]
+      entry = report["benchmarks"][dtype][name]  # benchmarks/run.py's entry, as it wrote it
+      assert set(BENCH_KEYS) <= set(entry), set(BENCH_KEYS) - set(entry)
+      assert entry["name"] == name and entry["dtype"] == dtype
+      assert entry["min_s"] <= entry["median_s"] <= entry["max_s"]
       assert entry["gflops_per_s"] > 0 and entry["matmul_gflops_per_s"] > 0
+      assert entry["peak_rss_mb"] > 0
       assert gpu_check.DRY_RUN_XLA_FLAGS in entry["xla_flags"].split()
     assert report["summary"]["train_recipe"][f"{dtype}_median_s"] > 0
   assert report["summary"]["train_recipe"]["bfloat16_speedup"] > 0
+  small = report["benchmarks"]["float32"]["train_small"]
+  assert (small["batch"], small["memory"], small["samples"]) == (2, 3, 2)  # the dry run's sizes
 
   train = report["train"]
   assert train["checkpoint_steps"] == [6] and train["logged_steps"] == [2, 4, 6]

@@ -4,7 +4,6 @@ and the rest still run."""
 
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -18,23 +17,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_dry_run_measures_every_variant(tmp_path):
-  """All 14 variants, each its own compiled programs, and one subprocess: minutes on 2 cores.
+def test_dry_run_measures_every_variant(tmp_path, monkeypatch, capsys):
+  """All 14 variants, each its own compiled programs, in this process (as the script runs
+  them in its own), and one subprocess for an XLA flag: a minute or more on 2 cores.
   Compiled with XLA's optimisations off and timed once each: the numbers are not looked at,
   only that every variant runs and is recorded."""
   out = tmp_path / "out"
+  env = helpers.child_env()  # for the XLA-flag subprocess: the package on its path
+  for name in ("JAX_PLATFORMS", "XLA_FLAGS", "PYTHONPATH"):  # main sets them; undone after
+    monkeypatch.setenv(name, env[name])
   # One XLA-flag subprocess on the cheapest variant: the phase's path, at little cost.
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "benchmarks", "gpu_variants.py"), "--dry-run",
-       "--out", str(out), "--extra-xla-flags=--xla_cpu_enable_fast_math=false",
+  status = gv.main(
+      ["--dry-run", "--out", str(out), "--extra-xla-flags=--xla_cpu_enable_fast_math=false",
        "--extra-xla-variants", "eval_b16", "--reference", "bench_ref_gpu.py",
        "--repeats", "1", "--warmup", "0",
        # Every variant measured on a loaded host too: the budget's cuts are tested below.
-       "--budget-s", "1800"],
-      cwd=ROOT, env=helpers.child_env(), capture_output=True,
-      text=True, timeout=900,
-      check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+       "--budget-s", "1800"])
+  stdout = capsys.readouterr().out
+  assert status == 0, stdout[-3000:]
   result = json.loads((out / gv.JSON_NAME).read_text())
   assert result["mode"] == "dry-run" and result["device"]["platform"] == "cpu"
   assert gv.gpu_check.DRY_RUN_XLA_FLAGS in result["settings"]["xla_flags"].split()
@@ -61,7 +61,7 @@ def test_dry_run_measures_every_variant(tmp_path):
   table = (out / gv.TABLE_NAME).read_text()
   for name in list(gv.VARIANT_NAMES) + ["xla0_eval_b16"]:
     assert f"| `{name}` |" in table, name
-  assert table.strip() in proc.stdout
+  assert table.strip() in stdout
 
 
 # gpu_check.DRY_RUN_XLA_FLAGS as compiler options: XLA_FLAGS cannot change in this process.

@@ -28,6 +28,10 @@ from vma_jax import sample
 from vma_jax import train
 from vma_jax.reads import base
 
+# Every test reads one run, trained here with validation and the image grid: about 15 s in
+# all on 2 cores.
+pytestmark = pytest.mark.slow
+
 
 class Encoding(NamedTuple):
   e_x_BxE: jax.Array  # e(x)
@@ -92,7 +96,7 @@ class NearestSlot(reads.Read):
 
 def _config(**overrides):
   config = small_config(train__num_steps=2, train__validate_every=2, train__image_every=2,
-                        train__tensorboard=False, **overrides)
+                        **overrides)
   config.model.memory_read = NAME
   return config
 

@@ -179,6 +179,7 @@ def _loss_and_grad(model, baseline):
   return jax.jit(jax.value_and_grad(loss))
 
 
+@pytest.mark.slow
 def test_adam_step_lowers_the_loss_of_a_fixed_batch():
   """One optax.adam step on random binary episodes lowers -L_K at the same samples."""
   model, variables = _model_and_variables()

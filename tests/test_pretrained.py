@@ -107,6 +107,7 @@ def test_export_holds_the_checkpoints_parameters_bitwise(exported):
     checkpoints.restore_params(out, STEP + 1)
 
 
+@pytest.mark.slow
 def test_evaluate_sample_and_classify_give_the_workdirs_numbers(exported, monkeypatch):
   workdir, out = exported
   # Evaluation: the fixture evaluated the workdir with the same settings.
@@ -185,6 +186,7 @@ def test_an_export_never_replaces_another_model(exported, tmp_path):
   assert "results" in again and (pathlib.Path(out) / "results.md").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_command_on_the_exported_model(exported, archive_dir, omniglot_data_dir):
   _, out = exported
   eval_dir = pathlib.Path(out) / "eval"

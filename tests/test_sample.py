@@ -115,6 +115,7 @@ def test_memory_from_a_test_class(untrained_run, omniglot_test):
     sample.memory_from_class(omniglot_test, 0, 20)
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line(tmp_path, untrained_run):
   for args, expected, status in (
       (["--workdir", str(tmp_path / "nothing"), "--test_class=1"], "does not exist", 2),

@@ -158,7 +158,8 @@ def test_train_resume_and_workdir(tmp_path, caplog):
   splits = mock_splits()
   straight = tmp_path / "straight"
   with caplog.at_level(logging.INFO):
-    train.train_and_evaluate(small_config(train__num_steps=2), str(straight), splits=splits)
+    train.train_and_evaluate(small_config(train__num_steps=2, train__tensorboard=True),
+                             str(straight), splits=splits)
   # One line per logged step, the run's own: CLU's logging writer would add "[1] train/..."
   # lines repeating the scalars, and the hyperparameters.
   lines = [r.getMessage() for r in caplog.records]
@@ -169,9 +170,11 @@ def test_train_resume_and_workdir(tmp_path, caplog):
   assert {"train/loss", "train/neg_bound"} <= tags[1] and {"train/loss"} <= tags[2]
 
   resumed = tmp_path / "resumed"
-  train.train_and_evaluate(small_config(train__num_steps=1), str(resumed), splits=splits)
+  train.train_and_evaluate(small_config(train__num_steps=1, train__tensorboard=True), str(resumed),
+                           splits=splits)
   # The same command with a longer run continues from step 1 (config.json keeps history).
-  config = small_config(train__num_steps=2, train__validate_every=2, train__image_every=2)
+  config = small_config(train__num_steps=2, train__validate_every=2, train__image_every=2,
+                        train__tensorboard=True)
   state = train.train_and_evaluate(config, str(resumed), splits=splits)
   assert int(state.step) == 2
 
@@ -198,6 +201,7 @@ def test_train_resume_and_workdir(tmp_path, caplog):
   assert_params_equal(checkpoints.restore_params(str(resumed))[0], params_b)
 
 
+@pytest.mark.slow
 def test_resume_with_other_model_is_an_error(tmp_path):
   splits = mock_splits()
   train.train_and_evaluate(small_config(train__num_steps=1), str(tmp_path), splits=splits)
@@ -324,6 +328,7 @@ def test_checkpoint_of_another_model_revision_is_refused(tmp_path, revision, mes
   assert sorted(os.listdir(tmp_path / checkpoints.CHECKPOINT_DIR)) == ["1"]
 
 
+@pytest.mark.slow
 def test_nonfinite_state_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   splits = mock_splits()
   train.train_and_evaluate(small_config(train__num_steps=2), str(tmp_path), splits=splits)
@@ -467,12 +472,13 @@ def _train_in_child(workdir, *, config_overrides: str, prelude: str = "", epilog
   return result
 
 
+@pytest.mark.slow
 def test_training_without_tensorflow_or_clu(tmp_path):
   """On a host without TensorFlow or CLU (a bare accelerator host), a run still trains,
   checkpoints, and writes metrics.jsonl and the PNG grids; only TensorBoard files are missing."""
   workdir = tmp_path / "run"
   result = _train_in_child(
-      workdir, config_overrides="train__image_every=2",
+      workdir, config_overrides="train__image_every=2, train__tensorboard=True",
       prelude=("import sys\n"
                "for name in ('tensorflow', 'clu', 'tensorboard'):\n"
                "  sys.modules[name] = None  # as if not installed\n"))
@@ -504,6 +510,7 @@ def test_training_without_event_files_never_imports_tensorflow(tmp_path):
   assert "valid/address_kl" in records[-1] and "valid/neg_bound" in records[-1]
 
 
+@pytest.mark.slow
 def test_progress_bar_starts_after_the_first_step(tmp_path, monkeypatch):
   """The bar is made once the first step has run (and compiled): its rate and time left
   leave the compilation out. Resumed, it starts from the step after the checkpoint's."""
