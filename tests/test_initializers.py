@@ -17,7 +17,6 @@ import pytest
 
 from vma_jax import initializers
 from vma_jax import model as vma_model
-from vma_jax import networks
 from vma_jax import objective
 
 

@@ -63,7 +63,7 @@ def test_evaluation_bound_lowers_for_accelerators(platform):
   """The large-K bound (chunks of samples in a loop) as evaluate.py runs it."""
   config = small_config()
   vma = vma_model.make_model(config)
-  size, memory = config.data.image_size, 3
+  memory = 3
   key = jax.random.key(0)
   # Shapes are enough to lower the bound: nothing is computed.
   params = jax.eval_shape(functools.partial(vma_model.init_params, config), key)

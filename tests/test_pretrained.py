@@ -26,7 +26,6 @@ from vma_jax import evaluate
 from vma_jax import model as vma_model
 from vma_jax import one_shot
 from vma_jax import pretrained
-from vma_jax import results as vma_results
 from vma_jax import sample
 
 # Lake's one-shot runs: $VMA_ONE_SHOT_RUNS, else beside the Omniglot archives.
