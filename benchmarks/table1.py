@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     sitting.record(dict(name="pack", command=f"pack {workdir}"), "finished", 0,
                     time.monotonic() - start, f"step {packed['step']}, {packed['mb']} MB")
   if newest_step(workdir) is not None:
-    views = sitting.python(
+    sitting.python(
         "views", [os.path.join("benchmarks", "table1.py"), "views", workdir, out,
                   ",".join(map(str, s["memory_classes"])), str(s["per_class"])],
         reserve_s=5, grace_s=5, env=env)
