@@ -414,7 +414,11 @@ report(final_step=checkpoints.restore_params(run)[1])
     ValueError('Error writing "/w/checkpoints/2/params/d/0": No space left on device '
                "[os_error_code='28']"),
     RuntimeError("[Errno 28] No space left on device: '/w/checkpoints/2/params/d/0'"),
-], ids=["os_error", "tensorstore", "as_text"])
+    # Past the 200 characters of a one-line account, and with no error code.
+    ValueError('RESOURCE_EXHAUSTED: Error opening "zarr" driver: Error writing "0.nu.params.'
+               'prior_mean.bias/.zarray" in OCDBT database at local file "/w/checkpoints/2/'
+               + "a" * 150 + '/ocdbt.process_0/": No space left on device'),
+], ids=["os_error", "tensorstore", "as_text", "tensorstore_no_code"])
 def test_a_failed_write_names_the_os_reason_however_orbax_reports_it(error):
   message = run_lib.write_failure(error, what="the checkpoint", step=2, workdir="/w",
                                   last_checkpoint=1, path="/w/checkpoints/2")

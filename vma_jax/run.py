@@ -355,6 +355,10 @@ class WorkdirLock:
 _TENSORSTORE_OS_ERROR = re.compile(r":\s*(?P<reason>[^:\[\]\"]+?)\s*\[os_error_code='\d+'\]")
 _PYTHON_OS_ERROR = re.compile(r"\[Errno \d+\]\s*(?P<reason>[^:\[\]\"']+?)\s*(?::|$)", re.M)
 _QUOTED_PATH = re.compile(r'"(/[^"]+)"')
+# The OS's reasons a write meets, found by their words where the text has neither form above
+# (TensorStore words some of its failures, e.g. opening a driver, otherwise).
+_WRITE_REASONS = tuple(os.strerror(code) for code in (
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO))
 
 
 def write_failure(error: BaseException, *, what: str, step: int, workdir: str,
@@ -369,7 +373,8 @@ def write_failure(error: BaseException, *, what: str, step: int, workdir: str,
   else:
     text = "\n".join(str(e) for e in errors.chain(error))
     found = _TENSORSTORE_OS_ERROR.search(text) or _PYTHON_OS_ERROR.search(text)
-    reason = found.group("reason") if found else errors.one_line(error)[:200]
+    reason = (found.group("reason") if found else
+              next((r for r in _WRITE_REASONS if r in text), errors.one_line(error)[:200]))
     paths = _QUOTED_PATH.findall(text)
     path = paths[-1] if paths else None
   path = path or default_path
