@@ -48,7 +48,7 @@ def test_dry_run_measures_every_variant(tmp_path, monkeypatch, capsys):
   # The distinct rows are on at the dry run's size (auto), and off where asked.
   assert entries["baseline"]["distinct_rows"] == 24
   assert entries["distinct_off"]["distinct_rows"] is None
-  assert (entries["scan_s10"]["steps_per_call"], entries["scan_s1"]["steps_per_call"]) == (3, 1)
+  assert (entries["scan_s10"]["steps_per_call"], entries["scan_s1"]["steps_per_call"]) == (2, 1)
   assert [entries[f"eval_b{n}"]["targets"] for n in (16, 64, 256)] == [1, 4, 16]
   for name, e in entries.items():  # every train variant's last loss is finite
     if e["kind"] != "eval":
@@ -64,16 +64,14 @@ def test_dry_run_measures_every_variant(tmp_path, monkeypatch, capsys):
   assert table.strip() in stdout
 
 
-# gpu_check.DRY_RUN_XLA_FLAGS as compiler options: XLA_FLAGS cannot change in this process.
-DRY_RUN_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-
-
 @pytest.mark.slow
 def test_scan_variant_trains_what_separate_steps_train():
   """S steps in one scanned call: the same episodes, losses and parameters as S calls of the
   training sampler and `make_train_step` with the same keys. Compiled as the dry run
-  compiles: XLA's optimisations off, the dry run's XLA flags."""
+  compiles (XLA's optimisations off, the dry run's XLA flags, which the suite's include): the
+  dry run's programs, loaded from the compilation cache where it ran first."""
   from vma_jax import train
+  assert set(gv.gpu_check.DRY_RUN_XLA_FLAGS.split()) <= set(os.environ["XLA_FLAGS"].split())
   sizes = gv.DRY_RUN_SIZES
   config = gv.make_config(sizes)
   context = gv.Context(sizes)
@@ -81,17 +79,15 @@ def test_scan_variant_trains_what_separate_steps_train():
   num_steps = sizes.steps(10)
   multi_step = gv.make_multi_step(config, mesh, num_steps)
   args = (context.fresh_state(), data, key, np.int32(0))
-  scanned, metrics_S = multi_step.lower(*args).compile(DRY_RUN_COMPILER_OPTIONS)(*args)
+  scanned, metrics_S = multi_step(*args)
 
   sample = train.make_episode_sampler(config, mesh)
   step = train.make_train_step(config, mesh=mesh)
-  state, losses, compiled = context.fresh_state(), [], None
+  state, losses = context.fresh_state(), []
   for s in range(num_steps):
     episodes, sample_key = sample(data, key, np.int32(s))
     assert episodes.distinct is not None  # the distinct rows' path is the one compared
-    if compiled is None:
-      compiled = step.lower(state, episodes, sample_key).compile(DRY_RUN_COMPILER_OPTIONS)
-    state, metrics = compiled(state, episodes, sample_key)
+    state, metrics = step(state, episodes, sample_key)
     losses.append(float(metrics["loss"]))
   assert metrics_S["loss"].shape == (num_steps,)
   np.testing.assert_allclose(np.asarray(metrics_S["loss"]), losses, rtol=1e-5)
