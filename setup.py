@@ -43,6 +43,10 @@ setuptools.setup(
             # The notebooks, run headless in a Jupyter kernel with their parameters set.
             "papermill>=2.6",
             "ipykernel>=6",
+            # Every process that imports JAX imports ml_dtypes: 0.7.0 takes 0.5 s to register
+            # its NumPy ufunc loops, 0.6.0 0.09 s (2-core CPU), and the suite starts ~100 of
+            # them. JAX accepts either (ml_dtypes>=0.5).
+            "ml_dtypes>=0.5,<0.7",
         ],
     },
 )
