@@ -55,6 +55,30 @@ def _tfds_progress_bars_on():
 # Preprocessing.
 
 
+@pytest.mark.slow
+def test_prepares_small_archives_with_tfds_own_checksums(archive_dir, request, tmp_path, capfd):
+  """First in the module, and the session's split asked for only at the end: its own
+  preparation (about 20 s) runs while another test process may be preparing the session's
+  splits, rather than waiting for them."""
+  # SHA256SUMS lists only the rebuilt archives; the original small zips are then checked
+  # against the checksums TFDS ships.
+  listed = _listed_sums(archive_dir)
+  rebuilt = {n: listed[n] for n in ("images_background.zip", "images_evaluation.zip")}
+  folder = _archive_copy(archive_dir, tmp_path / "archives", rebuilt)
+  capfd.readouterr()
+  split = data.load_omniglot("small1", data_dir=str(tmp_path / "tfds"), archive_dir=folder)
+  # stderr is not a terminal here: no progress bars (a line per update in a log file), and
+  # TFDS's own setting is back as it was.
+  assert not re.search(r"\d+%\|", capfd.readouterr().err)
+  assert _tfds_progress_bars_on()
+  omniglot_small1 = request.getfixturevalue("omniglot_small1")
+  np.testing.assert_array_equal(split.images_NxHxW, omniglot_small1.images_NxHxW)
+  np.testing.assert_array_equal(split.labels_N, omniglot_small1.labels_N)
+  # Nothing was written next to the archives, and the scratch extraction is gone.
+  assert sorted(os.listdir(folder)) == sorted(list(data.ARCHIVES) + ["SHA256SUMS"])
+  assert sorted(os.listdir(tmp_path / "tfds")) == ["omniglot", "vma_jax"]
+
+
 @pytest.mark.parametrize("size", [26, 28])
 def test_nearest_indices_formula(size):
   expected = np.floor((np.arange(size) + 0.5) * 105 / size).astype(int)
@@ -211,27 +235,6 @@ def test_test_split_alone_loads_from_its_cache(omniglot_test, tmp_path, monkeypa
   np.testing.assert_array_equal(splits["test"].images_NxHxW, omniglot_test.images_NxHxW)
   with pytest.raises(data.DataError):
     data.load_splits(config)  # the train split has no cache there
-
-
-@pytest.mark.slow
-def test_prepares_small_archives_with_tfds_own_checksums(archive_dir, omniglot_small1, tmp_path,
-                                                          capfd):
-  # SHA256SUMS lists only the rebuilt archives; the original small zips are then checked
-  # against the checksums TFDS ships.
-  listed = _listed_sums(archive_dir)
-  rebuilt = {n: listed[n] for n in ("images_background.zip", "images_evaluation.zip")}
-  folder = _archive_copy(archive_dir, tmp_path / "archives", rebuilt)
-  capfd.readouterr()
-  split = data.load_omniglot("small1", data_dir=str(tmp_path / "tfds"), archive_dir=folder)
-  # stderr is not a terminal here: no progress bars (a line per update in a log file), and
-  # TFDS's own setting is back as it was.
-  assert not re.search(r"\d+%\|", capfd.readouterr().err)
-  assert _tfds_progress_bars_on()
-  np.testing.assert_array_equal(split.images_NxHxW, omniglot_small1.images_NxHxW)
-  np.testing.assert_array_equal(split.labels_N, omniglot_small1.labels_N)
-  # Nothing was written next to the archives, and the scratch extraction is gone.
-  assert sorted(os.listdir(folder)) == sorted(list(data.ARCHIVES) + ["SHA256SUMS"])
-  assert sorted(os.listdir(tmp_path / "tfds")) == ["omniglot", "vma_jax"]
 
 
 def test_verify_archives_falls_back_to_tfds_checksums(archive_dir, tmp_path):
