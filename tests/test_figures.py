@@ -1,10 +1,13 @@
 """Figures: well-formed PNGs of the expected size, labelled as the paper's and ours."""
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
 
+from helpers import REPO_ROOT, child_env
 from vma_jax import figures
 from vma_jax import results as vma_results
 
@@ -121,3 +124,18 @@ def test_address_posterior_bars_sum_to_one_and_frame_the_retrieved_slot():
   framed = [ax.get_title() for ax in fig.axes
             if not ax.patches and ax.spines["top"].get_linewidth() > 1]
   assert framed == ["m2"]  # argmax q
+
+
+def test_the_commands_import_matplotlib_only_to_draw():
+  """matplotlib is imported with the first figure: its import (a third of a second) is not
+  part of every command's start, a usage error's or a run's without image summaries."""
+  code = ("import sys\n"
+          "from vma_jax import classify, evaluate, run, sample, train, validation\n"
+          "print('matplotlib' in sys.modules)\n"
+          "from vma_jax import figures\n"
+          "figures.to_rgb(figures.training_curves([{'step': 1, 'train/neg_bound': 1.0}]))\n"
+          "print('matplotlib' in sys.modules)\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=child_env(),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split() == ["False", "True"]

@@ -11,14 +11,15 @@ from __future__ import annotations
 import dataclasses
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from matplotlib import figure as mpl_figure
-from matplotlib import ticker
-from matplotlib.backends import backend_agg
 import numpy as np
 
 from vma_jax import files
 from vma_jax import results as vma_results
+
+if TYPE_CHECKING:
+  from matplotlib import figure as mpl_figure
 
 _PAPER = "paper (Bornschein et al. 2017)"
 _REPRODUCTION = "PyTorch reproduction"
@@ -27,16 +28,30 @@ _COLOURS = {("C", 1): "tab:blue", ("C", 2): "tab:orange", ("R", 1): "tab:green",
             ("R", 5): "tab:red"}
 
 
+def _new_figure(**kwargs) -> mpl_figure.Figure:
+  """A matplotlib Figure (no pyplot). matplotlib is imported with the first figure: importing
+  it takes a third of a second, which a process that draws nothing (training without image
+  summaries, a command's usage error) need not pay."""
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  return figure.Figure(**kwargs)
+
+
+def _agg_canvas(fig: mpl_figure.Figure):
+  """Attaches matplotlib's Agg canvas to `fig` and returns it (whatever pyplot's backend)."""
+  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+  return backend_agg.FigureCanvasAgg(fig)
+
+
 def write_png(fig: mpl_figure.Figure, path: str, dpi: int = 100) -> None:
   """Saves `fig` as a PNG at `path` (atomically)."""
-  backend_agg.FigureCanvasAgg(fig)
+  _agg_canvas(fig)
   with files.atomic_write(path, "wb") as f:
     fig.savefig(f, format="png", dpi=dpi)
 
 
 def png_bytes(fig: mpl_figure.Figure, dpi: int = 100) -> bytes:
   """The figure as PNG bytes (for `IPython.display.Image(data=...)`, whatever the backend)."""
-  backend_agg.FigureCanvasAgg(fig)
+  _agg_canvas(fig)
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=dpi)
   return buffer.getvalue()
@@ -44,7 +59,7 @@ def png_bytes(fig: mpl_figure.Figure, dpi: int = 100) -> bytes:
 
 def to_rgb(fig: mpl_figure.Figure) -> np.ndarray:
   """The figure as a uint8 HxWx3 image (what a metric writer's `write_images` takes)."""
-  canvas = backend_agg.FigureCanvasAgg(fig)
+  canvas = _agg_canvas(fig)
   canvas.draw()
   return np.array(canvas.buffer_rgba())[..., :3]
 
@@ -57,7 +72,7 @@ def training_curves(records: Sequence[dict]) -> mpl_figure.Figure:
   last = {}
   for r in records:
     last.setdefault(r["step"], {}).update(r)
-  fig = mpl_figure.Figure(figsize=(11, 3.8))
+  fig = _new_figure(figsize=(11, 3.8))
   panels = (("neg_bound", "-L_K, nats per image (lower is better)"),
             ("address_kl", "KL(q(a|x,M) || p(a)), nats"))
   for i, (name, label) in enumerate(panels):
@@ -81,6 +96,7 @@ def _memory_axis(ax, memory_sizes) -> None:
   ax.set_xscale("log")
   ticks = sorted(set(memory_sizes))
   ax.set_xticks(ticks, [str(t) for t in ticks])
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   ax.xaxis.set_minor_locator(ticker.NullLocator())
   ax.set_xlabel("T, images in memory")
 
@@ -112,7 +128,7 @@ def _empty_memory_lines(ax, empty, value) -> None:
 def bound_vs_memory(results: Sequence[vma_results.CellResult]) -> mpl_figure.Figure:
   """-L_K per cell against T, one line per C with standard-error bars, and the paper's and
   the reproduction's Table 1 values of the same C as reference lines."""
-  fig = mpl_figure.Figure(figsize=(6.4, 4.4))
+  fig = _new_figure(figsize=(6.4, 4.4))
   ax = fig.add_subplot()
   grouped, empty = _series(results)
   for key, cells in grouped.items():
@@ -147,7 +163,7 @@ def kl_vs_memory(results: Sequence[vma_results.CellResult],
                  num_dummies: int) -> mpl_figure.Figure:
   """The mean KL(q(a|x,M) || p(a)) per cell against T, one line per C, beside log(T + D):
   the KL of a posterior certain of one slot, the most it can be."""
-  fig = mpl_figure.Figure(figsize=(6.4, 4.4))
+  fig = _new_figure(figsize=(6.4, 4.4))
   ax = fig.add_subplot()
   grouped, empty = _series(results)
   all_t = sorted({r.memory_size for cells in grouped.values() for r in cells}) or [1]
@@ -198,7 +214,7 @@ def few_shot_grid(memory_BxTxHxW, x_BxHxW, retrieved_BxHxW,
     widths += [0.4] if widths else []
     first_column.append(len(widths))
     widths += [1.0] * images_BxNxHxW.shape[1]
-  fig = mpl_figure.Figure(figsize=(0.6 * sum(widths) + 0.4, 0.6 * batch + 0.5))
+  fig = _new_figure(figsize=(0.6 * sum(widths) + 0.4, 0.6 * batch + 0.5))
   grid = fig.add_gridspec(batch, len(widths), width_ratios=widths, wspace=0.06, hspace=0.06,
                           left=0.02, right=0.98, bottom=0.02, top=1 - 0.35 / (0.6 * batch + 0.5))
   for b in range(batch):
@@ -226,7 +242,7 @@ def sample_sheet(memory_TxHxW, dummies_DxHxW, q_S: np.ndarray | None, x_HxW,
   num_samples = len(prior_NxHxW)
   columns = max(memory_size + num_dummies, num_samples + 1)
   rows = 3 if posterior_NxHxW is not None else 2
-  fig = mpl_figure.Figure(figsize=(0.9 * columns + 0.4, 1.25 * rows + 0.6))
+  fig = _new_figure(figsize=(0.9 * columns + 0.4, 1.25 * rows + 0.6))
   grid = fig.add_gridspec(rows, columns, hspace=0.6, wspace=0.15)
   retrieved = None if q_S is None else int(np.argmax(q_S))
   slots = [*memory_TxHxW, *dummies_DxHxW]
@@ -258,7 +274,7 @@ def address_posterior(memory_TxHxW, dummies_DxHxW, x_HxW, q_S: np.ndarray, *,
   memory_size, num_dummies = len(memory_TxHxW), len(dummies_DxHxW)
   slots = [*memory_TxHxW, *dummies_DxHxW]
   num_slots = len(slots)
-  fig = mpl_figure.Figure(figsize=(max(6.0, 0.55 * num_slots + 2.0), 3.6))
+  fig = _new_figure(figsize=(max(6.0, 0.55 * num_slots + 2.0), 3.6))
   grid = fig.add_gridspec(2, num_slots + 2, height_ratios=(3.2, 1.0),
                           width_ratios=[1.6, 0.3] + [1.0] * num_slots, hspace=0.08, wspace=0.1)
   _image(fig.add_subplot(grid[1, 0]), np.asarray(x_HxW, np.float32), "target x")
@@ -325,7 +341,7 @@ def one_shot_mistakes(groups: Sequence[MistakeGroup], *, title: str,
              for i in range(0, len(g.mistakes), per_row)]
   heights = [0.35 if kind == "header" else 1.0 for kind, _ in rows]
   widths = ([1.0, 1.0, 1.0, 0.35] * per_row)[:-1]
-  fig = mpl_figure.Figure(figsize=(0.95 * sum(widths) + 0.4, 1.15 * sum(heights) + 0.6))
+  fig = _new_figure(figsize=(0.95 * sum(widths) + 0.4, 1.15 * sum(heights) + 0.6))
   grid = fig.add_gridspec(len(rows), len(widths), height_ratios=heights, width_ratios=widths,
                           hspace=0.45, wspace=0.08, left=0.02, right=0.98, bottom=0.02,
                           top=1 - 0.5 / (1.15 * sum(heights) + 0.6))
