@@ -143,6 +143,7 @@ class Sizes:
   eval_chunk: int = 100  # config.eval.chunk_size
   targets_divisor: int = 1  # eval targets per call: the variant's / this
   scan_steps: dict | None = None  # S of a variant -> S run (None: as named)
+  scan_unroll: bool = False  # the scans unrolled into straight-line code (lax.scan's unroll)
   model: dict | None = None  # config.model overrides
   image_size: int = 26  # config.data.image_size
   cpu_kernels: str = "auto"
@@ -158,11 +159,11 @@ GPU_SIZES = Sizes()
 # Tiny, and still every path: 8 x (1 + 3) rows drawn from 8 images repeat enough for the
 # distinct rows to be worthwhile (U = 24 of 32 rows, with the fallback branch); 8x8 images;
 # the stock layers, as a GPU runs them. Compiling is most of its time; scan_s10 runs 2 steps
-# per call (XLA:CPU runs the gradient's convs in a loop body outside its conv library, about
-# a second a step here; docs/performance.md).
+# per call, unrolled: XLA:CPU runs a loop body's gradient convs outside its conv library
+# (about a second a step here against 0.2 s; docs/performance.md).
 DRY_RUN_SIZES = Sizes(batch=8, memory=3, samples=2, train_classes=4, train_per_class=2,
                       test_classes=4, test_per_class=5, eval_memory=3, eval_samples=4,
-                      eval_chunk=2, targets_divisor=16, scan_steps={10: 2},
+                      eval_chunk=2, targets_divisor=16, scan_steps={10: 2}, scan_unroll=True,
                       model=dict(latent_dim=8, embed_dim=16, match_dim=16), image_size=8,
                       cpu_kernels="off")
 
@@ -177,11 +178,12 @@ def make_config(sizes: Sizes, dtype: str = "float32"):
   return config
 
 
-def make_multi_step(config, mesh, num_steps: int, distinct: str = "auto"):
+def make_multi_step(config, mesh, num_steps: int, distinct: str = "auto", unroll: bool = False):
   """Jitted `multi_step(state, data, train_key, first_step) -> (state, metrics_S)`, state
   donated: S = num_steps train steps in a lax.scan, step s drawing its episodes and samples
   with `make_episode_sampler` at step first_step + s, then taking `make_train_step`'s step:
-  what S calls of the two do in a training loop, in one program."""
+  what S calls of the two do in a training loop, in one program (with `unroll`, the S steps
+  one after another rather than in a loop: the same computation)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from vma_jax import sharding  # pylint: disable=g-import-not-at-top
@@ -199,7 +201,7 @@ def make_multi_step(config, mesh, num_steps: int, distinct: str = "auto"):
       return train_step(state, episodes, sample_key)
 
     steps_S = first_step + jnp.arange(num_steps, dtype=jnp.int32)
-    return jax.lax.scan(body, state, steps_S)
+    return jax.lax.scan(body, state, steps_S, unroll=unroll)
 
   return jax.jit(multi_step, in_shardings=(replicated,) * 4,
                  out_shardings=(replicated, replicated), donate_argnums=0)
@@ -329,7 +331,8 @@ def _prepare_scan(variant: Variant, context: Context) -> Prepared:
   num_steps = sizes.steps(variant.steps)
   config = make_config(sizes, variant.dtype)
   extra = _train_fields(sizes, context.episodes()[0], variant.distinct)
-  multi_step = make_multi_step(config, context.mesh, num_steps, variant.distinct)
+  multi_step = make_multi_step(config, context.mesh, num_steps, variant.distinct,
+                               unroll=sizes.scan_unroll)
   state, data = context.fresh_state(), context.data("train")
 
   def make_call(compiled):

@@ -68,8 +68,9 @@ def test_dry_run_measures_every_variant(tmp_path, monkeypatch, capsys):
 def test_scan_variant_trains_what_separate_steps_train():
   """S steps in one scanned call: the same episodes, losses and parameters as S calls of the
   training sampler and `make_train_step` with the same keys. Compiled as the dry run
-  compiles (XLA's optimisations off, the dry run's XLA flags, which the suite's include): the
-  dry run's programs, loaded from the compilation cache where it ran first."""
+  compiles (XLA's optimisations off, the dry run's XLA flags, which the suite's include, the
+  scan unrolled): the dry run's programs, loaded from the compilation cache where it ran
+  first."""
   from vma_jax import train
   assert set(gv.gpu_check.DRY_RUN_XLA_FLAGS.split()) <= set(os.environ["XLA_FLAGS"].split())
   sizes = gv.DRY_RUN_SIZES
@@ -77,7 +78,7 @@ def test_scan_variant_trains_what_separate_steps_train():
   context = gv.Context(sizes)
   data, key, mesh = context.data("train"), context.key, context.mesh
   num_steps = sizes.steps(10)
-  multi_step = gv.make_multi_step(config, mesh, num_steps)
+  multi_step = gv.make_multi_step(config, mesh, num_steps, unroll=sizes.scan_unroll)
   args = (context.fresh_state(), data, key, np.int32(0))
   scanned, metrics_S = multi_step(*args)
 
