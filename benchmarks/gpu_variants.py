@@ -143,7 +143,9 @@ class Sizes:
   eval_chunk: int = 100  # config.eval.chunk_size
   targets_divisor: int = 1  # eval targets per call: the variant's / this
   scan_steps: dict | None = None  # S of a variant -> S run (None: as named)
-  scan_unroll: bool = False  # the scans unrolled into straight-line code (lax.scan's unroll)
+  # lax.scan's unroll=True: S >= 2 steps as straight-line code (at S = 1 JAX keeps a loop of
+  # one trip).
+  scan_unroll: bool = False
   model: dict | None = None  # config.model overrides
   image_size: int = 26  # config.data.image_size
   cpu_kernels: str = "auto"
