@@ -299,6 +299,18 @@ def save_checkpoint_of_revision(workdir, config, revision, saved_config=None):
   manager.close()
 
 
+def test_a_fresh_run_traces_its_initial_state_once(tmp_path, monkeypatch):
+  """The shapes that a checkpoint is restored onto and the fresh state come from one trace
+  of create_train_state (the traced function runs once per trace)."""
+  traces = []
+  create = state_lib.create_train_state
+  monkeypatch.setattr(state_lib, "create_train_state",
+                      lambda config, key: traces.append(key) or create(config, key))
+  state = train.train_and_evaluate(small_config(train__num_steps=1), str(tmp_path),
+                                   splits=mock_splits())
+  assert len(traces) == 1 and int(state.step) == 1
+
+
 def test_saved_checkpoints_record_the_model_revision(tmp_path):
   config = small_config()
   save_initial_checkpoint(str(tmp_path), config)

@@ -2,9 +2,9 @@
 checkpoint's.
 
 `TrainState` is Flax's (step, params, tx, opt_state); `make_optimizer` builds its optax chain
-from `config.optim`, `create_train_state` the fresh state, `init_train_state` the same state
-replicated over a mesh, and `check_optimizer` refuses to resume a checkpoint whose optimiser
-state has another structure.
+from `config.optim`, `create_train_state` the fresh state, `make_init_state` and
+`init_train_state` the same state replicated over a mesh, and `check_optimizer` refuses to
+resume a checkpoint whose optimiser state has another structure.
 """
 
 from __future__ import annotations
@@ -45,18 +45,27 @@ def create_train_state(config, key) -> TrainState:
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
+def make_init_state(config, mesh: Mesh):
+  """The jitted `init(key) -> create_train_state(config, key)`, replicated over `mesh` as
+  `train.make_train_step` takes it (so the step is compiled once, not again on its second
+  call). Tracing it once serves both `abstract_train_state` and the fresh state."""
+  replicated, _ = sharding.shardings(mesh)
+  return jax.jit(functools.partial(create_train_state, config), out_shardings=replicated)
+
+
 def init_train_state(config, key, mesh: Mesh) -> TrainState:
-  """`create_train_state`, replicated over `mesh` as `train.make_train_step` returns it (so
-  the step is compiled once, not again on its second call)."""
-  replicated, _ = sharding.shardings(mesh)
-  return jax.jit(functools.partial(create_train_state, config), out_shardings=replicated)(key)
+  """`create_train_state`, replicated over `mesh` (`make_init_state`)."""
+  return make_init_state(config, mesh)(key)
 
 
-def abstract_train_state(config, mesh: Mesh) -> TrainState:
+def abstract_train_state(config, mesh: Mesh, init=None, key=None) -> TrainState:
   """The shapes and dtypes of `create_train_state` (nothing computed), replicated over `mesh`
-  as `init_train_state` returns them: what a checkpoint is restored onto."""
+  as `init_train_state` returns them: what a checkpoint is restored onto. Given this config's
+  `make_init_state` and the key it will be called with (placed as then: a committed key is
+  traced apart from an uncommitted one), that call reuses this trace."""
   replicated, _ = sharding.shardings(mesh)
-  abstract = jax.eval_shape(functools.partial(create_train_state, config), jax.random.key(0))
+  init = make_init_state(config, mesh) if init is None else init
+  abstract = jax.eval_shape(init, jax.random.key(0) if key is None else key)
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
 

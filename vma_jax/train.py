@@ -129,6 +129,7 @@ def make_episode_sampler(config, mesh: Mesh):
 class _Setup(NamedTuple):
   """What a training run computes with: its jitted functions, data on the devices, keys."""
 
+  init: Callable  # state.make_init_state
   sample: Callable  # make_episode_sampler
   train_step: Callable  # make_train_step
   validation: validation_lib.Validation
@@ -154,7 +155,7 @@ def _prepare_run(config, mesh: Mesh, splits: dict | None) -> _Setup:
         lambda: jax.random.split(jax.random.key(config.seed), 4),
         out_shardings=sharding.shardings(mesh)[0])()
     test_data = episodes_lib.device_data(splits["test"], mesh)
-    return _Setup(sample, train_step,
+    return _Setup(state_lib.make_init_state(config, mesh), sample, train_step,
                   validation_lib.Validation(config, model, mesh, test_data, valid_key, image_key),
                   episodes_lib.device_data(splits["train"], mesh), init_key, train_key)
 
@@ -164,7 +165,8 @@ def _trace(setup: _Setup, config, mesh: Mesh) -> TrainState:
   anything is written); returns the abstract train state, replicated over `mesh` as the one
   trained, so that the functions' first calls reuse these traces."""
   with errors.refusing_config("config.model"):
-    abstract = state_lib.abstract_train_state(config, mesh)
+    abstract = state_lib.abstract_train_state(config, mesh, init=setup.init,
+                                                key=setup.init_key)
   with errors.refusing_config("config.episodes"):
     episodes, sample_key = jax.eval_shape(setup.sample, setup.train_data, setup.train_key,
                                           np.int32(0))
@@ -299,7 +301,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict | None = None,
     restored = run.restore(
         targets, check=functools.partial(state_lib.check_optimizer, config, abstract))
     if restored is None:  # the fresh parameters are computed only here
-      fresh = state_lib.init_train_state(config, setup.init_key, mesh)
+      fresh = setup.init(setup.init_key)
       items, start_step = dict(step=fresh.step, params=fresh.params, opt_state=fresh.opt_state), 0
     else:
       items = dict(step=sharding.replicate(np.int32(restored.step), mesh), **restored.items)
