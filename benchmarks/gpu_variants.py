@@ -143,8 +143,7 @@ class Sizes:
   eval_chunk: int = 100  # config.eval.chunk_size
   targets_divisor: int = 1  # eval targets per call: the variant's / this
   scan_steps: dict | None = None  # S of a variant -> S run (None: as named)
-  # lax.scan's unroll=True: S >= 2 steps as straight-line code (at S = 1 JAX keeps a loop of
-  # one trip).
+  # The S steps of a scan variant as straight-line code, no loop (make_multi_step's unroll).
   scan_unroll: bool = False
   model: dict | None = None  # config.model overrides
   image_size: int = 26  # config.data.image_size
@@ -161,7 +160,7 @@ GPU_SIZES = Sizes()
 # Tiny, and still every path: 8 x (1 + 3) rows drawn from 8 images repeat enough for the
 # distinct rows to be worthwhile (U = 24 of 32 rows, with the fallback branch); 8x8 images;
 # the stock layers, as a GPU runs them. Compiling is most of its time; scan_s10 runs 2 steps
-# per call, unrolled: XLA:CPU runs a loop body's gradient convs outside its conv library
+# per call, and both scans are unrolled: XLA:CPU runs a loop body's gradient convs outside its conv library
 # (about a second a step here against 0.2 s; docs/performance.md).
 DRY_RUN_SIZES = Sizes(batch=8, memory=3, samples=2, train_classes=4, train_per_class=2,
                       test_classes=4, test_per_class=5, eval_memory=3, eval_samples=4,
@@ -203,7 +202,8 @@ def make_multi_step(config, mesh, num_steps: int, distinct: str = "auto", unroll
       return train_step(state, episodes, sample_key)
 
     steps_S = first_step + jnp.arange(num_steps, dtype=jnp.int32)
-    return jax.lax.scan(body, state, steps_S, unroll=unroll)
+    # An unroll factor above S leaves no loop; unroll=True would keep a one-trip loop at S = 1.
+    return jax.lax.scan(body, state, steps_S, unroll=num_steps + 1 if unroll else 1)
 
   return jax.jit(multi_step, in_shardings=(replicated,) * 4,
                  out_shardings=(replicated, replicated), donate_argnums=0)
