@@ -37,7 +37,7 @@ from vma_jax import train
 def test_train_step_learns_and_reports_metrics():
   config = small_config()
   mesh = sharding.make_mesh()
-  state = state_lib.create_train_state(config, jax.random.key(0))
+  state = state_lib.init_train_state(config, jax.random.key(0), mesh)
   data = episodes_lib.EpisodeData.from_split(mock_splits()["train"])
   episodes, _ = train.make_episode_sampler(config, mesh)(data, jax.random.key(1), np.int32(0))
   train_step = train.make_train_step(config, mesh=mesh)
@@ -63,10 +63,12 @@ def test_train_step_learns_and_reports_metrics():
 
 def test_train_batches_encode_each_distinct_image_once_with_the_same_result():
   # B = 4 episodes of 9 images from 18: 17 distinct in 36 rows. (Below, the 20 rows left
-  # without a distinct row run h inside a conditional, which XLA:CPU runs slowly: seconds.)
-  config = small_config(episodes__memory_size=8)
+  # without a distinct row run h inside a conditional, whose convolutions XLA:CPU runs
+  # slowly: 8x8 images keep that short, and nothing checked depends on the image size.)
+  config = small_config(episodes__memory_size=8, data__image_size=8)
   mesh = sharding.make_mesh()
-  data = episodes_lib.EpisodeData.from_split(MockSplit(0, num_classes=6, per_class=3))
+  data = episodes_lib.EpisodeData.from_split(
+      MockSplit(0, num_classes=6, per_class=3, image_size=8))
   episodes, sample_key = train.make_episode_sampler(config, mesh)(
       data, jax.random.key(1), np.int32(0))
   rows = episodes.distinct
@@ -76,7 +78,7 @@ def test_train_batches_encode_each_distinct_image_once_with_the_same_result():
   np.testing.assert_array_equal(ids_N[np.asarray(rows.row_U)][np.asarray(rows.inverse_N)], ids_N)
 
   loss_fn = objective.make_loss_fn(config, vma_model.make_model(config))
-  params = state_lib.create_train_state(config, jax.random.key(0)).params
+  params = vma_model.init_params(config, jax.random.key(0))
   grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
   (loss_all, _), grads_all = grad_fn(params, episodes._replace(distinct=None), sample_key)
   # Room for every distinct image, and one row short (h then also runs on the rows left
@@ -97,10 +99,11 @@ def _num_distinct(episodes) -> int:
 
 def test_batches_that_do_not_fit_train_in_one_program_without_reading_the_device(monkeypatch):
   # B = 4 episodes of 5 images from 12: 9 and 12 distinct images in the 2 batches. (A batch
-  # that does not fit runs h inside a conditional, which XLA:CPU runs slowly: seconds.)
-  config = small_config()
+  # that does not fit runs h inside a conditional: 8x8 images, as above.)
+  config = small_config(data__image_size=8)
   mesh = sharding.make_mesh()
-  data = episodes_lib.EpisodeData.from_split(MockSplit(0, num_classes=4, per_class=3))
+  data = episodes_lib.EpisodeData.from_split(
+      MockSplit(0, num_classes=4, per_class=3, image_size=8))
   train_key, num_steps = jax.random.key(1), 2
   sample = train.make_episode_sampler(config, mesh)
   counts = [_num_distinct(sample(data, train_key, np.int32(s))[0]) for s in range(num_steps)]
