@@ -61,6 +61,7 @@ def test_train_step_learns_and_reports_metrics():
   assert m["distinct_fallback"] == 0.0  # B = 4: too few repeats to look for them
 
 
+@pytest.mark.slow
 def test_train_batches_encode_each_distinct_image_once_with_the_same_result():
   # B = 4 episodes of 9 images from 18: 17 distinct in 36 rows. (Below, the 20 rows left
   # without a distinct row run h inside a conditional, whose convolutions XLA:CPU runs
@@ -97,6 +98,7 @@ def _num_distinct(episodes) -> int:
       vma_model.stack_rows(episodes.x_index_B, episodes.memory_index_BxT))))
 
 
+@pytest.mark.slow
 def test_batches_that_do_not_fit_train_in_one_program_without_reading_the_device(monkeypatch):
   # B = 4 episodes of 5 images from 12: 9 and 12 distinct images in the 2 batches. (A batch
   # that does not fit runs h inside a conditional: 8x8 images, as above.)
@@ -302,6 +304,7 @@ def save_checkpoint_of_revision(workdir, config, revision, saved_config=None):
   manager.close()
 
 
+@pytest.mark.slow
 def test_a_fresh_run_traces_its_initial_state_once(tmp_path, monkeypatch):
   """The shapes that a checkpoint is restored onto and the fresh state come from one trace
   of create_train_state (the traced function runs once per trace)."""
