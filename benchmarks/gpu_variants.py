@@ -160,8 +160,8 @@ GPU_SIZES = Sizes()
 # Tiny, and still every path: 8 x (1 + 3) rows drawn from 8 images repeat enough for the
 # distinct rows to be worthwhile (U = 24 of 32 rows, with the fallback branch); 8x8 images;
 # the stock layers, as a GPU runs them. Compiling is most of its time; scan_s10 runs 2 steps
-# per call, and both scans are unrolled: XLA:CPU runs a loop body's gradient convs outside its conv library
-# (about a second a step here against 0.2 s; docs/performance.md).
+# per call, and both scans are unrolled: XLA:CPU runs a loop body's gradient convs outside
+# its conv library (about a second a step here against 0.2 s; docs/performance.md).
 DRY_RUN_SIZES = Sizes(batch=8, memory=3, samples=2, train_classes=4, train_per_class=2,
                       test_classes=4, test_per_class=5, eval_memory=3, eval_samples=4,
                       eval_chunk=2, targets_divisor=16, scan_steps={10: 2}, scan_unroll=True,
