@@ -65,8 +65,10 @@ def test_prepares_small_archives_with_tfds_own_checksums(archive_dir, request, t
   listed = _listed_sums(archive_dir)
   rebuilt = {n: listed[n] for n in ("images_background.zip", "images_evaluation.zip")}
   folder = _archive_copy(archive_dir, tmp_path / "archives", rebuilt)
+  (tmp_path / "scratch").mkdir()
   capfd.readouterr()
-  split = data.load_omniglot("small1", data_dir=str(tmp_path / "tfds"), archive_dir=folder)
+  split = data.load_omniglot("small1", data_dir=str(tmp_path / "tfds"), archive_dir=folder,
+                             scratch_dir=str(tmp_path / "scratch"))
   # stderr is not a terminal here: no progress bars (a line per update in a log file), and
   # TFDS's own setting is back as it was.
   assert not re.search(r"\d+%\|", capfd.readouterr().err)
@@ -77,6 +79,40 @@ def test_prepares_small_archives_with_tfds_own_checksums(archive_dir, request, t
   # Nothing was written next to the archives, and the scratch extraction is gone.
   assert sorted(os.listdir(folder)) == sorted(list(data.ARCHIVES) + ["SHA256SUMS"])
   assert sorted(os.listdir(tmp_path / "tfds")) == ["omniglot", "vma_jax"]
+  assert not os.listdir(tmp_path / "scratch")
+
+
+def test_archives_are_extracted_as_tfds_would_and_tfds_reuses_them(tmp_path, monkeypatch):
+  """Each archive's members that TFDS's own extractor yields, with their bytes, at the path
+  where TFDS's download manager finds them and extracts nothing."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core.download import extractor  # pylint: disable=g-import-not-at-top
+
+  folder = tmp_path / "archives"
+  folder.mkdir()
+  for name in data.ARCHIVES:
+    root = name[:-len(".zip")]
+    with zipfile.ZipFile(folder / name, "w") as archive:
+      archive.writestr(f"{root}/", b"")
+      archive.writestr(f"{root}/Alphabet/character01/0101_01.png", root.encode())
+      archive.writestr(f"{root}/Alphabet/character01/._0101_01.png", b"resource fork")
+      archive.writestr(f"{root}/Alphabet/notes.txt~", b"backup")
+      archive.writestr(".DS_Store", b"finder")
+      archive.writestr(".trash/0101_02.png", b"deleted")
+  extracted = tmp_path / "extracted"
+  data._extract_for_tfds(str(folder), str(extracted))  # pylint: disable=protected-access
+
+  def _tfds_extracts(*args, **kwargs):
+    raise AssertionError("TFDS extracted an archive again")
+
+  monkeypatch.setattr(extractor._Extractor, "extract", _tfds_extracts)  # pylint: disable=protected-access
+  manager = tfds.download.DownloadManager(download_dir=str(tmp_path / "downloads"),
+                                          extract_dir=str(extracted))
+  for name in data.ARCHIVES:
+    path = pathlib.Path(manager.extract(str(folder / name)))
+    ours = {str(f.relative_to(path)): f.read_bytes() for f in path.rglob("*") if f.is_file()}
+    theirs = {member: handle.read() for member, handle in extractor.iter_zip(str(folder / name))}
+    assert ours == theirs == {f"{name[:-4]}/Alphabet/character01/0101_01.png": name[:-4].encode()}
 
 
 @pytest.mark.parametrize("size", [26, 28])
@@ -257,6 +293,18 @@ def test_error_missing_folder(tmp_path, monkeypatch):
   msg = str(e.value)
   assert missing in msg and "does not exist" in msg
   assert "images_background.zip" in msg and "VMA_OMNIGLOT_DIR" in msg
+
+
+def test_error_missing_scratch_folder(tmp_path):
+  missing = str(tmp_path / "no_scratch")
+  with pytest.raises(data.DataError, match=f"scratch folder {missing} does not exist: create it"):
+    data.load_omniglot("train", data_dir=str(tmp_path / "tfds"), scratch_dir=missing)
+  result = subprocess.run(
+      [sys.executable, "-m", "vma_jax.data", f"--data_dir={tmp_path / 'tfds'}",
+       f"--scratch_dir={missing}"], cwd=REPO_ROOT, capture_output=True, text=True)
+  assert result.returncode == 1
+  assert result.stderr.startswith(f"error: scratch folder {missing} does not exist")
+  assert "Traceback" not in result.stderr
 
 
 def test_error_missing_archive(archive_dir, tmp_path):
