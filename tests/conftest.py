@@ -2,22 +2,44 @@
 
 The archives are found through $VMA_OMNIGLOT_DIR, else <repo>/../shared/data/omniglot;
 tests that need them skip when neither exists. Preparation goes to $TFDS_DATA_DIR when it
-is set (so repeated runs reuse the cache), else to a session temp dir (about a minute on
-2 cores, once).
+is set (so repeated runs reuse the cache), else to a folder of the session's temp dir: once
+per session, in a child process while the tests that need no data run (half a minute to a
+minute on 2 cores).
 """
 
+import collections
 import fcntl
+import importlib.abc
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import pytest
 
+
+class _WithoutTensorFlow(importlib.abc.MetaPathFinder):
+  """Makes `import tensorflow` fail while it is on sys.meta_path."""
+
+  def find_spec(self, name, path=None, target=None):
+    if name.partition(".")[0] == "tensorflow":
+      raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    return None
+
+
+# TFP's numpy substrate (test_vimco's reference for the VIMCO baselines) imports TensorFlow, if
+# it can, only to copy docstrings: some 10 s per test process. Once TensorFlow is loaded it also
+# wants tf_keras, which would pull in a second TensorFlow build. So it is imported here, before
+# anything loads TensorFlow, with TensorFlow hidden.
+_hide_tensorflow = _WithoutTensorFlow()
+sys.meta_path.insert(0, _hide_tensorflow)
 try:
-  # TFP (the VIMCO baselines' reference) must be imported before TensorFlow is: once TF is
-  # loaded, importing TFP requires tf_keras, which would pull in a second TensorFlow build.
-  from tensorflow_probability.substrates import numpy as _tfp  # noqa: F401
+  from tensorflow_probability.substrates.numpy import stats as _tfp_stats  # noqa: F401
 except ImportError:
   pass
+finally:
+  sys.meta_path.remove(_hide_tensorflow)
 
 import helpers  # noqa: F401  (configures JAX for every test: helpers.configure_jax)
 
@@ -42,18 +64,106 @@ def archive_dir() -> str:
 
 @pytest.fixture(scope="session")
 def omniglot_data_dir(tmp_path_factory) -> str:
-  return os.environ.get("TFDS_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+  """$TFDS_DATA_DIR, else a folder of the session's temp root (one for all pytest -n workers)."""
+  if os.environ.get("TFDS_DATA_DIR"):
+    return os.environ["TFDS_DATA_DIR"]
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # Each worker's basetemp is a folder of the session's.
+  return str(root / "tfds")
+
+
+# The lock that test processes take to prepare or read the Omniglot cache in a data dir.
+LOCK_NAME = ".vma_jax_tests.lock"
+IMAGE_SIZE = 26
+# The fixtures below that load a split, by split.
+SPLIT_FIXTURES = {"omniglot_train": "train", "omniglot_test": "test",
+                  "omniglot_small1": "small1"}
+
+
+def _loads_a_split(item) -> bool:
+  return any(name in item.fixturenames for name in SPLIT_FIXTURES)
+
+
+def pytest_configure(config):
+  # pytest-xdist hands out the files in the order pytest_collection_modifyitems leaves them.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+  """Files with the most tests first, as pytest-xdist would order them, but those with tests
+  that load an Omniglot split last, and those tests last within their file: time for
+  `_prepare_omniglot_meanwhile`'s child to prepare the splits while the rest run."""
+  first, count, loads = {}, collections.Counter(), set()
+  for index, item in enumerate(items):
+    first.setdefault(item.path, index)
+    count[item.path] += 1
+    if _loads_a_split(item):
+      loads.add(item.path)
+  items.sort(key=lambda item: (item.path in loads, -count[item.path], first[item.path],
+                               _loads_a_split(item)))
+
+
+def _ram_disk() -> str | None:
+  """/dev/shm where it is a writable RAM disk with room for the extracted archives: there they
+  are written and removed in about 2 s instead of 20 on a 2-core machine's disk."""
+  path = "/dev/shm"
+  if os.path.isdir(path) and os.access(path, os.W_OK) and shutil.disk_usage(path).free > 2**30:
+    return path
+  return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prepare_omniglot_meanwhile(request, omniglot_data_dir, tmp_path_factory):
+  """Prepares the splits that the session's tests load in a child process that holds the
+  data dir's lock, while the tests that need no data run; no test process then imports
+  TensorFlow for it. A test that loads a split waits for the lock (and, were the split still
+  missing, prepares it itself); a child that failed fails the session's teardown."""
+  from vma_jax import data  # pylint: disable=g-import-not-at-top
+
+  splits = sorted({split for item in request.session.items
+                   for name, split in SPLIT_FIXTURES.items() if name in item.fixturenames})
+  archives = find_archive_dir()
+  cached = lambda: all(  # noqa: E731
+      os.path.exists(data.cache_path(omniglot_data_dir, s, IMAGE_SIZE)) for s in splits)
+  if not splits or archives is None or cached():
+    yield
+    return
+  os.makedirs(omniglot_data_dir, exist_ok=True)
+  log = tmp_path_factory.mktemp("omniglot") / "prepare.log"
+  child = None
+  with open(os.path.join(omniglot_data_dir, LOCK_NAME), "w") as lock, open(log, "w") as stderr:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      pass  # Another test process is preparing them.
+    else:
+      if not cached():
+        # The child inherits the locked file: the lock is released when it exits.
+        child = subprocess.Popen(
+            [sys.executable, "-m", "vma_jax.data", f"--splits={','.join(splits)}",
+             f"--image_size={IMAGE_SIZE}", f"--data_dir={omniglot_data_dir}",
+             f"--archive_dir={archives}", f"--scratch_dir={_ram_disk() or ''}"],
+            cwd=REPO_ROOT, env=helpers.child_env(), pass_fds=(lock.fileno(),),
+            stdout=subprocess.DEVNULL, stderr=stderr)
+  yield
+  if child is not None and child.wait() != 0:
+    pytest.fail(f"preparing Omniglot in a child process failed (exit {child.returncode}):\n"
+                + log.read_text()[-2000:])
 
 
 def _load(split, archive_dir, data_dir):
   from vma_jax import data  # pylint: disable=g-import-not-at-top
 
-  # Test processes running side by side (pytest -n) share $TFDS_DATA_DIR: one prepares a
-  # split while the others wait, then read its cache.
+  # Test processes running side by side (pytest -n) share the data dir: one prepares a split
+  # while the others wait, then read its cache.
   os.makedirs(data_dir, exist_ok=True)
-  with open(os.path.join(data_dir, ".vma_jax_tests.lock"), "w") as lock:
+  with open(os.path.join(data_dir, LOCK_NAME), "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
-    return data.load_omniglot(split, image_size=26, data_dir=data_dir, archive_dir=archive_dir)
+    return data.load_omniglot(split, image_size=IMAGE_SIZE, data_dir=data_dir,
+                              archive_dir=archive_dir)
 
 
 @pytest.fixture(scope="session")
