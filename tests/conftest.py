@@ -126,8 +126,11 @@ def _prepare_omniglot_meanwhile(request, omniglot_data_dir, tmp_path_factory):
   splits = sorted({split for item in request.session.items
                    for name, split in SPLIT_FIXTURES.items() if name in item.fixturenames})
   archives = find_archive_dir()
-  cached = lambda: all(  # noqa: E731
-      os.path.exists(data.cache_path(omniglot_data_dir, s, IMAGE_SIZE)) for s in splits)
+
+  def cached():
+    return all(os.path.exists(data.cache_path(omniglot_data_dir, split, IMAGE_SIZE))
+               for split in splits)
+
   if not splits or archives is None or cached():
     yield
     return
