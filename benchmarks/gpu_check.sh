@@ -20,7 +20,8 @@
 #   bench_<dtype>_<entry>   benchmarks/run.py --only <entry> --dtype <dtype>, with the
 #               same-run matmul, at the benchmark sizes (float32, then bfloat16)
 #   train       train.py, configs/default.py, VMA_GPU_CHECK_STEPS (300) steps from scratch,
-#               one checkpoint at the end; the step time after the first log interval
+#               one checkpoint at the end, no event files; the step time after the first
+#               log interval
 #   precision   benchmarks/precision.py on that checkpoint: bfloat16 vs float32 on the cells
 #               VMA_GPU_CHECK_CELLS (1:1,1:5,2:19), VMA_GPU_CHECK_TARGETS (256) targets each
 # OUT_DIR gets gpu_check.json (every figure, and how each phase ended) and gpu_check.log
@@ -177,9 +178,12 @@ if [ -n "$STOP" ]; then
   skip train "$STOP"
   skip precision "$STOP"
 else
+  # No event files: the check reads metrics.jsonl, and the GPU host has neither CLU nor
+  # TensorFlow (the dry run then imports what the host does, not TensorFlow's 10 s).
   if phase train "$PY" train.py --config=configs/default.py --workdir="$WORK/train" \
       --config.train.checkpoint_every=1000000 --config.train.max_checkpoints=1 \
-      --config.train.validate_every=0 --config.train.image_every=0 "${TRAIN_ARGS[@]}"; then
+      --config.train.validate_every=0 --config.train.image_every=0 \
+      --config.train.tensorboard=False "${TRAIN_ARGS[@]}"; then
     # Exit status 1: a gap of 0.1 nat or more, which the JSON reports (a measurement too).
     OK_RC="0 1" phase precision "$PY" benchmarks/precision.py --workdir="$WORK/train" \
       --dtype=bfloat16 --out "$RES/precision.json" "${PRECISION_ARGS[@]}"

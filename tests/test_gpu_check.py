@@ -119,6 +119,9 @@ def test_dry_run_runs_every_phase_into_one_json(tmp_path):
                         env=env, capture_output=True, text=True, timeout=2400, check=False)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   check_dry_run(out, carry)
+  # Trained as on the GPU host, which has no TensorFlow: metrics.jsonl, no event files.
+  assert (work / "train" / "metrics.jsonl").exists()
+  assert not list((work / "train").glob("events.out.tfevents*"))
 
 
 def check_dry_run(out, carry):
