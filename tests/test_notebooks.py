@@ -32,6 +32,8 @@ def get_config():
   config = quick.get_config()
   config.model.update(latent_dim=8, embed_dim=16, match_dim=16)
   config.train.batch_size = 4
+  # No event files (the notebooks read metrics.jsonl): the kernel never imports TensorFlow.
+  config.train.tensorboard = False
   # Validation runs at the last step: 4 targets, not 256.
   config.validation.update(num_targets=4, num_importance=2, batch_size=4, chunk_size=2)
   # The estimate's timed batches, the cells and the growth cells: 2 targets at once, not 16.
