@@ -184,11 +184,9 @@ def omniglot_small1(archive_dir, omniglot_data_dir):
   return _load("small1", archive_dir, omniglot_data_dir)
 
 
-@pytest.fixture
-def untrained_run(tmp_path, archive_dir, omniglot_data_dir, omniglot_test) -> str:
-  """A workdir with one checkpoint (step 3) of the recipe's untrained model at small_config's
-  head sizes (its encoders and decoder are the recipe's), its data config pointing at the
-  session's prepared Omniglot."""
+@pytest.fixture(scope="session")
+def _untrained_workdir(tmp_path_factory, archive_dir, omniglot_data_dir, omniglot_test) -> str:
+  """`untrained_run`'s workdir, written once per test process."""
   import optax  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from vma_jax import checkpoints  # pylint: disable=g-import-not-at-top
@@ -198,10 +196,20 @@ def untrained_run(tmp_path, archive_dir, omniglot_data_dir, omniglot_test) -> st
   config.model.update(helpers.SMALL_HEADS)
   config.data.archive_dir, config.data.data_dir = archive_dir, omniglot_data_dir
   params = vma_model.init_params(config, jax.random.key(1))
-  workdir = str(tmp_path / "run")
+  workdir = str(tmp_path_factory.mktemp("untrained") / "run")
   checkpoints.save_config(workdir, config)
   manager = checkpoints.make_manager(workdir)
   checkpoints.save(manager, 3, params, optax.adam(1e-4).init(params), config)
   manager.wait_until_finished()
   manager.close()
+  return workdir
+
+
+@pytest.fixture
+def untrained_run(tmp_path, _untrained_workdir) -> str:
+  """A workdir with one checkpoint (step 3) of the recipe's untrained model at small_config's
+  head sizes (its encoders and decoder are the recipe's), its data config pointing at the
+  session's prepared Omniglot: a fresh copy for each test, which may change it."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(_untrained_workdir, workdir)
   return workdir
