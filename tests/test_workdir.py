@@ -5,6 +5,7 @@ message, and that nothing earlier was lost.
 Runs on mock data with the shrunken config of tests/helpers.py.
 """
 
+import functools
 import gc
 import json
 import logging
@@ -162,10 +163,15 @@ def test_a_damaged_checkpoint_is_skipped_for_the_newest_intact_one(trained, run,
   assert len(lines) == 1 and f"moved to {moved}" in lines[0], lines
 
 
+@functools.cache
+def _abstract_state():
+  """small_config(train__num_steps=2)'s train state as shapes: traced once for every test."""
+  return state_lib.abstract_train_state(small_config(train__num_steps=2), sharding.make_mesh())
+
+
 def _restore_for_training(workdir):
   """What train_and_evaluate restores in `workdir` for small_config(train__num_steps=2)."""
-  config = small_config(train__num_steps=2)
-  abstract = state_lib.abstract_train_state(config, sharding.make_mesh())
+  config, abstract = small_config(train__num_steps=2), _abstract_state()
   with run_lib.Run(workdir, config) as run:
     return run.restore({"params": abstract.params, "opt_state": abstract.opt_state})
 
