@@ -179,7 +179,7 @@ if [ -n "$STOP" ]; then
   skip precision "$STOP"
 else
   # No event files: the check reads metrics.jsonl, and the GPU host has neither CLU nor
-  # TensorFlow (the dry run then imports what the host does, not TensorFlow's 10 s).
+  # TensorFlow (the dry run then imports what the host does, not TensorFlow: 10-15 s on 2 cores).
   if phase train "$PY" train.py --config=configs/default.py --workdir="$WORK/train" \
       --config.train.checkpoint_every=1000000 --config.train.max_checkpoints=1 \
       --config.train.validate_every=0 --config.train.image_every=0 \
