@@ -93,17 +93,24 @@ def pytest_configure(config):
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items):
-  """Files with the most tests first, as pytest-xdist would order them, but those with tests
-  that load an Omniglot split last, and those tests last within their file: time for
-  `_prepare_omniglot_meanwhile`'s child to prepare the splits while the rest run."""
-  first, count, loads = {}, collections.Counter(), set()
+  """The order pytest-xdist hands out the files in, each to the next free process.
+
+  Files with the most selected `slow` tests first: the long files start early, the short
+  ones fill the end, and the two processes finish together (the order of the whole suite;
+  without slow tests, as with -m "not slow", this key is the same for every file). Then, as
+  pytest-xdist would order them, files with the most tests first, but those with tests that
+  load an Omniglot split last, and those tests last within their file: time for
+  `_prepare_omniglot_meanwhile`'s child to prepare the splits while the rest run.
+  """
+  first, count, slow, loads = {}, collections.Counter(), collections.Counter(), set()
   for index, item in enumerate(items):
     first.setdefault(item.path, index)
     count[item.path] += 1
+    slow[item.path] += item.get_closest_marker("slow") is not None
     if _loads_a_split(item):
       loads.add(item.path)
-  items.sort(key=lambda item: (item.path in loads, -count[item.path], first[item.path],
-                               _loads_a_split(item)))
+  items.sort(key=lambda item: (-slow[item.path], item.path in loads, -count[item.path],
+                               first[item.path], _loads_a_split(item)))
 
 
 def _ram_disk() -> str | None:
