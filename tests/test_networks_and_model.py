@@ -263,7 +263,11 @@ def test_with_fewer_samples_than_slots_e_sees_only_the_sampled_slots(num_importa
   assert rows["embed"] == batch * (1 + num_importance)
 
 
-@pytest.mark.parametrize("memory_size, num_importance", [(5, 3), (2, 6), (0, 2)])
+@pytest.mark.parametrize("memory_size, num_importance", [
+    (5, 3),
+    # More samples than slots, and no slot but the dummies: the same path's edge cases, each
+    # compiling two programs of the full-size model (5-8 s on 2 cores).
+    pytest.param(2, 6, marks=pytest.mark.slow), pytest.param(0, 2, marks=pytest.mark.slow)])
 def test_sampled_slot_encoding_equals_every_slot_encoding(memory_size, num_importance):
   """Encoding every slot or only the sampled ones gives the same log-weights and gradients."""
   model = vma_model.VMA()
