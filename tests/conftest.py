@@ -96,7 +96,7 @@ def pytest_collection_modifyitems(items):
   """The order pytest-xdist hands out the files in, each to the next free process.
 
   Files with the most selected `slow` tests first: the long files start early, the short
-  ones fill the end, and the two processes finish together (the order of the whole suite;
+  ones fill the end, and the two processes finish closer together (the whole suite's order;
   without slow tests, as with -m "not slow", this key is the same for every file). Then, as
   pytest-xdist would order them, files with the most tests first, but those with tests that
   load an Omniglot split last, and those tests last within their file: time for
