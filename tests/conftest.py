@@ -194,10 +194,10 @@ def omniglot_small1(archive_dir, omniglot_data_dir):
 @pytest.fixture(scope="session")
 def _untrained_workdir(tmp_path_factory, archive_dir, omniglot_data_dir, omniglot_test) -> str:
   """`untrained_run`'s workdir, written once per test process."""
-  import optax  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from vma_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from vma_jax import model as vma_model  # pylint: disable=g-import-not-at-top
+  from vma_jax import state  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
   config.model.update(helpers.SMALL_HEADS)
@@ -206,7 +206,7 @@ def _untrained_workdir(tmp_path_factory, archive_dir, omniglot_data_dir, omniglo
   workdir = str(tmp_path_factory.mktemp("untrained") / "run")
   checkpoints.save_config(workdir, config)
   manager = checkpoints.make_manager(workdir)
-  checkpoints.save(manager, 3, params, optax.adam(1e-4).init(params), config)
+  checkpoints.save(manager, 3, params, state.make_optimizer(config.optim).init(params), config)
   manager.wait_until_finished()
   manager.close()
   return workdir
