@@ -119,7 +119,7 @@ def test_srun_of_several_tasks_is_a_cluster(monkeypatch):
 def test_two_processes_train_and_evaluate_as_one(tmp_path, archive_dir, omniglot_data_dir,
                                                  omniglot_train, omniglot_test):
   """Six processes (train.py and evaluate.py, alone and as two joined ones), each starting
-  JAX and compiling its programs: a few minutes on 2 cores."""
+  JAX and compiling or loading its programs: about 45 s on 2 cores."""
   # The splits' numpy caches exist (the fixtures above prepared them): the processes only
   # read them.
   del omniglot_train, omniglot_test

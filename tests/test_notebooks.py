@@ -121,8 +121,8 @@ def test_reproduce_then_explore(tmp_path, archive_dir, omniglot_data_dir, omnigl
                                 monkeypatch):
   """Both notebooks in a real kernel, on a tiny model: the estimate, training, two cells, the
   figures, then the sample sheet, the one-shot classifiers (2 of the 20 runs) and the bound
-  against T. One to two minutes on 2 cores: each notebook's programs are compiled anew in
-  its kernel."""
+  against T. About 45 s on 2 cores: each notebook's programs are compiled anew in its
+  kernel."""
   if not os.path.isfile(RUNS_ZIP):
     pytest.skip(f"Lake's one-shot runs not found at {RUNS_ZIP}")
   monkeypatch.delenv("MPLBACKEND", raising=False)
