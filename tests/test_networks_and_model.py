@@ -298,9 +298,12 @@ def test_sampled_slot_encoding_equals_every_slot_encoding(memory_size, num_impor
                                err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_matmul_kernel_gradients_give_the_models_xla_gradients(monkeypatch):
   """Every conv's kernel gradient as matrix products (the recipe's path on CPU) or XLA's:
-  the same gradient of log w and log q for every parameter of both encoders and the decoder."""
+  the same gradient of log w and log q for every parameter of both encoders and the decoder.
+  Two gradient programs of the full-size model (7-9 s on 2 cores); each layer's two paths are
+  compared in the quick subset too (tests/test_convolution.py)."""
   model = vma_model.VMA(cpu_kernels="on")
   variables = init_variables(model, seed=4)
   x_BxHxW, memory_BxTxHxW, keys_BxK = _episodes(2, 3, 2)
